@@ -1,0 +1,42 @@
+"""factorch: compress and accelerate PyTorch models with tensor decompositions.
+
+    import factorch as fc
+    report = fc.decompose_(model, [fc.Tucker2(rank=fc.EVBMF()), fc.SVD(rank=fc.Energy(0.9))])
+    print(report)
+    fc.save(model, "small.pt"); model = fc.load("small.pt")
+    fc.reconstruct_(model)
+
+Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where they are used.
+"""
+from factorch import layers, models
+from factorch.api import decompose_, plan, reconstruct_
+from factorch.count import Counts, LayerCount, count
+from factorch.io import CheckpointError, load, save
+from factorch.methods import CP, SVD, Method, Tucker2
+from factorch.rank import EVBMF, Energy, evbmf
+from factorch.report import LayerReport, Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CP",
+    "CheckpointError",
+    "Counts",
+    "EVBMF",
+    "Energy",
+    "LayerCount",
+    "LayerReport",
+    "Method",
+    "Report",
+    "SVD",
+    "Tucker2",
+    "count",
+    "decompose_",
+    "evbmf",
+    "layers",
+    "load",
+    "models",
+    "plan",
+    "reconstruct_",
+    "save",
+]

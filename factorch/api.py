@@ -1,0 +1,165 @@
+"""The verbs: ``decompose_`` (in place), ``plan`` (dry run, same report) and ``reconstruct_``.
+
+Transactional: every replacement is built (and every error raised) before the first swap, so a
+failure leaves the model exactly as it was.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
+from factorch.count import layer_macs
+from factorch.layers.base import FactorizedLayer
+from factorch.progress import track
+from factorch.registry import Proposal, Skip, handler_for, layer_types
+from factorch.report import LayerReport, Report
+from factorch.selection import Config, Selection
+from factorch.surgery import FilterFn, swap, walk
+
+NOMINAL_SIZE = 32  # conv input side used to test "fewer MACs" when no example_input is given
+
+
+def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
+               example_input: Any = None) -> Report:
+    """Replace the model's layers by factorized ones, in place; return the per-layer report.
+
+    ``methods``: a method config, a list (the first method that handles a layer is used) or a
+    dict (see ``factorch.selection``). ``filter_fn(module, name)`` may exclude layers. With
+    ``example_input`` the MACs in the report (and the "fewer MACs" test) use each layer's real
+    input size, otherwise a nominal 32x32 input per conv and the report shows no conv MACs.
+    A layer stays dense, with the reason in the report, when its ranks come out 0 or would not
+    reduce its MACs, or when no method handles it.
+    """
+    report, replacements = _decide(model, methods, filter_fn, example_input)
+    swap(model, replacements)
+    return report
+
+
+def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
+         example_input: Any = None) -> Report:
+    """The report ``decompose_`` would return (decompositions included, for the errors); the model
+    is not changed."""
+    return _decide(model, methods, filter_fn, example_input)[0]
+
+
+def reconstruct_(model: nn.Module) -> list[str]:
+    """Replace every factorized layer by its equivalent dense layer, built from the current
+    (possibly trained) factors; returns the names of the layers rebuilt."""
+    replacements = {name: m.to_dense() for name, m in walk(model) if isinstance(m, FactorizedLayer)}
+    swap(model, replacements)
+    return list(replacements)
+
+
+def _layer_label(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        g = f" g{module.groups}" if module.groups > 1 else ""
+        s = f" s{module.stride[0]}" if module.stride != (1, 1) else ""
+        return f"conv{kh}x{kw} {module.in_channels}->{module.out_channels}{s}{g}"
+    if isinstance(module, nn.Linear):
+        return f"linear {module.in_features}->{module.out_features}"
+    return type(module).__name__
+
+
+def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict[str, tuple[int, ...]]:
+    """Each named layer's input shape (batch dim dropped) from one eval-mode, no-grad forward pass."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:  # must return None
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+        return hook
+
+    hooks = [modules[n].register_forward_hook(record(n)) for n in names]
+    modes = {m: m.training for m in model.modules()}
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return shapes
+
+
+def _nominal_shape(module: nn.Module) -> tuple[int, ...]:
+    if isinstance(module, nn.Linear):
+        return (module.in_features,)
+    reach = max(d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size))
+    side = max(NOMINAL_SIZE, reach)
+    return (module.in_channels, side, side)
+
+
+def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any
+            ) -> tuple[Report, dict[str, nn.Module]]:
+    if not any(True for _ in model.children()):
+        raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
+                         "for one layer use fc.layers.<Layer>.from_dense")
+    selection = Selection(methods)
+    kinds = layer_types()
+    candidates = [(n, m) for n, m in walk(model) if isinstance(m, kinds)]
+    selection.check_names([n for n, _ in candidates])
+    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
+    rows, replacements = [], {}
+    for name, module in track(candidates, desc="decompose"):
+        row, new = _decide_layer(name, module, selection, filter_fn, shapes.get(name))
+        rows.append(row)
+        if new is not None:
+            replacements[name] = new
+    return Report(rows), replacements
+
+
+def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn: Optional[FilterFn],
+                  shape: Optional[tuple[int, ...]]) -> tuple[LayerReport, Optional[nn.Module]]:
+    params = sum(p.numel() for p in module.parameters())
+    known = shape if shape is not None else (_nominal_shape(module) if isinstance(module, nn.Linear) else None)
+    row = dict(name=name, layer=_layer_label(module), params_before=params,
+               macs_before=layer_macs(module, known) if known else None)
+    if filter_fn is not None and not filter_fn(module, name):
+        return LayerReport(**row, skipped="excluded by filter_fn"), None
+    methods = selection.methods_for(name)
+    if methods is None:
+        return LayerReport(**row, skipped="left dense by the config"), None
+    chosen = next(((m, h) for m in methods if (h := handler_for(m, module)) is not None), None)
+    if chosen is None:
+        names = ", ".join(type(m).__name__ for m in methods)
+        if selection.is_explicit(name):
+            raise ValueError(f"layer {name!r} ({_layer_label(module)}) is not supported by {names}")
+        return LayerReport(**row, skipped=f"no method for {type(module).__name__} among {names}"), None
+    method, handler = chosen
+    try:
+        decision = handler(method, module)
+        if isinstance(decision, Skip):
+            if selection.is_explicit(name):
+                raise ValueError(decision.reason)
+            return LayerReport(**row, method=method.name, skipped=decision.reason), None
+        return _cost_and_build(row, module, method.name, decision, shape)
+    except ValueError as e:
+        raise ValueError(f"layer {name!r} ({_layer_label(module)}): {e}") from None
+
+
+def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposal,
+                    shape: Optional[tuple[int, ...]]) -> tuple[LayerReport, Optional[nn.Module]]:
+    with torch.device("meta"):
+        empty = proposal.empty(module)
+    params_after = sum(p.numel() for p in empty.parameters())
+    probe = shape if shape is not None else _nominal_shape(module)
+    before, after = layer_macs(module, probe), layer_macs(empty, probe)
+    row.update(method=method, ranks=proposal.ranks, params_after=params_after)
+    if row["macs_before"] is not None:
+        row["macs_after"] = after
+    if after >= before:
+        where = "" if shape is not None else f" (at a nominal {probe[-1]}x{probe[-1]} input)"
+        return LayerReport(**row, skipped=f"ranks {proposal.ranks} do not reduce MACs{where}: "
+                                          f"{before:,} -> {after:,}"), None
+    new = proposal.build(module)
+    w = module.weight.detach().to(torch.float64).cpu()
+    row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
+    return LayerReport(**row), new

@@ -1,0 +1,118 @@
+"""Parameters and MACs per layer, counted by forward hooks on the real modules.
+
+MACs (multiply-accumulates; FLOPs = 2 MACs) are counted for ``nn.Conv2d`` and ``nn.Linear``, the
+layers that decompositions change, from the shapes each one really sees, so stride, padding and the
+input-resolution 1x1 of a factorized conv are all accounted for:
+
+* Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (methods.md section 0);
+* Linear: ``rows * C * N`` per example (rows = all leading dims but the batch).
+
+Normalisation, activations and pooling are not counted (the same in dense and factorized models).
+A factorized layer's MACs are its factor convs' MACs, e.g. Tucker-2:
+``H W C R_in + H' W' kh kw R_in R_out + H' W' R_out N`` (Elhoushi et al. Eq. 11's denominator).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One leaf module: its own parameters and its MACs per example."""
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+@dataclass
+class Counts:
+    """``params``: all distinct parameters of the model; ``macs``: per example; ``layers``: rows."""
+
+    params: int
+    macs: int
+    layers: list[LayerCount] = field(default_factory=list)
+
+    def under(self, prefix: str) -> tuple[int, int]:
+        """(params, MACs) of every counted layer whose name is ``prefix`` or starts with ``prefix.``."""
+        rows = [r for r in self.layers if r.name == prefix or r.name.startswith(prefix + ".")]
+        return sum(r.params for r in rows), sum(r.macs for r in rows)
+
+    def __str__(self) -> str:
+        width = max([len("layer")] + [len(r.name) for r in self.layers])
+        lines = [f"{'layer':<{width}}  {'type':<14} {'params':>12} {'MACs':>14}  output"]
+        for r in self.layers:
+            out = "x".join(map(str, r.output_shape))
+            lines.append(f"{r.name:<{width}}  {r.kind:<14} {r.params:>12,} {r.macs:>14,}  {out}")
+        lines.append(f"{'total':<{width}}  {'':<14} {self.params:>12,} {self.macs:>14,}")
+        return "\n".join(lines)
+
+
+def _macs(module: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one call for the whole batch."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return out.numel() * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    return 0
+
+
+def count(model: nn.Module, example_input: Any) -> Counts:
+    """Count ``model``'s parameters and its MACs for ``example_input`` (a tensor, or a tuple of
+    positional inputs whose first element carries the batch), per example.
+
+    Runs one forward pass in eval mode without gradients and restores every module's mode, so
+    BatchNorm statistics are not touched. Works on the ``meta`` device (shapes only, no compute).
+    """
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
+    rows: list[LayerCount] = []
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, out: Any) -> None:
+            if not isinstance(out, torch.Tensor):
+                return
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            macs = _macs(module, out) // batch
+            in_shape = tuple(args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else ()
+            rows.append(LayerCount(name, type(module).__name__, params, macs, in_shape, tuple(out.shape[1:])))
+        return record
+
+    for name, module in model.named_modules():
+        if not any(True for _ in module.children()):
+            hooks.append(module.register_forward_hook(hook(name or type(module).__name__)))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    params = sum(p.numel() for p in model.parameters())
+    rows = [r for r in rows if r.params or r.macs]
+    return Counts(params=params, macs=sum(r.macs for r in rows), layers=rows)
+
+
+def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of ``module`` for one example of ``input_shape`` (no batch dim), costed on the ``meta``
+    device: nothing is computed and ``module`` is not touched."""
+    meta = module if _on_meta(module) else copy.deepcopy(module).to("meta")
+    return count(meta, torch.empty((1, *input_shape), device="meta")).macs
+
+
+def _on_meta(module: nn.Module) -> bool:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return bool(tensors) and all(t.is_meta for t in tensors)

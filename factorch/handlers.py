@@ -1,0 +1,54 @@
+"""Which layers each method applies to, and at which ranks: one handler per (method, layer type)."""
+from __future__ import annotations
+
+from torch import nn
+
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
+from factorch.methods import CP, SVD, Method, Tucker2
+from factorch.registry import Proposal, Skip, register
+
+
+def _spatial_conv_skip(conv: nn.Conv2d, method: str) -> Skip | None:
+    if conv.kernel_size == (1, 1):
+        return Skip(f"1x1 conv: {method} needs a kernel larger than 1x1 (SVD handles 1x1)")
+    if conv.in_channels // conv.groups == 1:
+        return Skip("depthwise conv: one input channel per group, nothing to factor")
+    return None
+
+
+def _rank_zero(method: Method, ranks: tuple[int, ...]) -> Skip | None:
+    if min(ranks) == 0:
+        return Skip(f"rank 0 from {method.rank!r} (the weights look like noise)")
+    return None
+
+
+@register(Tucker2, nn.Conv2d)
+def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip:
+    skip = _spatial_conv_skip(conv, "Tucker-2")
+    if skip:
+        return skip
+    ranks = TuckerConv2d.resolve_rank(conv, method.rank)
+    return _rank_zero(method, ranks) or Proposal(TuckerConv2d, ranks)
+
+
+@register(CP, nn.Conv2d)
+def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip:
+    skip = _spatial_conv_skip(conv, "CP")
+    if skip:
+        return skip
+    ranks = CPConv2d.resolve_rank(conv, method.rank)
+    return _rank_zero(method, ranks) or Proposal(CPConv2d, ranks, {"restarts": method.restarts})
+
+
+@register(SVD, nn.Conv2d)
+def svd_conv(method: SVD, conv: nn.Conv2d) -> Proposal | Skip:
+    if conv.kernel_size != (1, 1):
+        return Skip(f"{conv.kernel_size[0]}x{conv.kernel_size[1]} conv: SVD handles 1x1 convs only")
+    ranks = SVDConv2d.resolve_rank(conv, method.rank)
+    return _rank_zero(method, ranks) or Proposal(SVDConv2d, ranks)
+
+
+@register(SVD, nn.Linear)
+def svd_linear(method: SVD, linear: nn.Linear) -> Proposal | Skip:
+    ranks = SVDLinear.resolve_rank(linear, method.rank)
+    return _rank_zero(method, ranks) or Proposal(SVDLinear, ranks)

@@ -1,0 +1,136 @@
+"""Save and load decomposed models: one file with the weights and the factorization spec.
+
+The file is a plain ``torch.save`` of a dict of tensors, strings, numbers, lists and dicts:
+
+    {"format": "factorch", "version": 1, "arch": {"name", "num_classes", "in_channels"} | None,
+     "factorized": [{"name", "class", "config", "rank"}, ...], "state_dict": {...}, "meta": {...}}
+
+Loading uses ``torch.load(weights_only=True)``: no pickled code is ever executed, and a file that
+needs code to load (e.g. a whole pickled ``nn.Module``) is refused with a clear error. Writing goes
+to a temporary file in the same directory, renamed into place, so a crash never leaves a
+half-written checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from factorch.layers.base import FactorizedLayer
+from factorch.surgery import get_module, swap, walk
+
+FORMAT, VERSION = "factorch", 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, foreign or inconsistent with the model."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file next to ``path``, then rename it into place."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with one clear error per failure."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist" if not p.exists()
+                              else f"checkpoint {str(p)!r} is not a file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{str(p)!r} needs code to load (it pickles Python objects, e.g. a whole nn.Module), "
+            f"which factorch refuses to run; save a state_dict instead ({str(e).splitlines()[0][:120]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{str(p)!r} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]})") from None
+
+
+def factorization_spec(model: nn.Module) -> list[dict[str, Any]]:
+    """One entry per factorized layer: name, class name, constructor config and ranks."""
+    return [{"name": name, "class": type(m).__name__, **m.spec()}
+            for name, m in walk(model) if isinstance(m, FactorizedLayer)]
+
+
+def save(model: nn.Module, path: str | os.PathLike, meta: Optional[dict[str, Any]] = None) -> None:
+    """Write ``model``'s weights, its factorization spec and its architecture name (models made
+    by ``factorch.models.create``) to ``path``, atomically."""
+    atomic_save({
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": getattr(model, "factorch_arch", None),
+        "factorized": factorization_spec(model),
+        "state_dict": model.state_dict(),
+        "meta": dict(meta or {}),
+    }, path)
+
+
+def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
+    """Replace the dense layers named in ``spec`` by empty factorized layers of the given structure
+    (same device/dtype); built completely before the swap."""
+    replacements = {}
+    for entry in spec:
+        try:
+            name, cls_name, config, rank = entry["name"], entry["class"], entry["config"], entry["rank"]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"malformed factorization entry {entry!r}") from None
+        cls = FactorizedLayer.registry.get(cls_name)
+        if cls is None:
+            raise CheckpointError(f"unknown factorized layer class {cls_name!r} in the checkpoint")
+        dense = get_module(model, name)
+        ref = next(dense.parameters(), None)
+        try:
+            layer = cls(**config, rank=tuple(rank) if len(rank) > 1 else rank[0])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"cannot rebuild {cls_name} at {name!r}: {e}") from None
+        replacements[name] = layer.to(device=ref.device, dtype=ref.dtype) if ref is not None else layer
+    swap(model, replacements)
+
+
+def load(path: str | os.PathLike, model: Optional[nn.Module] = None) -> nn.Module:
+    """Load a checkpoint written by ``save``.
+
+    Without ``model``, the architecture is rebuilt from the registry name stored in the file;
+    with ``model`` (a fresh instance of the architecture, dense), a copy of it gets the stored
+    factorization and weights; ``model`` itself is not changed. Returns the loaded model.
+    """
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a factorch checkpoint (a plain state_dict? "
+                              "load it into a model with model.load_state_dict, or use the CLI's --model NAME --weights FILE)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has factorch checkpoint version {ckpt.get('version')!r}; this factorch reads {VERSION}")
+    if model is None:
+        arch = ckpt.get("arch")
+        if not arch:
+            raise CheckpointError(f"{str(path)!r} stores no architecture name; pass a fresh model: load(path, model=...)")
+        from factorch.models import create
+
+        model = create(arch["name"], arch["num_classes"], arch["in_channels"])
+    else:
+        model = copy.deepcopy(model)
+    apply_spec(model, ckpt.get("factorized", []))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit the model: {str(e).splitlines()[0][:300]}") from None
+    return model

@@ -1,0 +1,9 @@
+"""Factorized layers: each holds its factors as real child modules and has ``from_dense()`` and
+``to_dense()``. ``FactorizedLayer.registry`` maps class names to classes (used when loading)."""
+from factorch.layers.base import FactorizedLayer
+from factorch.layers.conv_spec import ConvSpec
+from factorch.layers.cp_conv import CPConv2d
+from factorch.layers.svd import SVDConv2d, SVDLinear
+from factorch.layers.tucker_conv import TuckerConv2d
+
+__all__ = ["CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv2d", "SVDLinear", "TuckerConv2d"]

@@ -1,0 +1,69 @@
+"""What every factorized layer is: a chain of real modules that can rebuild its dense layer."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class FactorizedLayer(nn.Module):
+    """Base of every factorized layer.
+
+    A subclass holds its factors as ordinary child modules (so hooks, ``state_dict`` and
+    ``count`` see real convs/linears), and provides:
+
+    * ``from_dense(dense, rank)``: decompose a trained layer (math in float64, result in the dense
+      layer's dtype and device);
+    * ``empty_like(dense, rank)``: the same structure without computing anything (used on the
+      ``meta`` device to cost a candidate before decomposing it);
+    * ``dense_weight()``: the kernel the factors represent, in float64 on the CPU;
+    * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
+    * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure.
+
+    Subclasses are found by class name when loading a checkpoint (``LAYER_CLASSES``).
+    """
+
+    registry: ClassVar[dict[str, type["FactorizedLayer"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        FactorizedLayer.registry[cls.__name__] = cls
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
+        raise NotImplementedError
+
+    @classmethod
+    def empty_like(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
+        raise NotImplementedError
+
+    def dense_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def to_dense(self) -> nn.Module:
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """``{"config": constructor kwargs, "rank": ranks}``; ``type(self)(**config, rank=rank)``
+        rebuilds this structure."""
+        raise NotImplementedError
+
+    def _place(self, like: Tensor) -> "FactorizedLayer":
+        """Move to ``like``'s device and dtype (the source layer's)."""
+        return self.to(device=like.device, dtype=like.dtype)
+
+
+def as_float64(t: Tensor) -> Tensor:
+    """Detached float64 CPU copy, where all factor math happens."""
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    """Refuse NaN/Inf weights with a clear message instead of propagating them into factors."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} has NaN or Inf values; refusing to decompose it")

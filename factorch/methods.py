@@ -1,0 +1,69 @@
+"""Method configs: what to decompose a layer into and at which rank (frozen dataclasses).
+
+The "how" of ``decompose_`` lives here; ``handlers.py`` says which layers each method applies to.
+Every config validates its rank spec on construction (``rank.validate_rank``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from factorch.rank import EVBMF, RankSpec, validate_rank
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base config. ``name`` is the CLI's ``--method`` value; subclasses register themselves."""
+
+    rank: RankSpec = field(default_factory=EVBMF)
+    name: ClassVar[str] = ""
+    n_modes: ClassVar[int] = 1
+    by_name: ClassVar[dict[str, type["Method"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            Method.by_name[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        validate_rank(self.rank, self.n_modes)
+
+    @classmethod
+    def from_name(cls, name: str, rank: RankSpec) -> "Method":
+        """``Method.from_name("tucker2", EVBMF())``; a clear error names the known methods."""
+        try:
+            method_type = cls.by_name[name]
+        except KeyError:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(cls.by_name))}") from None
+        return method_type(rank)
+
+
+@dataclass(frozen=True)
+class Tucker2(Method):
+    """Tucker-2 on the channel modes: Conv2d with a kernel larger than 1x1 -> ``TuckerConv2d``.
+
+    ``rank``: int (both modes), ``(out_rank, in_rank)``, a fraction of parameters, or a rule."""
+
+    name: ClassVar[str] = "tucker2"
+    n_modes: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class CP(Method):
+    """CP (ALS): Conv2d with a kernel larger than 1x1 -> ``CPConv2d``. ``restarts``: ALS runs kept
+    by best fit (the first from the SVD init, the others from seeded random starts)."""
+
+    restarts: int = 1
+    name: ClassVar[str] = "cp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise ValueError(f"CP restarts must be an int >= 1, got {self.restarts!r}")
+
+
+@dataclass(frozen=True)
+class SVD(Method):
+    """Truncated SVD: Linear -> ``SVDLinear``, 1x1 Conv2d -> ``SVDConv2d``."""
+
+    name: ClassVar[str] = "svd"

@@ -1,0 +1,127 @@
+"""Rank rules and the one function that resolves any rank spec to integers.
+
+A rank spec is one of
+
+* ``int``: that rank for every truncated mode;
+* ``(out_rank, in_rank)``: one rank per mode (Tucker-2);
+* ``float`` in (0, 1]: the fraction of the layer's weight parameters to keep (bias excluded); the
+  layer turns it into ranks with its own parameter formula;
+* a rule: ``EVBMF(weaken)`` or ``Energy(threshold)``, applied to each mode's unfolding.
+
+For a grouped conv, ranks are per group (every group gets the same ranks) and a rule takes the
+largest rank over the groups. A rule may give 0 (the unfolding looks like noise): callers skip
+the layer and say why, never build a rank-0 layer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from factorch.decompositions.evbmf import evbmf
+from factorch.decompositions.svd import energy_rank
+
+__all__ = ["EVBMF", "Energy", "RankRule", "RankSpec", "evbmf", "resolve_rank", "validate_rank"]
+
+
+class RankRule:
+    """A data-driven rank: ``rank_of(matrix, full)`` gives the rank of one unfolding."""
+
+    def rank_of(self, matrix: Tensor, full: int) -> int:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class EVBMF(RankRule):
+    """EVBMF rank (Nakajima et al. 2013), weakened as in MUSCO: ``R_evbmf + weaken * (R_full - R_evbmf)``.
+
+    ``weaken=0`` is pure EVBMF, ``weaken=1`` full rank; the result is rounded to the nearest int.
+    """
+
+    weaken: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weaken, bool) or not isinstance(self.weaken, (int, float)) \
+                or not 0.0 <= self.weaken <= 1.0:
+            raise ValueError(f"EVBMF weaken must be a number in [0, 1], got {self.weaken!r}")
+
+    def rank_of(self, matrix: Tensor, full: int) -> int:
+        r = min(evbmf(matrix), full)
+        return int(round(r + self.weaken * (full - r)))
+
+
+@dataclass(frozen=True)
+class Energy(RankRule):
+    """Smallest rank keeping ``threshold`` of the unfolding's energy, measured on sigma^2:
+    ``sum_{i<=R} sigma_i^2 >= threshold * sum_i sigma_i^2``."""
+
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"Energy threshold must be a number in (0, 1], got {self.threshold!r}")
+
+    def rank_of(self, matrix: Tensor, full: int) -> int:
+        s = torch.linalg.svdvals(matrix.detach().to(device="cpu", dtype=torch.float64))
+        return min(energy_rank(s, self.threshold), full)
+
+
+RankSpec = Union[int, float, tuple, RankRule]
+
+
+def validate_rank(spec: object, n_modes: int) -> None:
+    """Raise ``ValueError`` naming ``spec`` unless it is a valid rank spec for ``n_modes`` ranks."""
+    if isinstance(spec, RankRule):
+        return
+    if isinstance(spec, bool):
+        raise ValueError(f"rank must be an int, a tuple, a float in (0, 1] or a rule, got {spec!r}")
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ValueError(f"rank must be >= 1, got {spec}")
+        return
+    if isinstance(spec, float):
+        if not (0.0 < spec <= 1.0) or math.isnan(spec):
+            raise ValueError(f"a float rank is the fraction of parameters kept and must be in (0, 1], got {spec}")
+        return
+    if isinstance(spec, tuple):
+        if n_modes == 1:
+            raise ValueError(f"this method takes a single rank, got the tuple {spec!r}")
+        if len(spec) != n_modes or not all(isinstance(r, int) and not isinstance(r, bool) for r in spec):
+            raise ValueError(f"a rank tuple must hold {n_modes} ints (out_rank, in_rank), got {spec!r}")
+        if min(spec) < 1:
+            raise ValueError(f"ranks must be >= 1, got {spec!r}")
+        return
+    raise ValueError(
+        f"rank must be an int, an (out, in) tuple, a float in (0, 1] or a rule "
+        f"(EVBMF(), Energy(t)), got {spec!r}"
+    )
+
+
+def resolve_rank(
+    spec: RankSpec,
+    full: Sequence[int],
+    unfoldings: Callable[[], Sequence[Sequence[Tensor]]],
+    from_fraction: Callable[[float], Sequence[int]],
+) -> tuple[int, ...]:
+    """Turn ``spec`` into one int per mode.
+
+    ``full[k]`` is mode k's largest rank; ``unfoldings()`` returns, per mode, one matrix per
+    group (called only for rules); ``from_fraction(f)`` is the layer's parameter formula.
+    An explicit rank above ``full`` is an error; a rule's result is clipped to ``[0, full]``;
+    a fraction's to ``[1, full]``.
+    """
+    validate_rank(spec, len(full))
+    if isinstance(spec, RankRule):
+        per_mode = unfoldings()
+        return tuple(max(spec.rank_of(m, f) for m in mats) for mats, f in zip(per_mode, full))
+    if isinstance(spec, float):
+        return tuple(min(max(int(r), 1), f) for r, f in zip(from_fraction(spec), full))
+    ranks = spec if isinstance(spec, tuple) else (spec,) * len(full)
+    for r, f in zip(ranks, full):
+        if r > f:
+            raise ValueError(f"rank {spec!r} exceeds the full rank {tuple(full)} of this layer")
+    return tuple(ranks)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -54,12 +55,16 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist" if not p.exists()
                               else f"checkpoint {str(p)!r} is not a file")
+    if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{str(p)!r} is not a torch checkpoint (not a torch.save zip archive)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{str(p)!r} needs code to load (it pickles Python objects, e.g. a whole nn.Module), "
-            f"which factorch refuses to run; save a state_dict instead ({str(e).splitlines()[0][:120]})"
+            f"{str(p)!r} needs code to load: it pickles a Python object{what}, e.g. a whole nn.Module, "
+            "and factorch never runs pickled code; save model.state_dict() instead"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{str(p)!r} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]})") from None
@@ -129,8 +134,22 @@ def load(path: str | os.PathLike, model: Optional[nn.Module] = None) -> nn.Modul
     else:
         model = copy.deepcopy(model)
     apply_spec(model, ckpt.get("factorized", []))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"weights in {str(path)!r} do not fit the model: {str(e).splitlines()[0][:300]}") from None
+    load_weights(model, ckpt.get("state_dict"), str(path))
     return model
+
+
+def load_weights(model: nn.Module, state: Any, source: str) -> None:
+    """``model.load_state_dict(state)`` after checking names and shapes, so a mismatch is one line
+    naming the first offending keys (and the model is not touched)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source!r} holds no state_dict (a dict of tensors)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys]
+    if problems:
+        raise CheckpointError(f"weights in {source!r} do not fit {type(model).__name__}: {'; '.join(problems)}")
+    model.load_state_dict(state)

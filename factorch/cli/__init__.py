@@ -1,0 +1,1 @@
+"""The ``factorch`` command line: thin clients of the public API."""

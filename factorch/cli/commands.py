@@ -1,0 +1,88 @@
+"""The subcommands: decompose, count, reconstruct, models."""
+from __future__ import annotations
+
+import argparse
+import re
+
+import factorch as fc
+from factorch.cli.common import add_model_args, load_model, parse_methods, parse_rank
+
+
+def add_decompose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decompose", help="factorize a model's layers and write a factorch checkpoint",
+                       description="Decompose CHECKPOINT (or --model NAME) and write the small model to -o.")
+    add_model_args(p)
+    p.add_argument("--method", default="tucker2,svd",
+                   help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
+                        "(default tucker2,svd)")
+    p.add_argument("--rank", default="evbmf",
+                   help="int, OUT,IN, fraction in (0,1], evbmf, evbmf:WEAKEN or energy:T (default evbmf)")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="leave layers whose name fully matches REGEX dense (repeatable)")
+    p.add_argument("-o", "--output", required=True, help="where to write the decomposed checkpoint")
+    p.set_defaults(run=run_decompose)
+
+
+def run_decompose(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.method, parse_rank(args.rank))
+    try:
+        excludes = [re.compile(r) for r in args.exclude]
+    except re.error as e:
+        raise ValueError(f"--exclude regex is invalid: {e}") from None
+    loaded = load_model(args)
+    keep = (lambda module, name: not any(r.fullmatch(name) for r in excludes)) if excludes else None
+    report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input())
+    print(report)
+    fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})
+    print(f"wrote {args.output}")
+    return 0
+
+
+def add_count(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("count", help="params and MACs per layer",
+                       description="Count parameters and MACs (per example) of CHECKPOINT or --model NAME.")
+    add_model_args(p)
+    p.add_argument("--total", action="store_true", help="print only the totals")
+    p.set_defaults(run=run_count)
+
+
+def run_count(args: argparse.Namespace) -> int:
+    loaded = load_model(args)
+    counts = fc.count(loaded.model, loaded.example_input())
+    shape = "x".join(map(str, loaded.input_shape))
+    if not args.total:
+        print(counts)
+    print(f"{loaded.source}: {counts.params:,} params, {counts.macs:,} MACs per {shape} example")
+    return 0
+
+
+def add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="rebuild the dense layers of a decomposed checkpoint",
+                       description="Multiply every factorized layer back into its dense layer (lossless).")
+    add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="where to write the dense checkpoint")
+    p.set_defaults(run=run_reconstruct)
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    loaded = load_model(args)
+    names = fc.reconstruct_(loaded.model)
+    meta = {"input_shape": list(loaded.input_shape)} if loaded.input_shape else {}
+    fc.save(loaded.model, args.output, meta=meta)
+    print(f"reconstructed {len(names)} layer(s); wrote {args.output}")
+    return 0
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(run=run_models)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    for name in fc.models.list_models():
+        e = fc.models.entry(name)
+        print(f"{name:<12} {e.input_size[0]}x{e.input_size[1]}  {e.description}")
+    return 0
+
+
+COMMANDS = [add_decompose, add_count, add_reconstruct, add_models]

@@ -1,0 +1,101 @@
+"""What every subcommand shares: loading a model, parsing ranks/methods/shapes, failing cleanly."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.io import load_weights, read_checkpoint
+from factorch.models import entry
+
+
+class Loaded:
+    """A model from the command line, with its example input shape (C, H, W) and source label."""
+
+    def __init__(self, model: nn.Module, input_shape: Optional[tuple[int, ...]], source: str) -> None:
+        self.model, self.input_shape, self.source = model, input_shape, source
+
+    def example_input(self) -> torch.Tensor:
+        if self.input_shape is None:
+            raise ValueError("the input shape is unknown for this checkpoint; pass --input-shape C,H,W")
+        ref = next(self.model.parameters(), None)
+        return torch.zeros((1, *self.input_shape), dtype=ref.dtype if ref is not None else torch.float32)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="a factorch checkpoint (written by factorch or fc.save)")
+    p.add_argument("--model", help="a model from the zoo by name (see `factorch models`)")
+    p.add_argument("--weights", help="with --model: a state_dict file (or factorch checkpoint) to load")
+    p.add_argument("--num-classes", type=int, default=10, help="with --model (default 10)")
+    p.add_argument("--in-channels", type=int, default=3, help="with --model (default 3)")
+    p.add_argument("--input-shape", type=parse_shape, help="C,H,W of one example (default: the model's)")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must be positive ints like 3,32,32")
+    return shape
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+    """The model named by ``CHECKPOINT`` or ``--model NAME [--weights FILE]`` (exactly one)."""
+    if bool(args.checkpoint) == bool(args.model):
+        raise ValueError("give exactly one of CHECKPOINT or --model NAME")
+    if args.weights and not args.model:
+        raise ValueError("--weights goes with --model NAME")
+    if args.checkpoint:
+        ckpt = read_checkpoint(args.checkpoint)
+        model = fc.load(args.checkpoint)
+        shape = (ckpt.get("meta") or {}).get("input_shape")
+        if shape is None and ckpt.get("arch"):
+            a = ckpt["arch"]
+            shape = (a["in_channels"], *entry(a["name"]).input_size)
+        return Loaded(model, args.input_shape or (tuple(shape) if shape else None), args.checkpoint)
+    model = fc.models.create(args.model, args.num_classes, args.in_channels)
+    if args.weights:
+        state = read_checkpoint(args.weights)
+        if isinstance(state, dict) and state.get("format") == "factorch":
+            model = fc.load(args.weights, model=model)
+        else:
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]  # common training-checkpoint layout
+            load_weights(model, state, args.weights)
+    shape = args.input_shape or (args.in_channels, *entry(args.model).input_size)
+    return Loaded(model, shape, args.model)
+
+
+def parse_rank(text: str):
+    """``32`` | ``32,16`` | ``0.25`` (fraction of params) | ``evbmf`` | ``evbmf:W`` | ``energy:T``."""
+    t = text.strip().lower()
+    try:
+        if t == "evbmf":
+            return fc.EVBMF()
+        if t.startswith("evbmf:"):
+            return fc.EVBMF(weaken=float(t[6:]))
+        if t.startswith("energy:"):
+            return fc.Energy(float(t[7:]))
+        if "," in t:
+            return tuple(int(v) for v in t.split(","))
+        if "." in t or "e" in t:
+            return float(t)
+        return int(t)
+    except ValueError as e:
+        if "must" in str(e):  # a rule's own validation message
+            raise
+    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN, a fraction in (0, 1], "
+                     "evbmf, evbmf:WEAKEN or energy:THRESHOLD")
+
+
+def parse_methods(names: str, rank) -> list[fc.Method]:
+    """``tucker2,svd`` -> ``[Tucker2(rank), SVD(rank)]``: the first method that handles a layer wins."""
+    methods = [fc.Method.from_name(n.strip().lower(), rank) for n in names.split(",") if n.strip()]
+    if not methods:
+        raise ValueError("no method given; choose from " + ", ".join(sorted(fc.Method.by_name)))
+    return methods

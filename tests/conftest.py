@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def conv_reference(x, weight, conv_spec, bias=None):
+    """Independent reference: pad explicitly as nn.Conv2d does, then F.conv2d with no padding."""
+    import torch.nn.functional as F
+
+    s = conv_spec
+    if isinstance(s.padding, str):
+        if s.padding == "valid":
+            pads = [0, 0, 0, 0]
+        else:  # 'same': total d*(k-1) per axis, left = total // 2 (PyTorch's convention)
+            pads = []
+            for d, k in reversed(list(zip(s.dilation, s.kernel_size))):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+    else:
+        pads = [s.padding[1], s.padding[1], s.padding[0], s.padding[0]]
+    mode = {"zeros": "constant"}.get(s.padding_mode, s.padding_mode)
+    x = F.pad(x, pads, mode=mode) if any(pads) else x
+    return F.conv2d(x, weight, bias, s.stride, 0, s.dilation, s.groups)

@@ -14,7 +14,7 @@ from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
 from factorch.count import layer_macs
 from factorch.layers.base import FactorizedLayer
 from factorch.progress import track
-from factorch.registry import Proposal, Skip, handler_for, layer_types
+from factorch.registry import NotApplicable, Proposal, Skip, handler_for, layer_types
 from factorch.report import LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
@@ -127,22 +127,24 @@ def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn:
     methods = selection.methods_for(name)
     if methods is None:
         return LayerReport(**row, skipped="left dense by the config"), None
-    chosen = next(((m, h) for m in methods if (h := handler_for(m, module)) is not None), None)
-    if chosen is None:
-        names = ", ".join(type(m).__name__ for m in methods)
-        if selection.is_explicit(name):
-            raise ValueError(f"layer {name!r} ({_layer_label(module)}) is not supported by {names}")
-        return LayerReport(**row, skipped=f"no method for {type(module).__name__} among {names}"), None
-    method, handler = chosen
+    not_applicable: list[str] = []
     try:
-        decision = handler(method, module)
-        if isinstance(decision, Skip):
-            if selection.is_explicit(name):
-                raise ValueError(decision.reason)
-            return LayerReport(**row, method=method.name, skipped=decision.reason), None
-        return _cost_and_build(row, module, method.name, decision, shape)
+        for method in methods:
+            handler = handler_for(method, module)
+            decision = handler(method, module) if handler is not None else \
+                NotApplicable(f"{type(method).__name__} does not handle {type(module).__name__}")
+            if isinstance(decision, NotApplicable):
+                not_applicable.append(decision.reason)
+                continue
+            if isinstance(decision, Skip):
+                return LayerReport(**row, method=method.name, skipped=decision.reason), None
+            return _cost_and_build(row, module, method.name, decision, shape)
     except ValueError as e:
         raise ValueError(f"layer {name!r} ({_layer_label(module)}): {e}") from None
+    reason = "; ".join(dict.fromkeys(not_applicable))
+    if selection.is_explicit(name):  # the user named this layer: not handling it is an error
+        raise ValueError(f"layer {name!r} ({_layer_label(module)}) is not supported: {reason}")
+    return LayerReport(**row, skipped=reason), None
 
 
 def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposal,

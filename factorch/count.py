@@ -110,7 +110,9 @@ def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs of ``module`` for one example of ``input_shape`` (no batch dim), costed on the ``meta``
     device: nothing is computed and ``module`` is not touched."""
     meta = module if _on_meta(module) else copy.deepcopy(module).to("meta")
-    return count(meta, torch.empty((1, *input_shape), device="meta")).macs
+    ref = next(meta.parameters(), None)
+    dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    return count(meta, torch.empty((1, *input_shape), device="meta", dtype=dtype)).macs
 
 
 def _on_meta(module: nn.Module) -> bool:

@@ -5,14 +5,14 @@ from torch import nn
 
 from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
 from factorch.methods import CP, SVD, Method, Tucker2
-from factorch.registry import Proposal, Skip, register
+from factorch.registry import NotApplicable, Proposal, Skip, register
 
 
-def _spatial_conv_skip(conv: nn.Conv2d, method: str) -> Skip | None:
+def _spatial_conv_skip(conv: nn.Conv2d, method: str) -> NotApplicable | None:
     if conv.kernel_size == (1, 1):
-        return Skip(f"1x1 conv: {method} needs a kernel larger than 1x1 (SVD handles 1x1)")
+        return NotApplicable(f"1x1 conv: {method} needs a kernel larger than 1x1 (SVD handles 1x1)")
     if conv.in_channels // conv.groups == 1:
-        return Skip("depthwise conv: one input channel per group, nothing to factor")
+        return NotApplicable("depthwise conv: one input channel per group, nothing to factor")
     return None
 
 
@@ -23,7 +23,7 @@ def _rank_zero(method: Method, ranks: tuple[int, ...]) -> Skip | None:
 
 
 @register(Tucker2, nn.Conv2d)
-def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip:
+def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
     skip = _spatial_conv_skip(conv, "Tucker-2")
     if skip:
         return skip
@@ -32,7 +32,7 @@ def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip:
 
 
 @register(CP, nn.Conv2d)
-def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip:
+def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
     skip = _spatial_conv_skip(conv, "CP")
     if skip:
         return skip
@@ -41,9 +41,9 @@ def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip:
 
 
 @register(SVD, nn.Conv2d)
-def svd_conv(method: SVD, conv: nn.Conv2d) -> Proposal | Skip:
+def svd_conv(method: SVD, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
     if conv.kernel_size != (1, 1):
-        return Skip(f"{conv.kernel_size[0]}x{conv.kernel_size[1]} conv: SVD handles 1x1 convs only")
+        return NotApplicable(f"{conv.kernel_size[0]}x{conv.kernel_size[1]} conv: SVD handles 1x1 convs only")
     ranks = SVDConv2d.resolve_rank(conv, method.rank)
     return _rank_zero(method, ranks) or Proposal(SVDConv2d, ranks)
 

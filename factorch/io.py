@@ -101,12 +101,21 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
         cls = FactorizedLayer.registry.get(cls_name)
         if cls is None:
             raise CheckpointError(f"unknown factorized layer class {cls_name!r} in the checkpoint")
-        dense = get_module(model, name)
-        ref = next(dense.parameters(), None)
         try:
-            layer = cls(**config, rank=tuple(rank) if len(rank) > 1 else rank[0])
-        except (TypeError, ValueError) as e:
+            dense = get_module(model, name)
+        except ValueError:
+            raise CheckpointError(f"the checkpoint factorizes layer {name!r}, which this model does not have") from None
+        ref = next(dense.parameters(), None)
+        rank_spec = tuple(rank) if len(rank) > 1 else rank[0]
+        try:
+            with torch.device("meta"):  # what this model's layer would give: must be the stored config
+                expected = cls.empty_like(dense, rank_spec).spec()["config"]
+            layer = cls(**config, rank=rank_spec)
+        except (TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"cannot rebuild {cls_name} at {name!r}: {e}") from None
+        if expected != config:
+            raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
+                                  f"(model: {expected}, checkpoint: {config})")
         replacements[name] = layer.to(device=ref.device, dtype=ref.dtype) if ref is not None else layer
     swap(model, replacements)
 

@@ -17,7 +17,15 @@ from factorch.methods import Method
 
 @dataclass(frozen=True)
 class Skip:
-    """Leave the layer dense, for ``reason``."""
+    """The method applies to the layer but leaves it dense, for ``reason`` (e.g. rank 0)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """The method does not apply to this layer (e.g. Tucker-2 on a 1x1 conv): the next method in
+    the list is tried; if none applies, ``reason`` is reported."""
 
     reason: str
 
@@ -42,7 +50,7 @@ class Proposal:
         return self.layer_cls.empty_like(module, self.rank)
 
 
-Handler = Callable[[Any, nn.Module], Union[Proposal, Skip]]
+Handler = Callable[[Any, nn.Module], Union[Proposal, Skip, NotApplicable]]
 _HANDLERS: dict[tuple[type, type], Handler] = {}
 
 

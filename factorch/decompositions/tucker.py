@@ -80,7 +80,7 @@ def tucker2(
     w_c = w.permute(0, 2, 3, 1).reshape(n * kh * kw, c)  # rows (n, i, j), cols c
     w_n = w.permute(1, 2, 3, 0).reshape(c * kh * kw, n)  # rows (c, i, j), cols n
     prev_err = None
-    for _ in range(n_iter_max):
+    for it in range(n_iter_max):
         if r_out < n:
             y0 = (w_c @ v).reshape(n, -1)  # (N, kh*kw*R_in): mode-0 unfolding of W x_1 V^T
             u = _leading_eigvecs(y0 @ y0.T, r_out)
@@ -89,7 +89,7 @@ def tucker2(
             v = _leading_eigvecs(z1 @ z1.T, r_in)
         fit = float(((v.T @ z1) ** 2).sum())  # ||G||^2, G = W x_0 U^T x_1 V^T
         err = max(1.0 - fit / norm2, 0.0) ** 0.5
-        if prev_err is not None and abs(prev_err - err) < tol:
+        if it >= 2 and abs(prev_err - err) < tol:  # at least 3 sweeps, as TensorLy does
             break
         prev_err = err
     return _core(w, u, v), u, v

@@ -1,0 +1,118 @@
+"""save/load: round trips, no pickled code, clear errors, nothing half-written."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.io import CheckpointError
+from factorch.layers import TuckerConv2d
+
+
+def _decomposed(name="resnet20"):
+    model = fc.models.create(name).eval()
+    fc.decompose_(model, [fc.Tucker2(0.4), fc.SVD(0.5)])
+    return model
+
+
+def test_round_trip_registry_model(tmp_path):
+    model = _decomposed()
+    path = tmp_path / "small.pt"
+    fc.save(model, path)
+    loaded = fc.load(path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert isinstance(loaded.layer1[0].conv1, TuckerConv2d)
+    assert loaded.layer1[0].conv1.ranks == model.layer1[0].conv1.ranks
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_round_trip_custom_model_into_fresh_copy(tmp_path):
+    def make():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.Flatten(), nn.LazyLinear(4))
+
+    model = make()
+    model(torch.zeros(1, 3, 8, 8))  # materialise the lazy layer
+    fc.decompose_(model, fc.Tucker2((8, 8)), filter_fn=lambda m, n: n == "2")
+    path = tmp_path / "custom.pt"
+    fc.save(model, path)
+    with pytest.raises(CheckpointError, match="no architecture name"):
+        fc.load(path)
+    fresh = make()
+    fresh(torch.zeros(1, 3, 8, 8))
+    loaded = fc.load(path, model=fresh)
+    assert isinstance(loaded[2], TuckerConv2d) and isinstance(fresh[2], nn.Conv2d)  # fresh untouched
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_pickled_module_is_refused_without_running_code(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(CheckpointError, match="needs code to load"):
+        fc.load(path)
+
+
+class Boom:
+    """Unpickling this would run code; the loader must never get that far."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "factorch", "x": Boom()}, path)
+    with pytest.raises(CheckpointError, match="needs code to load"):
+        fc.load(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "does not exist"),
+    (b"not a checkpoint", "not a torch checkpoint"),
+])
+def test_missing_and_corrupt(tmp_path, content, match):
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        fc.load(path)
+
+
+def test_truncated_and_foreign(tmp_path):
+    good = tmp_path / "good.pt"
+    fc.save(_decomposed(), good)
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        fc.load(bad)
+    foreign = tmp_path / "sd.pt"
+    torch.save(fc.models.create("resnet20").state_dict(), foreign)
+    with pytest.raises(CheckpointError, match="not a factorch checkpoint"):
+        fc.load(foreign)
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    path = tmp_path / "m.pt"
+    fc.save(_decomposed(), path)
+    with pytest.raises(CheckpointError, match="does not have"):
+        fc.load(path, model=fc.models.create("vgg11"))
+    with pytest.raises(CheckpointError, match="does not match"):
+        fc.load(path, model=fc.models.create("resnet20", num_classes=5))
+
+
+def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "out.pt"
+    path.write_bytes(b"old")
+
+    def broken(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        fc.save(_decomposed(), path)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fc.save(_decomposed(), tmp_path / "no" / "dir.pt")

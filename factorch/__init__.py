@@ -13,12 +13,15 @@ from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
 from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, Method, Tucker2
-from factorch.rank import EVBMF, Energy, evbmf
-from factorch.report import LayerReport, Report
+from factorch.profile import Latency, Profiler
+from factorch.rank import EVBMF, Budget, Energy, evbmf
+from factorch.report import BudgetResult, LayerReport, Report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
+    "BudgetResult",
     "CP",
     "CheckpointError",
     "Counts",
@@ -26,7 +29,9 @@ __all__ = [
     "Energy",
     "LayerCount",
     "LayerReport",
+    "Latency",
     "Method",
+    "Profiler",
     "Report",
     "SVD",
     "Tucker2",

@@ -5,25 +5,30 @@ failure leaves the model exactly as it was.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
+from factorch.budget import achieved, allocate
 from factorch.count import layer_macs
 from factorch.layers.base import FactorizedLayer
+from factorch.methods import Method
+from factorch.profile import Profiler, as_profiler, compare
 from factorch.progress import track
+from factorch.rank import Budget
 from factorch.registry import NotApplicable, Proposal, Skip, handler_for, layer_types
 from factorch.report import LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
 
 NOMINAL_SIZE = 32  # conv input side used to test "fewer MACs" when no example_input is given
+Timing = Optional[tuple[Profiler, int]]  # (how to time, batch of example_input)
 
 
 def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
-               example_input: Any = None) -> Report:
+               example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False) -> Report:
     """Replace the model's layers by factorized ones, in place; return the per-layer report.
 
     ``methods``: a method config, a list (the first method that handles a layer is used) or a
@@ -32,17 +37,24 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     input size, otherwise a nominal 32x32 input per conv and the report shows no conv MACs.
     A layer stays dense, with the reason in the report, when its ranks come out 0 or would not
     reduce its MACs, or when no method handles it.
+
+    A rank of ``fc.Budget(macs=f)`` / ``fc.Budget(params=f)`` is shared by every layer it governs
+    (see ``fc.Budget``): ranks are allocated across them first; the report gives the achieved
+    fraction. ``keep_if_faster=True`` (or a ``fc.Profiler(batch=..., backward=..., device=...)``)
+    times each candidate dense and factorized at its real input size (needs ``example_input``;
+    the batch is the profiler's or ``example_input``'s) and keeps the dense layer where the
+    factorized one is not faster; the report gives both latencies.
     """
-    report, replacements = _decide(model, methods, filter_fn, example_input)
+    report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster)
     swap(model, replacements)
     return report
 
 
 def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
-         example_input: Any = None) -> Report:
-    """The report ``decompose_`` would return (decompositions included, for the errors); the model
+         example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False) -> Report:
+    """The report ``decompose_`` would return (decompositions and timings included); the model
     is not changed."""
-    return _decide(model, methods, filter_fn, example_input)[0]
+    return _decide(model, methods, filter_fn, example_input, keep_if_faster)[0]
 
 
 def reconstruct_(model: nn.Module) -> list[str]:
@@ -97,27 +109,41 @@ def _nominal_shape(module: nn.Module) -> tuple[int, ...]:
     return (module.in_channels, side, side)
 
 
-def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any
-            ) -> tuple[Report, dict[str, nn.Module]]:
+def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
+            keep_if_faster: Union[bool, Profiler]) -> tuple[Report, dict[str, nn.Module]]:
     if not any(True for _ in model.children()):
         raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
                          "for one layer use fc.layers.<Layer>.from_dense")
     selection = Selection(methods)
+    profiler = as_profiler(keep_if_faster)
+    if profiler is not None and example_input is None:
+        raise ValueError("keep_if_faster needs example_input: each layer is timed at its real input size")
     kinds = layer_types()
     candidates = [(n, m) for n, m in walk(model) if isinstance(m, kinds)]
     selection.check_names([n for n, _ in candidates])
     shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
+    allocation = allocate(  # whole-model rank rules (fc.Budget) are resolved before per-layer decisions
+        candidates, lambda n, m: None if filter_fn is not None and not filter_fn(m, n) else selection.methods_for(n),
+        lambda n, m: shapes.get(n) or _nominal_shape(m), exact_shapes=example_input is not None)
+    timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     for name, module in track(candidates, desc="decompose"):
-        row, new = _decide_layer(name, module, selection, filter_fn, shapes.get(name))
+        row, new = _decide_layer(name, module, selection, filter_fn, shapes.get(name),
+                                 allocation.methods.get(name), timing)
         rows.append(row)
         if new is not None:
             replacements[name] = new
-    return Report(rows), replacements
+    return Report(rows, [achieved(pool, rows) for pool in allocation.pools]), replacements
+
+
+def _batch_of(example_input: Any) -> int:
+    first = example_input[0] if isinstance(example_input, tuple) else example_input
+    return int(first.shape[0]) if first.dim() > 0 else 1
 
 
 def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn: Optional[FilterFn],
-                  shape: Optional[tuple[int, ...]]) -> tuple[LayerReport, Optional[nn.Module]]:
+                  shape: Optional[tuple[int, ...]], allocated: Optional[Method], timing: Timing
+                  ) -> tuple[LayerReport, Optional[nn.Module]]:
     params = sum(p.numel() for p in module.parameters())
     known = shape if shape is not None else (_nominal_shape(module) if isinstance(module, nn.Linear) else None)
     row = dict(name=name, layer=_layer_label(module), params_before=params,
@@ -130,6 +156,8 @@ def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn:
     not_applicable: list[str] = []
     try:
         for method in methods:
+            if isinstance(method.rank, Budget) and allocated is not None:
+                method = allocated  # same method, with the ranks the budget gave this layer
             handler = handler_for(method, module)
             decision = handler(method, module) if handler is not None else \
                 NotApplicable(f"{type(method).__name__} does not handle {type(module).__name__}")
@@ -138,7 +166,7 @@ def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn:
                 continue
             if isinstance(decision, Skip):
                 return LayerReport(**row, method=method.name, skipped=decision.reason), None
-            return _cost_and_build(row, module, method.name, decision, shape)
+            return _cost_and_build(row, module, method.name, decision, shape, timing)
     except ValueError as e:
         raise ValueError(f"layer {name!r} ({_layer_label(module)}): {e}") from None
     reason = "; ".join(dict.fromkeys(not_applicable))
@@ -148,7 +176,7 @@ def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn:
 
 
 def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposal,
-                    shape: Optional[tuple[int, ...]]) -> tuple[LayerReport, Optional[nn.Module]]:
+                    shape: Optional[tuple[int, ...]], timing: Timing) -> tuple[LayerReport, Optional[nn.Module]]:
     with torch.device("meta"):
         empty = proposal.empty(module)
     params_after = sum(p.numel() for p in empty.parameters())
@@ -164,4 +192,20 @@ def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposa
     new = proposal.build(module)
     w = module.weight.detach().to(torch.float64).cpu()
     row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
+    if timing is not None and shape is not None:
+        return _keep_faster(row, module, new, shape, *timing)
     return LayerReport(**row), new
+
+
+def _keep_faster(row: dict, module: nn.Module, new: nn.Module, shape: tuple[int, ...], profiler: Profiler,
+                 batch: int) -> tuple[LayerReport, Optional[nn.Module]]:
+    """Time dense and factorized side by side (same input, interleaved, median); keep the faster."""
+    t = compare({"dense": module, "factorized": new}, shape, profiler, batch)
+    dense, fact = t["dense"], t["factorized"]
+    d, f = (dense.forward_backward, fact.forward_backward) if profiler.backward else (dense.forward, fact.forward)
+    row.update(latency_dense=d, latency_factorized=f)
+    if f < d:
+        return LayerReport(**row), new
+    what = "forward+backward" if profiler.backward else "forward"
+    return LayerReport(**row, skipped=f"kept dense: factorized is not faster here ({d / f:.2f}x; {what} "
+                                      f"{f * 1e3:.3g} ms vs {d * 1e3:.3g} ms dense at batch {profiler.batch or batch})"), None

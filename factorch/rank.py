@@ -6,7 +6,9 @@ A rank spec is one of
 * ``(out_rank, in_rank)``: one rank per mode (Tucker-2);
 * ``float`` in (0, 1]: the fraction of the layer's weight parameters to keep (bias excluded); the
   layer turns it into ranks with its own parameter formula;
-* a rule: ``EVBMF(weaken)`` or ``Energy(threshold)``, applied to each mode's unfolding.
+* a rule: ``EVBMF(weaken)`` or ``Energy(threshold)``, applied to each mode's unfolding;
+* ``Budget(macs=f)`` / ``Budget(params=f)``: a whole-model rule; ``decompose_``/``plan`` allocate
+  its ranks across layers (``factorch.budget``) before any per-layer decision.
 
 For a grouped conv, ranks are per group (every group gets the same ranks) and a rule takes the
 largest rank over the groups. A rule may give 0 (the unfolding looks like noise): callers skip
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -24,7 +26,7 @@ from torch import Tensor
 from factorch.decompositions.evbmf import evbmf
 from factorch.decompositions.svd import energy_rank
 
-__all__ = ["EVBMF", "Energy", "RankRule", "RankSpec", "evbmf", "resolve_rank", "validate_rank"]
+__all__ = ["Budget", "EVBMF", "Energy", "RankRule", "RankSpec", "evbmf", "resolve_rank", "validate_rank"]
 
 
 class RankRule:
@@ -68,6 +70,48 @@ class Energy(RankRule):
     def rank_of(self, matrix: Tensor, full: int) -> int:
         s = torch.linalg.svdvals(matrix.detach().to(device="cpu", dtype=torch.float64))
         return min(energy_rank(s, self.threshold), full)
+
+
+@dataclass(frozen=True)
+class Budget(RankRule):
+    """A whole-model target: ``Budget(macs=0.4)`` or ``Budget(params=0.1)`` (exactly one).
+
+    Over the layers it governs (every layer whose method has this budget as its rank and which
+    that method handles, after ``filter_fn`` and the config), the decomposed layers keep at most
+    that fraction of those layers' dense MACs (per example, at the ``example_input`` size) or
+    parameters (weights and biases); all other layers are not counted. The ranks are chosen per
+    layer to keep the most spectral energy of the unfoldings (``factorch.budget``); the report
+    gives the achieved fraction. Only ``decompose_``/``plan`` can resolve it.
+    """
+
+    macs: Optional[float] = None
+    params: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        given = [(k, v) for k, v in (("macs", self.macs), ("params", self.params)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"Budget takes exactly one of macs=F or params=F (F a fraction in (0, 1]), "
+                             f"got macs={self.macs!r}, params={self.params!r}")
+        kind, value = given[0]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0 \
+                or math.isnan(value):
+            raise ValueError(f"Budget {kind} must be a fraction in (0, 1] of the dense {kind} kept, got {value!r}")
+
+    @property
+    def kind(self) -> str:
+        """``"macs"`` or ``"params"``."""
+        return "macs" if self.macs is not None else "params"
+
+    @property
+    def fraction(self) -> float:
+        return float(self.macs if self.macs is not None else self.params)
+
+    def rank_of(self, matrix: Tensor, full: int) -> int:
+        raise ValueError(f"{self!r} is a whole-model rule: pass it to fc.decompose_ or fc.plan, which "
+                         "share the budget across layers; for one layer use an int, a fraction or a rule")
+
+    def __str__(self) -> str:
+        return f"budget:{self.kind}={self.fraction:g}"
 
 
 RankSpec = Union[int, float, tuple, RankRule]

@@ -11,6 +11,8 @@ class LayerReport:
 
     ``macs_*`` are per example at the layer's real input size, None where that size is unknown
     (no ``example_input`` was given for a conv); ``error`` is ``||W - W_hat|| / ||W||``.
+    ``latency_*`` (seconds, median per call) are set when ``keep_if_faster`` timed the layer: the
+    dense and the factorized form at the same batch, input size, dtype and device.
     """
 
     name: str
@@ -23,10 +25,44 @@ class LayerReport:
     macs_after: Optional[int] = None
     error: Optional[float] = None
     skipped: Optional[str] = None
+    latency_dense: Optional[float] = None
+    latency_factorized: Optional[float] = None
 
     @property
     def decomposed(self) -> bool:
         return self.skipped is None
+
+    @property
+    def kept(self) -> str:
+        """``"factorized"`` or ``"dense"``: the form the layer has after ``decompose_``."""
+        return "factorized" if self.decomposed else "dense"
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """Measured dense / factorized latency (> 1: the factorized form is faster), if timed."""
+        if self.latency_dense is None or not self.latency_factorized:
+            return None
+        return self.latency_dense / self.latency_factorized
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """What one ``fc.Budget`` achieved over the ``layers`` it governs (skipped layers count as dense)."""
+
+    budget: str
+    kind: str
+    target: float
+    layers: int
+    before: int
+    after: int
+
+    @property
+    def fraction(self) -> float:
+        return self.after / self.before if self.before else 1.0
+
+    def __str__(self) -> str:
+        return (f"{self.budget}: the {self.layers} layers it governs keep {self.fraction:.4f} of their "
+                f"{self.kind} ({_num(self.before)} -> {_num(self.after)}; target {self.target:g})")
 
 
 def _num(v: Optional[int]) -> str:
@@ -47,6 +83,7 @@ class Report:
     """Rows for every candidate layer, in model order."""
 
     rows: list[LayerReport] = field(default_factory=list)
+    budgets: list[BudgetResult] = field(default_factory=list)
 
     @property
     def decomposed(self) -> list[LayerReport]:
@@ -74,7 +111,9 @@ class Report:
         return [asdict(r) for r in self.rows]
 
     def __str__(self) -> str:
-        head = ["layer", "type", "method", "ranks", "params", "MACs", "rel.err", "note"]
+        timed = any(r.speedup is not None for r in self.rows)
+        head = ["layer", "type", "method", "ranks", "params", "MACs", "rel.err"] + \
+            (["latency dense -> factorized"] if timed else []) + ["note"]
         body = []
         for r in self.rows:
             ranks = "x".join(map(str, r.ranks)) if r.ranks else "-"
@@ -82,14 +121,22 @@ class Report:
                 params = f"{_num(r.params_before)} -> {_num(r.params_after)}"
                 macs = f"{_num(r.macs_before)} -> {_num(r.macs_after)}"
                 note, err = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs", f"{r.error:.4f}"
+                if r.speedup is not None:
+                    note += f", kept factorized: {r.speedup:.2f}x faster"
             else:
                 params, macs, err, note = _num(r.params_before), _num(r.macs_before), "-", f"skipped: {r.skipped}"
-            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err, note])
+            latency = [f"{_ms(r.latency_dense)} -> {_ms(r.latency_factorized)}" if r.speedup else "-"] if timed else []
+            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err] + latency + [note])
         t = self.totals()
         body.append(["total", "", "", "", f"{_num(t['params_before'])} -> {_num(t['params_after'])}",
-                     f"{_num(t['macs_before'])} -> {_num(t['macs_after'])}", "",
-                     f"{len(self.decomposed)} decomposed, {len(self.skipped)} skipped"])
+                     f"{_num(t['macs_before'])} -> {_num(t['macs_after'])}", ""] + ([""] if timed else []) +
+                    [f"{len(self.decomposed)} decomposed, {len(self.skipped)} skipped"])
         widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
         fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
         sep = "  ".join("-" * w for w in widths)
-        return "\n".join([fmt(head), sep] + [fmt(row) for row in body[:-1]] + [sep, fmt(body[-1])])
+        lines = [fmt(head), sep] + [fmt(row) for row in body[:-1]] + [sep, fmt(body[-1])]
+        return "\n".join(lines + [str(b) for b in self.budgets])
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3g} ms"

@@ -1,0 +1,198 @@
+"""Measured latency: what a layer (or a model) costs on this machine, not what its MACs promise.
+
+methods.md section 7: fewer MACs often buy little or no speed on real hardware (a factorized conv
+is 2-5 kernels of low arithmetic intensity). So we measure, honestly:
+
+* every variant gets the same input: same batch, shape, dtype, device and memory layout;
+* warm-up calls first (allocator, cuDNN/oneDNN algorithm choice), then ``runs`` timed calls,
+  and the **median** is reported (robust to a busy machine);
+* variants are timed **interleaved** (A, B, C, A, B, C, ...) so drift in machine load hits them
+  alike, and their ratio is measured side by side in one process;
+* on CUDA each call is timed with CUDA events (the GPU's own clock, after synchronising); on the
+  CPU with ``time.perf_counter``.
+
+The clock is injectable: ``Profiler(timer=...)`` takes ``timer(module, run) -> seconds`` where
+``run()`` performs one call of ``module``; tests pass a fake timer (a test never asserts a
+wall-clock time).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Latency", "Profiler", "Timer", "compare", "default_timer", "measure"]
+
+Timer = Callable[[nn.Module, Callable[[], None]], float]
+
+
+@dataclass(frozen=True)
+class Profiler:
+    """How to time a layer or a model.
+
+    ``batch``: the batch size to time at (None: the batch of the example input given to the
+    caller); ``warmup`` untimed calls, then ``runs`` timed ones (the median is kept);
+    ``backward``: also time forward+backward (a training step's cost, gradients w.r.t. the
+    parameters and the input); ``device``: where to run (None: where the module is);
+    ``channels_last``: NHWC memory layout for module and input; ``threads``: CPU threads while
+    timing (None: torch's setting; 1 gives stable numbers on a machine shared with other jobs,
+    where a multi-threaded op waits for its slowest thread's time slice); ``timer``: the clock
+    (None: CUDA events on a GPU, ``perf_counter`` otherwise).
+    """
+
+    batch: Optional[int] = None
+    warmup: int = 5
+    runs: int = 20
+    backward: bool = False
+    device: Optional[str] = None
+    channels_last: bool = False
+    threads: Optional[int] = None
+    timer: Optional[Timer] = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, low in (("batch", 1), ("warmup", 0), ("runs", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is None and name in ("batch", "threads"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Profiler {name} must be an int >= {low}, got {value!r}")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"Profiler device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median seconds per call: ``forward`` (no grad) and ``forward_backward`` (None if not timed)."""
+
+    forward: float
+    forward_backward: Optional[float] = None
+
+
+def default_timer(device: torch.device) -> Timer:
+    """CUDA events on a GPU (synchronised), ``time.perf_counter`` elsewhere."""
+    if device.type == "cuda":
+        def cuda_events(module: nn.Module, run: Callable[[], None]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)  # nothing queued before the start mark
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3  # ms -> s
+        return cuda_events
+
+    def wall_clock(module: nn.Module, run: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+    return wall_clock
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    ref = next(module.parameters(), None)
+    return ref.device if ref is not None else torch.device("cpu")
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    ref = next(module.parameters(), None)
+    return ref.dtype if ref is not None else torch.get_default_dtype()
+
+
+def _prepare(module: nn.Module, profiler: Profiler, device: torch.device) -> nn.Module:
+    """A copy of the module as it will be timed (on ``device``, in the profiler's layout): timing
+    never moves the caller's module, changes its mode, or writes its ``.grad``/BN statistics."""
+    module = copy.deepcopy(module).to(device)
+    return module.to(memory_format=torch.channels_last) if profiler.channels_last else module
+
+
+def _calls(module: nn.Module, x: Tensor, backward: bool) -> Callable[[], None]:
+    """One call of ``module``: inference (eval mode, no grad), or a training step's forward and
+    backward (train mode; gradients w.r.t. parameters and input, as for a mid-network layer)."""
+    if not backward:
+        module.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                module(x)
+        return forward
+    module.train()
+    with torch.no_grad():
+        grad = torch.randn_like(module(x))  # the upstream gradient, made outside the timed calls
+
+    def forward_backward() -> None:
+        module(x).backward(grad)
+    return forward_backward
+
+
+def compare(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profiler: Profiler = Profiler(),
+            batch: Optional[int] = None) -> dict[str, Latency]:
+    """Time every module in ``variants`` on the same random input ``(batch, *input_shape)``.
+
+    ``batch`` is used when ``profiler.batch`` is None (default 1). Dtype and device come from the
+    first variant (or ``profiler.device``); every variant runs on the very same input tensor.
+    Calls are interleaved across variants, warm-up first, and the median is returned. Forward is
+    timed in eval mode without grad (inference), forward+backward in train mode (a training
+    step), each on a copy: the caller's modules are not changed.
+    """
+    if not variants:
+        raise ValueError("compare needs at least one module to time")
+    first = next(iter(variants.values()))
+    device = torch.device(profiler.device) if profiler.device else _device_of(first)
+    n = profiler.batch or batch or 1
+    x = torch.randn((n, *input_shape), dtype=_dtype_of(first), device=device)
+    if profiler.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    timer = profiler.timer or default_timer(device)
+    modules = {k: _prepare(m, profiler, device) for k, m in variants.items()}
+    modes = [("forward", False)] + ([("forward_backward", True)] if profiler.backward else [])
+    threads = torch.get_num_threads()
+    if profiler.threads:
+        torch.set_num_threads(profiler.threads)
+    try:
+        result = _time_interleaved(modules, x, modes, profiler, timer)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: Latency(**v) for k, v in result.items()}
+
+
+def _time_interleaved(modules: dict[str, nn.Module], x: Tensor, modes: list[tuple[str, bool]],
+                      profiler: Profiler, timer: Timer) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {k: {} for k in modules}
+    for mode, backward in modes:
+        xin = x.detach().requires_grad_(True) if backward else x  # a mid-network layer also gets d/dx
+        calls = {k: _calls(m, xin, backward) for k, m in modules.items()}
+        for _ in range(profiler.warmup):
+            for run in calls.values():
+                run()
+        samples: dict[str, list[float]] = {k: [] for k in modules}
+        for _ in range(profiler.runs):
+            for k, run in calls.items():
+                samples[k].append(timer(modules[k], run))
+        for k, s in samples.items():
+            result[k][mode] = statistics.median(s)
+    return result
+
+
+def measure(module: nn.Module, input_shape: tuple[int, ...], profiler: Profiler = Profiler(),
+            batch: Optional[int] = None) -> Latency:
+    """Median latency of one module on a random ``(batch, *input_shape)`` input (see ``compare``)."""
+    return compare({"module": module}, input_shape, profiler, batch)["module"]
+
+
+def as_profiler(keep_if_faster: Union[bool, Profiler]) -> Optional[Profiler]:
+    """``decompose_``'s ``keep_if_faster`` argument: False -> None, True -> ``Profiler()``."""
+    if isinstance(keep_if_faster, Profiler):
+        return keep_if_faster
+    if keep_if_faster is True:
+        return Profiler()
+    if keep_if_faster is False or keep_if_faster is None:
+        return None
+    raise ValueError(f"keep_if_faster must be True, False or a fc.Profiler(...), got {keep_if_faster!r}")

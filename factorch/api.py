@@ -207,5 +207,5 @@ def _keep_faster(row: dict, module: nn.Module, new: nn.Module, shape: tuple[int,
     if f < d:
         return LayerReport(**row), new
     what = "forward+backward" if profiler.backward else "forward"
-    return LayerReport(**row, skipped=f"kept dense: factorized is not faster here ({d / f:.2f}x; {what} "
-                                      f"{f * 1e3:.3g} ms vs {d * 1e3:.3g} ms dense at batch {profiler.batch or batch})"), None
+    return LayerReport(**row, skipped=f"kept dense: factorized runs at {d / f:.2f}x the dense speed here "
+                                      f"({what}, batch {profiler.batch or batch})"), None

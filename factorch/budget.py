@@ -261,4 +261,5 @@ def achieved(pool: Pool, rows: Sequence[LayerReport]) -> BudgetResult:
     mine = [r for r in rows if r.name in names]
     before = sum(getattr(r, f"{kind}_before") for r in mine)
     after = sum(getattr(r, f"{kind}_after" if r.decomposed else f"{kind}_before") for r in mine)
-    return BudgetResult(str(pool.budget), kind, pool.budget.fraction, len(mine), before, after)
+    return BudgetResult(str(pool.budget), kind, pool.budget.fraction, len(mine), before, after,
+                        sum(not r.decomposed for r in mine))

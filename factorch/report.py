@@ -55,14 +55,16 @@ class BudgetResult:
     layers: int
     before: int
     after: int
+    left_dense: int = 0
 
     @property
     def fraction(self) -> float:
         return self.after / self.before if self.before else 1.0
 
     def __str__(self) -> str:
+        dense = f"; {self.left_dense} of them left dense, counted dense" if self.left_dense else ""
         return (f"{self.budget}: the {self.layers} layers it governs keep {self.fraction:.4f} of their "
-                f"{self.kind} ({_num(self.before)} -> {_num(self.after)}; target {self.target:g})")
+                f"{self.kind} ({_num(self.before)} -> {_num(self.after)}; target {self.target:g}{dense})")
 
 
 def _num(v: Optional[int]) -> str:

@@ -25,3 +25,14 @@ def conv_reference(x, weight, conv_spec, bias=None):
     mode = {"zeros": "constant"}.get(s.padding_mode, s.padding_mode)
     x = F.pad(x, pads, mode=mode) if any(pads) else x
     return F.conv2d(x, weight, bias, s.stride, 0, s.dilation, s.groups)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a machine whose 2 cores are shared with other jobs, a
+    multi-threaded LAPACK call waits for descheduled threads (eigvalsh of a 512x512 Gram matrix:
+    seconds instead of 30 ms). Tests that do a lot of linear algebra ask for it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

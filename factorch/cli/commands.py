@@ -5,7 +5,7 @@ import argparse
 import re
 
 import factorch as fc
-from factorch.cli.common import add_model_args, load_model, parse_methods, parse_rank
+from factorch.cli.common import add_model_args, add_timing_args, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +16,13 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
                    help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
                         "(default tucker2,svd)")
     p.add_argument("--rank", default="evbmf",
-                   help="int, OUT,IN, fraction in (0,1], evbmf, evbmf:WEAKEN or energy:T (default evbmf)")
+                   help="int, OUT,IN, fraction in (0,1], evbmf, evbmf:WEAKEN, energy:T, or a whole-model "
+                        "budget: budget:macs=F or budget:params=F (default evbmf)")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="leave layers whose name fully matches REGEX dense (repeatable)")
+    p.add_argument("--keep-if-faster", action="store_true",
+                   help="time each layer dense and factorized (--device, --batch) and keep the faster")
+    add_timing_args(p, batch=1)
     p.add_argument("-o", "--output", required=True, help="where to write the decomposed checkpoint")
     p.set_defaults(run=run_decompose)
 
@@ -31,7 +35,9 @@ def run_decompose(args: argparse.Namespace) -> int:
         raise ValueError(f"--exclude regex is invalid: {e}") from None
     loaded = load_model(args)
     keep = (lambda module, name: not any(r.fullmatch(name) for r in excludes)) if excludes else None
-    report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input())
+    timing = profiler_from(args) if args.keep_if_faster else False
+    report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
+                           keep_if_faster=timing)
     print(report)
     fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})
     print(f"wrote {args.output}")
@@ -85,4 +91,7 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_decompose, add_count, add_reconstruct, add_models]
+from factorch.cli.bench import add_bench  # noqa: E402  (the measuring subcommands)
+from factorch.cli.sweep import add_sweep  # noqa: E402
+
+COMMANDS = [add_decompose, add_count, add_reconstruct, add_models, add_sweep, add_bench]

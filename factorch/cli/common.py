@@ -71,9 +71,38 @@ def load_model(args: argparse.Namespace) -> Loaded:
     return Loaded(model, shape, args.model)
 
 
+def load_architecture(name: Optional[str], checkpoint: Optional[str], num_classes: int, in_channels: int
+                      ) -> nn.Module:
+    """``--model NAME [--checkpoint FILE]`` (FILE: a factorch checkpoint or a state_dict) or
+    ``--checkpoint FILE`` alone (a factorch checkpoint that names its architecture)."""
+    if not name and not checkpoint:
+        raise ValueError("give --model NAME (random init), --checkpoint FILE, or both")
+    if not name:
+        return fc.load(checkpoint)
+    args = argparse.Namespace(checkpoint=None, model=name, weights=checkpoint, num_classes=num_classes,
+                              in_channels=in_channels, input_shape=None)
+    return load_model(args).model
+
+
+def parse_budget(text: str) -> fc.Budget:
+    """``budget:macs=0.4`` | ``budget:params=0.1`` -> ``fc.Budget``."""
+    kind, _, value = text.partition(":")[2].partition("=")
+    if kind not in ("macs", "params") or not value:
+        raise ValueError(f"rank {text!r} not understood; a budget is budget:macs=F or budget:params=F "
+                         "with F a fraction in (0, 1]")
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise ValueError(f"budget fraction {value!r} is not a number; use a fraction in (0, 1]") from None
+    return fc.Budget(**{kind: fraction})
+
+
 def parse_rank(text: str):
-    """``32`` | ``32,16`` | ``0.25`` (fraction of params) | ``evbmf`` | ``evbmf:W`` | ``energy:T``."""
+    """``32`` | ``32,16`` | ``0.25`` (fraction of params) | ``evbmf`` | ``evbmf:W`` | ``energy:T``
+    | ``budget:macs=F`` | ``budget:params=F``."""
     t = text.strip().lower()
+    if t.startswith("budget:"):
+        return parse_budget(t)
     try:
         if t == "evbmf":
             return fc.EVBMF()
@@ -90,7 +119,25 @@ def parse_rank(text: str):
         if "must" in str(e):  # a rule's own validation message
             raise
     raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN, a fraction in (0, 1], "
-                     "evbmf, evbmf:WEAKEN or energy:THRESHOLD")
+                     "evbmf, evbmf:WEAKEN, energy:THRESHOLD, budget:macs=F or budget:params=F")
+
+
+def add_timing_args(p: argparse.ArgumentParser, batch: int) -> None:
+    """--device, --batch, --threads, --runs, --warmup: how latency is measured (``fc.Profiler``)."""
+    p.add_argument("--device", default="cpu", help="where to time: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--batch", type=int, default=batch, help=f"batch size to time at (default {batch})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads while timing (default: torch's; 1 is steadier on a shared machine)")
+    p.add_argument("--runs", type=int, default=20, help="timed calls per variant; the median is kept (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+
+
+def profiler_from(args: argparse.Namespace, backward: bool = False) -> fc.Profiler:
+    """The ``fc.Profiler`` for the timing arguments (``ValueError`` for a bad value or no CUDA)."""
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    return fc.Profiler(batch=args.batch, warmup=args.warmup, runs=args.runs, backward=backward,
+                       device=args.device, threads=args.threads)
 
 
 def parse_methods(names: str, rank) -> list[fc.Method]:

@@ -14,7 +14,10 @@ from torch import Tensor
 def cp_to_tensor(factors: list[Tensor]) -> Tensor:
     """Rebuild ``W[n, c, i, j] = sum_r A[n, r] B[c, r] P[i, r] Q[j, r]`` from four (dim, R) factors."""
     a, b, p, q = factors
-    return torch.einsum("nr,cr,ir,jr->ncij", a, b, p, q)
+    # Khatri-Rao of the last three factors, then one matmul: a 4-operand einsum contracts pairwise
+    # left to right through an (N, C, R) intermediate (3 GB and ~10 s for 512x512 at R = 1500).
+    kr = (b[:, None, None, :] * p[None, :, None, :] * q[None, None, :, :]).reshape(-1, a.shape[1])  # (C kh kw, R)
+    return (a @ kr.T).reshape(a.shape[0], b.shape[0], p.shape[0], q.shape[0])  # (N, C, kh, kw)
 
 
 def _balance(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:

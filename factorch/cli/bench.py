@@ -1,0 +1,68 @@
+"""``factorch bench``: dense vs factorized vs rebuilt-dense latency per layer and for the model."""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict
+
+import torch
+
+from factorch.cli.common import add_timing_args, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
+from factorch.cli.results import check_output_dir, csv_text, environment, markdown, write_text
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measured vs theoretical speed-up, per layer and for the whole model",
+                       description="Decompose a copy of the model and time, per decomposed layer and for the "
+                                   "whole model, the dense, factorized and rebuilt-dense forms (forward, and "
+                                   "forward+backward), next to the theoretical MAC speed-up. Random-init "
+                                   "weights give EVBMF rank 0: use --checkpoint or a fixed rank (e.g. 0.25).")
+    p.add_argument("--model", help="architecture from the zoo (see `factorch models`)")
+    p.add_argument("--checkpoint", help="trained weights: a factorch checkpoint or a state_dict file")
+    p.add_argument("--num-classes", type=int, default=10, help="with --model (default 10)")
+    p.add_argument("--in-channels", type=int, default=3, help="with --model (default 3)")
+    p.add_argument("--input-shape", type=parse_shape, help="C,H,W of one example (default: the model's)")
+    p.add_argument("--method", default="tucker2,svd", help="comma list, first that handles a layer wins (default tucker2,svd)")
+    p.add_argument("--rank", default="evbmf", help="as for decompose (default evbmf)")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave matching layers dense")
+    p.add_argument("--forward-only", action="store_true", help="do not time forward+backward")
+    add_timing_args(p, batch=128)
+    p.add_argument("-o", "--output", metavar="OUT", help="also write OUT.csv and OUT.md")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from factorch import bench
+    from factorch.models import entry
+
+    methods = parse_methods(args.method, parse_rank(args.rank))
+    try:
+        excludes = [re.compile(r) for r in args.exclude]
+    except re.error as e:
+        raise ValueError(f"--exclude regex is invalid: {e}") from None
+    if args.output:
+        check_output_dir(args.output)
+    profiler = profiler_from(args, backward=not args.forward_only)
+    model = load_architecture(args.model, args.checkpoint, args.num_classes, args.in_channels)
+    arch = getattr(model, "factorch_arch", None) or {}
+    shape = args.input_shape or (arch.get("in_channels", args.in_channels), *entry(arch.get("name", args.model)).input_size)
+    model = model.to(args.device).eval()
+    keep = (lambda module, name: not any(r.fullmatch(name) for r in excludes)) if excludes else None
+    report, rows = bench.bench(model, methods, torch.zeros((1, *shape), device=args.device), profiler, keep)
+    print(report)
+    print()
+    print(bench.format_table(rows))
+    if args.output:
+        env = environment(args.device, args.argv)
+        notes = [f"batch {profiler.batch}; median of {profiler.runs} interleaved runs after {profiler.warmup} "
+                 "warm-up calls; forward in eval mode without grad, train = forward+backward in train mode",
+                 "MACs x: theoretical speed-up (dense / factorized MACs); fwd x / train x: measured dense / factorized",
+                 "rebuilt: the dense layer multiplied back from the factors (same shape as dense)"]
+        if args.device == "cpu":
+            notes.append("CPU shared with other jobs while measuring: absolute times are noisy; ratios are side by side")
+        write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}),
+                   f"{args.output}.csv")
+        write_text(markdown(f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}", env,
+                            bench.format_table(rows, markdown=True), notes), f"{args.output}.md")
+        print(f"wrote {args.output}.csv, {args.output}.md")
+    return 0

@@ -1,0 +1,95 @@
+"""Figures as PNG files (matplotlib, imported when a figure is drawn; the Agg backend, no display).
+
+``sweep_panels``: the four panels of seed 004 (Cao 2022) per swept layer and method: parameter
+reduction, speed-up (measured, with the theoretical MAC reduction), approximation error (Eq. 14)
+and accuracy drop (right after decomposition and after fine-tuning), each against the rank.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    """Write the figure to ``path`` through a temp file (never a half-written PNG)."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+    """One figure row per (layer, method) of a rank sweep (``factorch.sweep.SweepRow`` as dicts),
+    four panels against the rank. Points that were not decomposed are left out. Returns the path."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("note"):
+            continue
+        groups.setdefault((r["layer"], r["method"]), []).append(r)
+    if not groups:
+        raise ValueError("nothing to plot: no swept point was decomposed")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(groups), 4, figsize=(17, 3.4 * len(groups)), squeeze=False)
+    for key, ax_row in zip(groups, axes):
+        _panel_row(key, sorted(groups[key], key=lambda r: r["rank"]), ax_row)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def _panel_row(key: tuple[str, str], pts: list[Mapping[str, Any]], axes: Sequence[Any]) -> None:
+    layer, method = key
+    ranks = [p["rank"] for p in pts]
+    ax_p, ax_s, ax_e, ax_a = axes
+    ax_p.plot(ranks, [p["param_reduction"] for p in pts], "o-", color="C0", label="parameters")
+    ax_p.plot(ranks, [p["mac_reduction"] for p in pts], "s--", color="C7", label="MACs")
+    ax_p.set_ylabel("reduction (x)")
+    ax_p.set_title(f"{layer} {method}: parameter reduction", fontsize=10)
+    ax_s.plot(ranks, [p["speedup"] for p in pts], "o-", color="C1", label=f"measured (batch {pts[0]['batch']})")
+    ax_s.plot(ranks, [p["mac_reduction"] for p in pts], "s--", color="C7", label="theoretical (MACs)")
+    ax_s.axhline(1.0, color="black", lw=0.8, ls=":")
+    ax_s.set_ylabel("layer speed-up (x)")
+    ax_s.set_title(f"{layer} {method}: speed-up", fontsize=10)
+    ax_e.plot(ranks, [p["error"] for p in pts], "o-", color="C3", label="||W - W_hat|| / ||W||")
+    ax_e.set_ylabel("relative error")
+    ax_e.set_ylim(bottom=0)
+    ax_e.set_title(f"{layer} {method}: approximation error (Eq. 14)", fontsize=10)
+    ax_a.plot(ranks, [100 * p["accuracy_drop"] for p in pts], "o-", color="C2", label="decomposed")
+    tuned = [p for p in pts if not _missing(p.get("accuracy_drop_finetuned"))]
+    if tuned:
+        epochs = tuned[0]["finetune_epochs"]
+        ax_a.plot([p["rank"] for p in tuned], [100 * p["accuracy_drop_finetuned"] for p in tuned], "o-",
+                  color="C4", label=f"after {epochs} fine-tuning epoch{'s' if epochs != 1 else ''}")
+    ax_a.axhline(0.0, color="black", lw=0.8, ls=":")
+    ax_a.set_ylabel("accuracy drop (points)")
+    ax_a.set_title(f"{layer} {method}: accuracy drop (dense {100 * pts[0]['accuracy_dense']:.2f}%)", fontsize=10)
+    log_x = max(ranks) / max(min(ranks), 1) >= 8
+    for ax in axes:
+        ax.set_xlabel("rank")
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))

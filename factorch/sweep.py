@@ -1,0 +1,159 @@
+"""Rank sweeps of single layers: what each rank costs and what it buys (seed 004, Cao 2022).
+
+For every (layer, method, rank), a copy of the model gets only that layer decomposed (through
+``fc.decompose_``, the one flow) and we record the seed's four panels:
+
+* parameter reduction: dense / factorized parameters of the layer;
+* speed-up: dense / factorized layer latency, measured side by side (``factorch.profile``) at the
+  layer's real input size; the theoretical MAC reduction is recorded next to it;
+* approximation error ``||W - W_hat||_F / ||W||_F`` (the seed's Eq. 14);
+* accuracy with only that layer decomposed, and after ``finetune`` (the drop vs the dense model).
+
+Evaluation and fine-tuning are callables supplied by the caller (the CLI uses
+``factorch.training``), so this module needs no data set.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from torch import nn
+
+from factorch.api import decompose_
+from factorch.count import count
+from factorch.methods import Method
+from factorch.profile import Profiler, compare
+from factorch.progress import track
+from factorch.registry import NotApplicable, Skip, handler_for
+from factorch.surgery import get_module
+
+__all__ = ["SweepRow", "check_sweep", "sweep"]
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One (layer, method, rank) point. Ratios are dense / factorized (> 1 is better); latencies in
+    milliseconds (median per call at ``batch``); accuracies in [0, 1]. ``note`` says why a point
+    has no measurements (e.g. the ranks would not reduce the layer's MACs)."""
+
+    layer: str
+    method: str
+    rank: int
+    ranks: str
+    params_dense: int
+    params_factorized: Optional[int]
+    param_reduction: float
+    macs_dense: int
+    macs_factorized: Optional[int]
+    mac_reduction: float
+    latency_dense_ms: float
+    latency_factorized_ms: float
+    speedup: float
+    batch: int
+    error: float
+    accuracy_dense: float
+    accuracy: float
+    accuracy_drop: float
+    finetune_epochs: int
+    accuracy_finetuned: float
+    accuracy_drop_finetuned: float
+    note: str = ""
+
+
+Evaluate = Callable[[nn.Module], float]
+Finetune = Callable[[nn.Module], None]
+
+
+def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Sequence[int]
+                ) -> list[tuple[str, Method, int]]:
+    """Validate the whole grid before any work; return its (layer, method config, rank) points.
+
+    One ``ValueError`` names the first problem and the valid choices: an empty list, a layer that
+    does not exist or is not a conv/linear, an unknown method or one that does not handle the
+    layer, a rank below 1 or above the layer's full rank.
+    """
+    valid_methods = ", ".join(sorted(Method.by_name))
+    if not layers:
+        raise ValueError("no layer to sweep; name layers like features.3,features.27")
+    if not methods:
+        raise ValueError(f"no method to sweep; choose from {valid_methods}")
+    if not ranks:
+        raise ValueError("the rank list is empty; give ints >= 1 like 8,16,32")
+    bad = [r for r in ranks if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+    if bad:
+        raise ValueError(f"ranks must be ints >= 1, got {bad[0]!r}")
+    weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    points = []
+    for name in layers:
+        module = dict(model.named_modules()).get(name)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            shown = ", ".join(weighted[:16]) + (", ..." if len(weighted) > 16 else "")
+            what = "has no layer" if module is None else f"has a {type(module).__name__}, not a conv/linear, at"
+            raise ValueError(f"the model {what} {name!r}; conv/linear layers: {shown}")
+        for method_name in methods:
+            for rank in ranks:
+                method = Method.from_name(method_name, rank)
+                points.append((name, method, rank))
+                _check_point(name, module, method)
+    return points
+
+
+def _check_point(name: str, module: nn.Module, method: Method) -> None:
+    handler = handler_for(method, module)
+    try:
+        decision = handler(method, module) if handler is not None else \
+            NotApplicable(f"{method.name} does not handle {type(module).__name__}")
+    except ValueError as e:
+        raise ValueError(f"layer {name!r}, {method.name} rank {method.rank}: {e}") from None
+    if isinstance(decision, (NotApplicable, Skip)):
+        raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.reason}")
+
+
+def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Sequence[int], *,
+          example_input, evaluate: Evaluate, finetune: Optional[Finetune] = None, finetune_epochs: int = 0,
+          profiler: Profiler = Profiler()) -> list[SweepRow]:
+    """Decompose each layer alone at each rank with each method and measure it (see module doc).
+
+    ``example_input``: one batch-1 input (gives every layer's input size); ``evaluate(model)``:
+    test accuracy; ``finetune(model)``: trains a decomposed copy in place (``finetune_epochs`` is
+    only recorded); ``profiler``: how layers are timed (its ``batch``, default 32).
+    """
+    points = check_sweep(model, layers, methods, ranks)
+    shapes = {r.name: r.input_shape for r in count(model, example_input).layers}
+    batch = profiler.batch or 32
+    base = evaluate(model)
+    rows = []
+    for name, method, rank in track(points, desc="sweep"):
+        rows.append(_point(model, name, method, rank, shapes[name], example_input, base, evaluate,
+                           finetune, finetune_epochs, profiler, batch))
+    return rows
+
+
+def _point(model: nn.Module, name: str, method: Method, rank: int, shape: tuple[int, ...], example_input,
+           base: float, evaluate: Evaluate, finetune: Optional[Finetune], epochs: int, profiler: Profiler,
+           batch: int) -> SweepRow:
+    small = copy.deepcopy(model)
+    report = decompose_(small, {name: method}, example_input=example_input)  # only this layer
+    r = next(row for row in report.rows if row.name == name)
+    nan = math.nan
+    common = dict(layer=name, method=method.name, rank=rank, ranks="x".join(map(str, r.ranks or ())),
+                  params_dense=r.params_before, macs_dense=r.macs_before, batch=batch, accuracy_dense=base,
+                  finetune_epochs=epochs if finetune else 0)
+    if not r.decomposed:
+        return SweepRow(**common, params_factorized=None, param_reduction=nan, macs_factorized=None,
+                        mac_reduction=nan, latency_dense_ms=nan, latency_factorized_ms=nan, speedup=nan,
+                        error=nan, accuracy=nan, accuracy_drop=nan, accuracy_finetuned=nan,
+                        accuracy_drop_finetuned=nan, note=f"not decomposed: {r.skipped}")
+    t = compare({"dense": get_module(model, name), "factorized": get_module(small, name)}, shape, profiler, batch)
+    acc = evaluate(small)
+    acc_ft = nan
+    if finetune is not None:
+        finetune(small)
+        acc_ft = evaluate(small)
+    return SweepRow(**common, params_factorized=r.params_after, param_reduction=r.params_before / r.params_after,
+                    macs_factorized=r.macs_after, mac_reduction=r.macs_before / r.macs_after,
+                    latency_dense_ms=t["dense"].forward * 1e3, latency_factorized_ms=t["factorized"].forward * 1e3,
+                    speedup=t["dense"].forward / t["factorized"].forward, error=r.error, accuracy=acc,
+                    accuracy_drop=base - acc, accuracy_finetuned=acc_ft, accuracy_drop_finetuned=base - acc_ft)

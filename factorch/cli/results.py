@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 
-def device_name(device: str) -> str:
-    """A readable name of ``device`` (the GPU's, or the CPU model and thread count)."""
+def device_name(device: str, threads: Optional[int] = None) -> str:
+    """A readable name of ``device`` (the GPU's, or the CPU model and the threads timed with)."""
     if str(device).startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     cpu = platform.processor() or platform.machine()
@@ -25,12 +25,12 @@ def device_name(device: str) -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"cpu ({cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return f"cpu ({cpu}, {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()})"
 
 
-def environment(device: str, argv: Sequence[str]) -> dict[str, str]:
+def environment(device: str, argv: Sequence[str], threads: Optional[int] = None) -> dict[str, str]:
     """device, torch version, UTC date and the command line, for result files."""
-    return {"device": device_name(device), "torch": torch.__version__,
+    return {"device": device_name(device, threads), "torch": torch.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "factorch " + " ".join(shlex.quote(a) for a in argv)}
 

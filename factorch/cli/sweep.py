@@ -66,7 +66,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                        example_input=torch.zeros((1, *shape), device=device), evaluate=evaluate,
                        finetune=finetune if args.finetune_epochs else None,
                        finetune_epochs=args.finetune_epochs, profiler=profiler)
-    env = environment(args.device, args.argv)
+    env = environment(args.device, args.argv, args.threads)
     table = _markdown_table(rows)
     notes = [f"speed-up: forward latency of the layer alone (eval mode, no grad), batch {profiler.batch}, "
              f"median of {profiler.runs} interleaved runs after {profiler.warmup} warm-up calls",

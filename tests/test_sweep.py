@@ -1,0 +1,91 @@
+"""Rank sweeps: every column filled, errors name the valid choices, the PNG is written."""
+import math
+from dataclasses import asdict, fields
+
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.layers.base import FactorizedLayer
+from factorch.plots import sweep_panels
+from factorch.sweep import SweepRow, check_sweep, sweep
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1),
+                                      nn.ReLU())
+        self.classifier = nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def fake_clock(module, run):
+    run()
+    return 1e-3 if isinstance(module, FactorizedLayer) else 3e-3
+
+
+def test_sweep_fills_every_column():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(32, 3, 8, 8)
+    y = model(x).argmax(1)  # labels the dense model gets right: accuracy 1.0
+    evaluate = lambda m: float((m.eval()(x).argmax(1) == y).float().mean())
+    tuned = []
+    rows = sweep(model, ["features.2"], ["cp", "tucker2"], [2, 4, 8], example_input=x[:1], evaluate=evaluate,
+                 finetune=lambda m: tuned.append(m), finetune_epochs=1,
+                 profiler=fc.Profiler(warmup=0, runs=1, batch=4, timer=fake_clock))
+    assert [(r.method, r.rank) for r in rows] == [(m, r) for m in ("cp", "tucker2") for r in (2, 4, 8)]
+    assert len(tuned) == 6 and all(m is not model for m in tuned)  # fine-tuned copies, one per point
+    assert isinstance(model.features[2], nn.Conv2d)  # the model itself is untouched
+    for r in rows:
+        for f in fields(SweepRow):
+            v = getattr(r, f.name)
+            assert v is not None and not (isinstance(v, float) and math.isnan(v)), (r, f.name)
+        assert r.note == "" and r.accuracy_dense == 1.0 and r.speedup == pytest.approx(3.0) and r.batch == 4
+        assert r.param_reduction == pytest.approx(r.params_dense / r.params_factorized)
+        assert r.params_dense == 16 * 24 * 9 + 24 and 0 < r.error < 1
+    for method in ("cp", "tucker2"):  # the error falls as the rank grows
+        errs = [r.error for r in rows if r.method == method]
+        assert errs == sorted(errs, reverse=True)
+    tucker8 = rows[-1]
+    assert tucker8.ranks == "8x8" and tucker8.params_factorized == 16 * 8 + 9 * 8 * 8 + 8 * 24 + 24
+
+
+def test_point_that_would_not_reduce_macs_is_noted_not_measured():
+    model = Tiny()
+    rows = sweep(model, ["features.0"], ["cp"], [27], example_input=torch.zeros(1, 3, 8, 8),
+                 evaluate=lambda m: 0.5, profiler=fc.Profiler(warmup=0, runs=1, timer=fake_clock))
+    assert rows[0].note.startswith("not decomposed: ranks (27,) do not reduce MACs") and math.isnan(rows[0].speedup)
+
+
+@pytest.mark.parametrize("layers,methods,ranks,match", [
+    (["features.9"], ["cp"], [2], "has no layer 'features.9'; conv/linear layers: features.0, features.2, classifier"),
+    (["features.1"], ["cp"], [2], "ReLU, not a conv/linear"),
+    (["features.2"], ["cp"], [], "rank list is empty"),
+    ([], ["cp"], [2], "no layer"),
+    (["features.2"], [], [2], "choose from cp, svd, tucker2"),
+    (["features.2"], ["tt9"], [2], "unknown method 'tt9'; choose from cp, svd, tucker2"),
+    (["features.2"], ["tucker2"], [4, 17], "rank 17 exceeds the full rank (24, 16)"),
+    (["features.2"], ["cp"], [0], ">= 1"),
+    (["features.2"], ["svd"], [2], "svd cannot decompose layer 'features.2': 3x3 conv: SVD handles 1x1 convs only"),
+])
+def test_bad_grid_is_one_clear_error(layers, methods, ranks, match):
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        check_sweep(Tiny(), layers, methods, ranks)
+
+
+def test_sweep_panels_png(tmp_path):
+    model = Tiny()
+    rows = sweep(model, ["features.2"], ["cp"], [2, 4], example_input=torch.zeros(1, 3, 8, 8),
+                 evaluate=lambda m: 0.5, profiler=fc.Profiler(warmup=0, runs=1, timer=fake_clock))
+    out = sweep_panels([asdict(r) for r in rows], tmp_path / "s.png", title="tiny")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="does not exist"):
+        sweep_panels([asdict(r) for r in rows], tmp_path / "no" / "s.png")
+    assert not list(tmp_path.glob(".*tmp*"))

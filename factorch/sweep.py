@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
@@ -66,24 +66,36 @@ Evaluate = Callable[[nn.Module], float]
 Finetune = Callable[[nn.Module], None]
 
 
-def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Sequence[int]
+Ranks = Union[Sequence[int], Mapping[str, Sequence[int]]]
+
+
+def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Ranks
                 ) -> list[tuple[str, Method, int]]:
     """Validate the whole grid before any work; return its (layer, method config, rank) points.
 
-    One ``ValueError`` names the first problem and the valid choices: an empty list, a layer that
-    does not exist or is not a conv/linear, an unknown method or one that does not handle the
-    layer, a rank below 1 or above the layer's full rank.
+    ``ranks``: one list for every method, or ``{method name: list}``. One ``ValueError`` names the
+    first problem and the valid choices: an empty list, a layer that does not exist or is not a
+    conv/linear, an unknown method or one that does not handle the layer, a rank below 1 or above
+    the layer's full rank.
     """
     valid_methods = ", ".join(sorted(Method.by_name))
     if not layers:
         raise ValueError("no layer to sweep; name layers like features.3,features.27")
     if not methods:
         raise ValueError(f"no method to sweep; choose from {valid_methods}")
-    if not ranks:
-        raise ValueError("the rank list is empty; give ints >= 1 like 8,16,32")
-    bad = [r for r in ranks if isinstance(r, bool) or not isinstance(r, int) or r < 1]
-    if bad:
-        raise ValueError(f"ranks must be ints >= 1, got {bad[0]!r}")
+    for name in methods:
+        Method.from_name(name, 1)  # an unknown name: the error lists the known ones
+    per_method = dict(ranks) if isinstance(ranks, Mapping) else {m: ranks for m in methods}
+    extra = [m for m in per_method if m not in methods]
+    if extra:
+        raise ValueError(f"ranks are given for method {extra[0]!r}, which is not swept; methods: {', '.join(methods)}")
+    for method_name in methods:
+        listed = per_method.get(method_name)
+        if not listed:
+            raise ValueError(f"the rank list for {method_name} is empty; give ints >= 1 like 8,16,32")
+        bad = [r for r in listed if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+        if bad:
+            raise ValueError(f"ranks must be ints >= 1, got {bad[0]!r}")
     weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     points = []
     for name in layers:
@@ -93,7 +105,7 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
             what = "has no layer" if module is None else f"has a {type(module).__name__}, not a conv/linear, at"
             raise ValueError(f"the model {what} {name!r}; conv/linear layers: {shown}")
         for method_name in methods:
-            for rank in ranks:
+            for rank in per_method[method_name]:
                 method = Method.from_name(method_name, rank)
                 points.append((name, method, rank))
                 _check_point(name, module, method)
@@ -111,7 +123,7 @@ def _check_point(name: str, module: nn.Module, method: Method) -> None:
         raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.reason}")
 
 
-def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Sequence[int], *,
+def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Ranks, *,
           example_input, evaluate: Evaluate, finetune: Optional[Finetune] = None, finetune_epochs: int = 0,
           profiler: Profiler = Profiler()) -> list[SweepRow]:
     """Decompose each layer alone at each rank with each method and measure it (see module doc).

@@ -67,7 +67,9 @@ def test_point_that_would_not_reduce_macs_is_noted_not_measured():
 @pytest.mark.parametrize("layers,methods,ranks,match", [
     (["features.9"], ["cp"], [2], "has no layer 'features.9'; conv/linear layers: features.0, features.2, classifier"),
     (["features.1"], ["cp"], [2], "ReLU, not a conv/linear"),
-    (["features.2"], ["cp"], [], "rank list is empty"),
+    (["features.2"], ["cp"], [], "rank list for cp is empty"),
+    (["features.2"], ["cp", "tucker2"], {"cp": [2]}, "rank list for tucker2 is empty"),
+    (["features.2"], ["cp"], {"cp": [2], "tucker2": [2]}, "ranks are given for method 'tucker2', which is not swept"),
     ([], ["cp"], [2], "no layer"),
     (["features.2"], [], [2], "choose from cp, svd, tucker2"),
     (["features.2"], ["tt9"], [2], "unknown method 'tt9'; choose from cp, svd, tucker2"),
@@ -89,3 +91,9 @@ def test_sweep_panels_png(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         sweep_panels([asdict(r) for r in rows], tmp_path / "no" / "s.png")
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_rank_list_per_method():
+    points = check_sweep(Tiny(), ["features.2"], ["cp", "tucker2"], {"cp": [8, 64], "tucker2": [2, 4]})
+    assert [(m.name, m.rank, r) for _, m, r in points] == [("cp", 8, 8), ("cp", 64, 64), ("tucker2", 2, 2),
+                                                            ("tucker2", 4, 4)]

@@ -53,7 +53,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print()
     print(bench.format_table(rows))
     if args.output:
-        env = environment(args.device, args.argv, args.threads)
+        env = environment(args.device, args.threads)
         notes = [f"batch {profiler.batch}; median of {profiler.runs} interleaved runs after {profiler.warmup} "
                  "warm-up calls; forward in eval mode without grad, train = forward+backward in train mode",
                  "MACs x: theoretical speed-up (dense / factorized MACs); fwd x / train x: measured dense / factorized",

@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from factorch.cli import results
 from factorch.cli.commands import COMMANDS
 
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit code (2 for bad input, with one ``error:`` line on stderr)."""
     args = build_parser().parse_args(argv)  # argparse itself exits 2 on bad syntax
-    args.argv = list(argv) if argv is not None else sys.argv[1:]  # result files record the command
+    results.record_command(argv if argv is not None else sys.argv[1:])  # result files name the command
     try:
         return int(args.run(args) or 0)
     except (ValueError, OSError, RuntimeError) as e:

@@ -15,6 +15,13 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 
+_COMMAND: list[str] = []  # the running command's arguments (set by ``factorch.cli.main.run``)
+
+
+def record_command(argv: Sequence[str]) -> None:
+    _COMMAND[:] = list(argv)
+
+
 def device_name(device: str, threads: Optional[int] = None) -> str:
     """A readable name of ``device`` (the GPU's, or the CPU model and the threads timed with)."""
     if str(device).startswith("cuda"):
@@ -28,11 +35,11 @@ def device_name(device: str, threads: Optional[int] = None) -> str:
     return f"cpu ({cpu}, {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()})"
 
 
-def environment(device: str, argv: Sequence[str], threads: Optional[int] = None) -> dict[str, str]:
+def environment(device: str, threads: Optional[int] = None) -> dict[str, str]:
     """device, torch version, UTC date and the command line, for result files."""
     return {"device": device_name(device, threads), "torch": torch.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "factorch " + " ".join(shlex.quote(a) for a in argv)}
+            "command": "factorch " + " ".join(shlex.quote(a) for a in _COMMAND)}
 
 
 def markdown(title: str, env: dict[str, str], body: str, notes: Sequence[str] = ()) -> str:

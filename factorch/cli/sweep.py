@@ -11,11 +11,21 @@ from factorch.cli.common import add_timing_args, load_architecture, profiler_fro
 from factorch.cli.results import check_output_dir, csv_text, environment, markdown, write_text
 
 
-def _ints(text: str) -> list[int]:
+def _ranks(text: str) -> tuple[str, list[int]]:
+    """``8,16,32`` (every method) or ``cp=8,16,32`` (one method) -> (method or "", ranks)."""
+    method, _, values = text.rpartition("=")
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return method.strip().lower(), [int(v) for v in values.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of ints like 8,16,32") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of ints like 8,16,32 "
+                                         "(or METHOD=8,16,32)") from None
+
+
+def _rank_grid(given: list[tuple[str, list[int]]], methods: list[str]) -> dict[str, list[int]]:
+    """Per method: its own --ranks METHOD=... list, else the plain --ranks list."""
+    default = [r for m, ranks in given if not m for r in ranks] if any(not m for m, _ in given) else None
+    grid = {m: ranks for m, ranks in given if m}
+    return {**{m: default for m in methods if default is not None}, **grid}
 
 
 def _names(text: str) -> list[str]:
@@ -35,7 +45,9 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where the data set's files are (default: its usual place)")
     p.add_argument("--layers", required=True, type=_names, help="comma list of layer names, e.g. features.3,features.27")
     p.add_argument("--method", required=True, type=_names, help="comma list: cp, tucker2 (svd for 1x1/linear)")
-    p.add_argument("--ranks", required=True, type=_ints, help="comma list of ranks, e.g. 8,16,32,64")
+    p.add_argument("--ranks", required=True, type=_ranks, action="append",
+                   help="comma list of ranks for every method (8,16,32,64), or for one method "
+                        "(cp=8,32,128; repeatable)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning after each decomposition")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (SGD, momentum 0.9)")
     p.add_argument("--test-subset", type=int, help="evaluate on this many test examples (seeded; default all)")
@@ -57,16 +69,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     info = data.info(args.dataset)
     shape = (info.in_channels, *info.input_size)
     model = load_architecture(args.model, args.checkpoint, info.num_classes, info.in_channels)
-    sweep.check_sweep(model, args.layers, args.method, args.ranks)  # bad input fails before any work
+    grid = _rank_grid(args.ranks, args.method)
+    sweep.check_sweep(model, args.layers, args.method, grid)  # bad input fails before any work
     profiler = profiler_from(args)
     device = torch.device(args.device)
     model = model.to(device)
     evaluate, finetune = _data_callables(args, data, device)
-    rows = sweep.sweep(model, args.layers, args.method, args.ranks,
+    rows = sweep.sweep(model, args.layers, args.method, grid,
                        example_input=torch.zeros((1, *shape), device=device), evaluate=evaluate,
                        finetune=finetune if args.finetune_epochs else None,
                        finetune_epochs=args.finetune_epochs, profiler=profiler)
-    env = environment(args.device, args.argv, args.threads)
+    env = environment(args.device, args.threads)
     table = _markdown_table(rows)
     notes = [f"speed-up: forward latency of the layer alone (eval mode, no grad), batch {profiler.batch}, "
              f"median of {profiler.runs} interleaved runs after {profiler.warmup} warm-up calls",

@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         atomic_write_text("".join(json.dumps(r) + "\n" for r in history), metrics_path)
     start = len(history)
     if start:
-        log(f"resuming {out} after epoch {start}/{cfg.epochs}")
+        log(f"continuing {out} from {source} after epoch {start}/{cfg.epochs}")
     counts = count(model, example)
     net = dist.wrap(model)
     schedule = cfg.schedule

@@ -63,8 +63,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     state, source = _initial_state(cfg, ckpt_path, resume, start_from)
     if dist.world > 1 and cfg.batch_size % dist.world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {dist.world} processes")
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     meta = fdata.info(cfg.dataset)
     train_set = fdata.load(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, augment=cfg.augment, seed=cfg.seed)
@@ -72,6 +70,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     device = dist.device
     model = fmodels.create(cfg.model, meta.num_classes, meta.in_channels).to(device)
     example = torch.zeros((1, meta.in_channels, *_input_size(test_set, meta)), device=device)
+    if dist.is_main:  # after the data and the model: bad input leaves no directory behind
+        out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     if state is not None:
         apply_spec(model, state["factorized"])

@@ -140,3 +140,13 @@ def test_train_epoch_and_evaluate_contract():
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_event_that_changes_nothing_leaves_the_run_identical(tmp_path):
+    """Evaluating after an event must not move the RNG that orders and augments the data: a
+    decomposition that leaves every layer dense gives exactly the original's run."""
+    base = dict(model="lenet5", dataset="digits", epochs=3, subset=96, batch_size=32)
+    plain = train(TrainConfig(**base), tmp_path / "a", log=lambda s: None)
+    noop = train(TrainConfig(**base, decompose_at=1, exclude=(".*",)), tmp_path / "b", log=lambda s: None)
+    assert noop[1]["event"]["changed"] == 0
+    assert [(r["train_loss"], r["test_acc"]) for r in noop] == [(r["train_loss"], r["test_acc"]) for r in plain]

@@ -23,7 +23,7 @@ from factorch.io import atomic_write_text
 from factorch.plots import training_curves
 from factorch.training.config import TrainConfig
 from factorch.training.distributed import Distributed
-from factorch.training.run import CHECKPOINT, train
+from factorch.training.run import CHECKPOINT, print_line, train
 from factorch.training.scenarios import Scenario
 
 COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "params", "params_decomposed", "macs",
@@ -42,7 +42,7 @@ class Experiment:
 
 
 def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: str | os.PathLike, *,
-                   resume: bool = False, command: str = "", log: Callable[[str], None] = print) -> Experiment:
+                   resume: bool = False, command: str = "", log: Callable[[str], None] = print_line) -> Experiment:
     """Train every scenario (``base`` gives everything but the events) and write table and figure."""
     out = Path(out_dir)
     if not resume:

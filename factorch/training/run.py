@@ -34,13 +34,18 @@ from factorch.training.events import Event, decompose_event, reconstruct_event
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
 from factorch.training.loop import count_correct, train_epoch
 
+def print_line(line: str) -> None:
+    """The default log: stdout, flushed per line so piped or redirected logs follow the run."""
+    print(line, flush=True)
+
+
 CHECKPOINT, METRICS, FINAL = "checkpoint.pt", "metrics.jsonl", "model.pt"
 # settings a run started from another run's checkpoint may change (see ``train(start_from=...)``)
 EXTENDABLE = ("epochs", "decompose_at", "reconstruct_at")
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
-          start_from: Optional[str | os.PathLike] = None, log: Callable[[str], None] = print
+          start_from: Optional[str | os.PathLike] = None, log: Callable[[str], None] = print_line
           ) -> list[dict[str, Any]]:
     """Run ``cfg``, writing into ``out_dir``; returns the per-epoch metrics (on every rank).
 
@@ -92,7 +97,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     loader = DataLoader(train_set, batch_size=cfg.batch_size // dist.world, sampler=sampler,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
     test_shard = Subset(test_set, range(dist.rank, len(test_set), dist.world))
-    test_loader = DataLoader(test_shard, batch_size=256, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    # its own generator: creating a DataLoader iterator draws a seed, and evaluating (after events
+    # too) must not move the global RNG that orders and augments the training data
+    test_loader = DataLoader(test_shard, batch_size=256, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                             generator=torch.Generator().manual_seed(cfg.seed))
     if dist.is_main:  # the log replays the checkpoint's history: lines of a killed epoch go away
         atomic_write_text("".join(json.dumps(r) + "\n" for r in history), metrics_path)
     start = len(history)

@@ -150,3 +150,15 @@ def test_event_that_changes_nothing_leaves_the_run_identical(tmp_path):
     noop = train(TrainConfig(**base, decompose_at=1, exclude=(".*",)), tmp_path / "b", log=lambda s: None)
     assert noop[1]["event"]["changed"] == 0
     assert [(r["train_loss"], r["test_acc"]) for r in noop] == [(r["train_loss"], r["test_acc"]) for r in plain]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_with_amp_channels_last_and_events(tmp_path):
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=3, decompose_at=1, reconstruct_at=2,
+                      methods=(fc.Tucker2(0.5), fc.SVD(0.5)), subset=128, batch_size=32,
+                      amp=True, channels_last=True, device="cuda")
+    history = train(cfg, tmp_path / "run", log=lambda s: None)
+    assert [r["event"]["kind"] if r["event"] else None for r in history] == [None, "decompose", "reconstruct"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["train_loss"] == r["train_loss"] for r in history)  # no NaN
+    # reconstruction is lossless up to the float16 of AMP
+    assert abs(history[2]["event_test_acc"] - history[1]["test_acc"]) <= 2 / 128

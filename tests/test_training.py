@@ -73,6 +73,8 @@ def test_run_hands_off_at_the_schedules_lr(tmp_path, monkeypatch):
     assert [s["empty"] for s in seen] == [10, 0, 13, 8]  # reconstruction: all but conv1's 2 are new
     assert [r["event"]["kind"] if r["event"] else None for r in history] == [None, None, "decompose", "reconstruct"]
     assert history[2]["params"] < history[1]["params"] == history[3]["params"]
+    # reconstruction is lossless: the accuracy right after it is the accuracy before it
+    assert history[3]["event_test_acc"] == pytest.approx(history[2]["test_acc"], abs=1 / 64)
 
 
 def test_reconstructed_model_has_the_original_architecture_and_outputs():

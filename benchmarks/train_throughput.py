@@ -132,6 +132,8 @@ def main() -> None:
              "matches the paper's EVBMF result (first conv and classifier dense). paper_total: the paper's "
              "measured total training speedup; total_dec10_of_200: this run's ratio applied to 10 dense + 190 "
              "decomposed epochs."]
+    tag += "_amp" if args.amp else ""
+    tag += "_channels_last" if args.channels_last else ""
     paths = write_results(f"train_throughput_{tag}", rows, env, notes)
     print("wrote", *paths)
 

@@ -97,3 +97,48 @@ def test_rank_list_per_method():
     points = check_sweep(Tiny(), ["features.2"], ["cp", "tucker2"], {"cp": [8, 64], "tucker2": [2, 4]})
     assert [(m.name, m.rank, r) for _, m, r in points] == [("cp", 8, 8), ("cp", 64, 64), ("tucker2", 2, 2),
                                                             ("tucker2", 4, 4)]
+
+
+def test_cli_sweep_on_a_tiny_model_writes_every_column(tmp_path, capsys):
+    """End to end on scikit-learn's bundled digits: 64 test / 64 training examples, one epoch."""
+    import csv
+
+    from factorch.cli.main import run
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    fc.save(fc.models.create("resnet20", num_classes=10, in_channels=1), ckpt)
+    out = tmp_path / "sweep"
+    assert run(["sweep", "--checkpoint", str(ckpt), "--dataset", "digits", "--layers", "layer3.0.conv2",
+                "--method", "cp,tucker2", "--ranks", "cp=4,8", "--ranks", "tucker2=4,8", "--finetune-epochs", "1",
+                "--test-subset", "64", "--train-subset", "64", "--data-batch", "32", "--batch", "2", "--runs", "1",
+                "--warmup", "0", "--threads", "1", "-o", str(out)]) == 0
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["method"], r["rank"]) for r in rows] == [("cp", "4"), ("cp", "8"), ("tucker2", "4"), ("tucker2", "8")]
+    for r in rows:
+        empty = [k for k, v in r.items() if v in ("", "nan") and k != "note"]
+        assert not empty, empty
+        assert r["finetune_epochs"] == "1" and r["device"].startswith("cpu")
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "sweep.md").read_text()
+    assert "- command: `factorch sweep --checkpoint" in md and "| layer3.0.conv2 | tucker2 | 8 | 8x8 |" in md
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--layers", "layer9.conv1", "--method", "cp", "--ranks", "4"], "has no layer 'layer9.conv1'; conv/linear layers: conv1"),
+    (["--layers", "conv1", "--method", "cp", "--ranks", ","], "rank list for cp is empty"),
+    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full rank (16, 16)"),
+    (["--layers", "layer1.0.conv1", "--method", "cpx", "--ranks", "4"], "unknown method 'cpx'; choose from"),
+    (["--layers", "layer1.0.conv1", "--method", "cp", "--ranks", "svd=4"], "ranks are given for method 'svd'"),
+    (["--layers", "conv1", "--method", "cp", "--ranks", "4", "-o", "{tmp}/no/s"], "does not exist"),
+    (["--layers", "conv1", "--method", "cp", "--ranks", "4", "--dataset", "nope"], "unknown dataset"),
+])
+def test_cli_sweep_bad_input(tmp_path, capsys, argv, match):
+    from factorch.cli.main import run
+
+    base = ["sweep", "--model", "resnet20", "--dataset", "digits", "-o", str(tmp_path / "s")]
+    assert run(base + [a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
+    assert not list(tmp_path.iterdir())

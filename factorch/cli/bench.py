@@ -8,7 +8,8 @@ from dataclasses import asdict
 import torch
 
 from factorch.cli.common import add_timing_args, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
-from factorch.cli.results import check_output_dir, csv_text, environment, markdown, write_text
+from factorch.cli.results import check_output_dir, csv_text, environment, markdown
+from factorch.io import atomic_write_text
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -60,9 +61,9 @@ def run_bench(args: argparse.Namespace) -> int:
                  "rebuilt: the dense layer multiplied back from the factors (same shape as dense)"]
         if args.device == "cpu":
             notes.append("CPU shared with other jobs while measuring: absolute times are noisy; ratios are side by side")
-        write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}),
+        atomic_write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}),
                    f"{args.output}.csv")
-        write_text(markdown(f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}", env,
+        atomic_write_text(markdown(f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}", env,
                             bench.format_table(rows, markdown=True), notes), f"{args.output}.md")
         print(f"wrote {args.output}.csv, {args.output}.md")
     return 0

@@ -1,5 +1,6 @@
 """Result files of ``factorch sweep`` / ``factorch bench``: CSV, Markdown (with the device, torch
-version, date and exact command) and PNG, each written whole or not at all."""
+version, date and exact command) and PNG, each written whole or not at all
+(``factorch.io.atomic_write_text``)."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +9,6 @@ import io
 import os
 import platform
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -53,19 +53,6 @@ def check_output_dir(prefix: str) -> None:
     parent = Path(prefix).parent
     if not parent.is_dir():
         raise ValueError(f"cannot write {prefix!r}.*: directory {str(parent)!r} does not exist")
-
-
-def write_text(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` through a temp file in the same directory, renamed into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], constants: Optional[Mapping[str, str]] = None) -> str:

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from factorch.cli.common import add_timing_args, load_architecture, profiler_from
-from factorch.cli.results import check_output_dir, csv_text, environment, markdown, write_text
+from factorch.cli.results import check_output_dir, csv_text, environment, markdown
+from factorch.io import atomic_write_text
 
 
 def _ranks(text: str) -> tuple[str, list[int]]:
@@ -87,8 +88,8 @@ def run_sweep(args: argparse.Namespace) -> int:
              "error: ||W - W_hat||_F / ||W||_F (seed 004, Eq. 14)"]
     if args.device == "cpu":
         notes.append("measured on a CPU shared with other jobs: latencies are noisy; ratios are side by side")
-    write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}), f"{args.output}.csv")
-    write_text(markdown(f"Rank sweep: {', '.join(args.layers)}", env, table, notes), f"{args.output}.md")
+    atomic_write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}), f"{args.output}.csv")
+    atomic_write_text(markdown(f"Rank sweep: {', '.join(args.layers)}", env, table, notes), f"{args.output}.md")
     sweep_panels([asdict(r) for r in rows], f"{args.output}.png",
                  title=f"{args.model or args.checkpoint} on {args.dataset}: single-layer rank sweep")
     print(table)

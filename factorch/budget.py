@@ -5,9 +5,10 @@ under a total-cost constraint (Zhang et al. 2015 style).
 
 For every layer the budget governs we take the singular values of the unfoldings the layer's own
 rank rules see (``resolve_rank`` with a recording rule: Tucker-2 the output and input channel
-unfoldings, SVD the weight matrix), per group, and normalise ``sigma_i^2`` by ``||W||_F^2``. Keeping rank ``r`` of mode ``k`` keeps ``sum_{i<r} e_k[i]``; by
-the HOSVD bound (methods.md section 8, item 4) ``||W - W_hat||^2 / ||W||^2 <= sum_k (1 - kept_k)``
-for Tucker-2 and with equality for SVD (Eckart-Young), so maximising the total kept energy
+unfoldings, SVD the weight matrix), per group, and normalise ``sigma_i^2`` by ``||W||_F^2``.
+Keeping rank ``r`` of mode ``k`` keeps ``sum_{i<r} e_k[i]``; by the HOSVD bound (methods.md
+section 8, item 4) ``||W - W_hat||^2 / ||W||^2 <= sum_k (1 - kept_k)`` for Tucker-2, and with
+equality for SVD (Eckart-Young), so maximising the total kept energy
 minimises the sum of the layers' relative squared-error bounds. CP has no singular values of its
 own: a rank-R CP kernel has rank <= R in every unfolding, so rank ``R`` is scored by the least
 rank-R energy of the channel unfoldings and the (N kh) x (C kw) one (an upper bound on its fit).
@@ -17,9 +18,10 @@ Each layer's cost (MACs per example at its input size, or parameters) is multili
 ``count.layer_macs`` of empty layers at ranks {1, 2}: no second copy of the cost formulas.
 
 Greedy: start at rank 1 everywhere, repeatedly raise the (layer, mode) rank with the most energy
-per unit of added cost while the total stays within ``fraction * dense total`` and the layer stays
-cheaper than its dense form (in MACs and parameters, so ``decompose_`` never skips it). Every
-increment's cost only grows as ranks grow, so an increment that does not fit never fits later.
+per unit of added cost while the total stays within ``fraction * dense total`` and the layer keeps
+fewer MACs than its dense form (so ``decompose_`` never skips it) and, under a parameter budget,
+fewer parameters. Every increment's cost only grows as ranks grow, so an increment that does not
+fit never fits later.
 """
 from __future__ import annotations
 

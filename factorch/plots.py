@@ -142,11 +142,21 @@ def _panel_row(key: tuple[str, str], pts: list[Mapping[str, Any]], axes: Sequenc
     ax_a.axhline(0.0, color="black", lw=0.8, ls=":")
     ax_a.set_ylabel("accuracy drop (points)")
     ax_a.set_title(f"{layer} {method}: accuracy drop (dense {100 * pts[0]['accuracy_dense']:.2f}%)", fontsize=10)
+    from matplotlib.ticker import NullFormatter, NullLocator, ScalarFormatter
+
+    for ax in (ax_p, ax_s):  # ratios: a log axis shows 1.5x next to 100x
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     log_x = max(ranks) / max(min(ranks), 1) >= 8
     for ax in axes:
         ax.set_xlabel("rank")
         if log_x:
             ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks)  # the swept ranks themselves, as plain numbers
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 

@@ -50,7 +50,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
                    help="comma list of ranks for every method (8,16,32,64), or for one method "
                         "(cp=8,32,128; repeatable)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning after each decomposition")
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (SGD, momentum 0.9)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="fine-tuning learning rate (SGD, momentum 0.9, weight decay 5e-4; default 0.001)")
     p.add_argument("--test-subset", type=int, help="evaluate on this many test examples (seeded; default all)")
     p.add_argument("--train-subset", type=int, help="fine-tune on this many training examples (seeded; default all)")
     p.add_argument("--data-batch", type=int, default=128, help="batch size for evaluation and fine-tuning")

@@ -7,7 +7,10 @@ input-resolution 1x1 of a factorized conv are all accounted for:
 * Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (methods.md section 0);
 * Linear: ``rows * C * N`` per example (rows = all leading dims but the batch).
 
-Normalisation, activations and pooling are not counted (the same in dense and factorized models).
+Any other leaf module may count itself: if it defines ``count_macs(input, output) -> int`` (MACs for
+the whole batch of that call), the hook uses it (``TTLinear`` does: its contractions are not
+``nn.Linear`` calls). Normalisation, activations and pooling are not counted (the same in dense and
+factorized models).
 A factorized layer's MACs are its factor convs' MACs, e.g. Tucker-2:
 ``H W C R_in + H' W' kh kw R_in R_out + H' W' R_out N`` (Elhoushi et al. Eq. 11's denominator).
 """
@@ -56,8 +59,11 @@ class Counts:
         return "\n".join(lines)
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Module, args: tuple, out: torch.Tensor) -> int:
     """MACs of one call for the whole batch."""
+    own = getattr(module, "count_macs", None)
+    if callable(own) and args and isinstance(args[0], torch.Tensor):
+        return int(own(args[0], out))
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return out.numel() * (module.in_channels // module.groups) * kh * kw
@@ -83,7 +89,7 @@ def count(model: nn.Module, example_input: Any) -> Counts:
             if not isinstance(out, torch.Tensor):
                 return
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            macs = _macs(module, out) // batch
+            macs = _macs(module, args, out) // batch
             in_shape = tuple(args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else ()
             rows.append(LayerCount(name, type(module).__name__, params, macs, in_shape, tuple(out.shape[1:])))
         return record

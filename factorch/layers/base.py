@@ -19,7 +19,8 @@ class FactorizedLayer(nn.Module):
       ``meta`` device to cost a candidate before decomposing it);
     * ``dense_weight()``: the kernel the factors represent, in float64 on the CPU;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
-    * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure.
+    * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
+      ``options(config)`` for structure choices that the dense layer does not determine).
 
     Subclasses are found by class name when loading a checkpoint (``LAYER_CLASSES``).
     """
@@ -52,6 +53,12 @@ class FactorizedLayer(nn.Module):
         """``{"config": constructor kwargs, "rank": ranks}``; ``type(self)(**config, rank=rank)``
         rebuilds this structure."""
         raise NotImplementedError
+
+    @classmethod
+    def options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``empty_like`` that a stored ``config`` fixes beyond the dense
+        layer and the ranks (e.g. a tensor train's mode shapes); none for most layers."""
+        return {}
 
     def _place(self, like: Tensor) -> "FactorizedLayer":
         """Move to ``like``'s device and dtype (the source layer's)."""

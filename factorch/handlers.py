@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
-from factorch.methods import CP, SVD, Method, Tucker2
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TTConv2d, TTLinear, TuckerConv2d
+from factorch.methods import CP, SVD, TT, Method, Tucker2
 from factorch.registry import NotApplicable, Proposal, Skip, register
 
 
@@ -52,3 +52,17 @@ def svd_conv(method: SVD, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
 def svd_linear(method: SVD, linear: nn.Linear) -> Proposal | Skip:
     ranks = SVDLinear.resolve_rank(linear, method.rank)
     return _rank_zero(method, ranks) or Proposal(SVDLinear, ranks)
+
+
+@register(TT, nn.Linear)
+def tt_linear(method: TT, linear: nn.Linear) -> Proposal | Skip:
+    ranks = TTLinear.resolve_rank(linear, method.rank)
+    return _rank_zero(method, ranks) or Proposal(TTLinear, ranks)
+
+
+@register(TT, nn.Conv2d)
+def tt_conv(method: TT, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
+    if conv.groups != 1:
+        return NotApplicable(f"grouped conv (groups={conv.groups}): TT-conv handles groups=1 only")
+    ranks = TTConv2d.resolve_rank(conv, method.rank, order=method.conv_order)
+    return _rank_zero(method, ranks) or Proposal(TTConv2d, ranks, options={"order": method.conv_order})

@@ -72,7 +72,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
 
 
 def parse_rank(text: str):
-    """``32`` | ``32,16`` | ``0.25`` (fraction of params) | ``evbmf`` | ``evbmf:W`` | ``energy:T``."""
+    """``32`` | ``32,16`` (or one int per TT bond) | ``0.25`` (fraction of params) | ``evbmf`` |
+    ``evbmf:W`` | ``energy:T`` | ``tol:EPS`` (relative error bound, e.g. TT-SVD)."""
     t = text.strip().lower()
     try:
         if t == "evbmf":
@@ -81,6 +82,8 @@ def parse_rank(text: str):
             return fc.EVBMF(weaken=float(t[6:]))
         if t.startswith("energy:"):
             return fc.Energy(float(t[7:]))
+        if t.startswith(("tol:", "tolerance:")):
+            return fc.Tolerance(float(t.split(":", 1)[1]))
         if "," in t:
             return tuple(int(v) for v in t.split(","))
         if "." in t or "e" in t:
@@ -89,8 +92,8 @@ def parse_rank(text: str):
     except ValueError as e:
         if "must" in str(e):  # a rule's own validation message
             raise
-    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN, a fraction in (0, 1], "
-                     "evbmf, evbmf:WEAKEN or energy:THRESHOLD")
+    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN (TT: one int per bond), a fraction "
+                     "in (0, 1], evbmf, evbmf:WEAKEN, energy:THRESHOLD or tol:EPS")
 
 
 def parse_methods(names: str, rank) -> list[fc.Method]:

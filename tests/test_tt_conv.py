@@ -21,17 +21,6 @@ GRID = [g for g in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, [Tru
 C_IN, C_OUT = 12, 8  # 12 = 4 x 3 and 8 = 4 x 2: unequal, non-square factors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These convs are tiny and fp64: extra threads only add barrier waits, and on a busy 2-core
-    machine fp64 dilated convs over a batch of 1-channel maps (the conventional order's spatial
-    step) took over a second with 2 threads against 0.3 ms with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random(order, kernel, stride=1, padding=0, dilation=1, bias=True, rank=3, padding_mode="zeros", **kw):
     layer = TTConv2d(C_IN, C_OUT, kernel, rank, stride, padding, dilation, bias=bias,
                      padding_mode=padding_mode, order=order, **kw).double()

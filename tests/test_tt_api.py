@@ -140,3 +140,15 @@ def test_cli_method_tt(tmp_path, capsys):
     assert run(["count", str(out), "--total"]) == 0
     assert run(["decompose", "--model", "resnet20", "--method", "tt", "--rank", "tol:2", "-o", str(out)]) == 2
     assert "eps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.2, 0.05])
+def test_tolerance_on_svd_layers_is_the_smallest_eckart_young_rank(eps):
+    lin = nn.Linear(60, 40).double()
+    w = lin.weight.detach()
+    s = torch.linalg.svdvals(w)
+    (r,) = fc.layers.SVDLinear.resolve_rank(lin, fc.Tolerance(eps))
+    tail = lambda k: float(s[k:].pow(2).sum().sqrt())  # noqa: E731
+    assert tail(r) <= eps * float(w.norm()) < tail(r - 1)
+    layer = fc.layers.SVDLinear.from_dense(lin, fc.Tolerance(eps))
+    assert float((layer.dense_weight() - w).norm() / w.norm()) <= eps + 1e-12

@@ -172,7 +172,7 @@ class TTConv2d(FactorizedLayer):
         return t.reshape(b, -1, h, w)  # (B, n_1..n_d, H', W')
 
     # ---- cores <-> conv weights --------------------------------------------------------------
-    def cores(self) -> list[Tensor]:
+    def chain_cores(self) -> list[Tensor]:
         """The TT cores ``(r_{k-1}, mode_k, r_k)`` along the chain, float64, from the conv weights."""
         f = lambda conv: as_float64(conv.weight)  # noqa: E731
         kh, kw = self.config.kernel_size
@@ -190,7 +190,7 @@ class TTConv2d(FactorizedLayer):
         return [spatial, *chans]
 
     def _load_cores(self, cores: list[Tensor]) -> None:
-        """Copy chain cores (any dtype) into the conv weights: the inverse of ``cores()``."""
+        """Copy chain cores (any dtype) into the conv weights: the inverse of ``chain_cores()``."""
         kh, kw = self.config.kernel_size
         with torch.no_grad():
             if self.order == "efficient":
@@ -241,7 +241,7 @@ class TTConv2d(FactorizedLayer):
         return layer.train(conv.training)
 
     def dense_weight(self) -> Tensor:
-        return chain_to_kernel(tt_to_tensor(self.cores()), self.in_shape, self.out_shape,
+        return chain_to_kernel(tt_to_tensor(self.chain_cores()), self.in_shape, self.out_shape,
                                self.config.kernel_size, self.order)
 
     def to_dense(self) -> nn.Conv2d:

@@ -73,11 +73,11 @@ def test_conv_order_is_chosen_by_the_method():
 
 def test_custom_shapes_and_order_survive_save_load(tmp_path):
     model = Net().eval()
-    model.fc1 = TTLinear.from_dense(model.fc1, 3, in_shape=(4, 4, 32), out_shape=(4, 8, 8))
+    model.fc1 = TTLinear.from_dense(model.fc1, 3, in_shape=(4, 4, 32), out_shape=(4, 8, 8), order="ltr")
     model.conv = TTConv2d.from_dense(model.conv, 4, in_shape=(2, 2, 4), out_shape=(2, 4, 4), order="conventional")
     fc.save(model, tmp_path / "m.pt")
     loaded = fc.load(tmp_path / "m.pt", model=Net()).eval()
-    assert loaded.fc1.in_shape == (4, 4, 32) and loaded.conv.order == "conventional"
+    assert loaded.fc1.in_shape == (4, 4, 32) and loaded.fc1.order == "ltr" and loaded.conv.order == "conventional"
     assert torch.equal(loaded(X), model(X))
 
 

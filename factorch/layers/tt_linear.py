@@ -179,17 +179,17 @@ class TTLinear(FactorizedLayer):
 
     @classmethod
     def empty_like(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
-                   out_shape: Optional[Sequence[int]] = None) -> "TTLinear":
+                   out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> "TTLinear":
         n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
         return cls(linear.in_features, linear.out_features, cls.resolve_rank(linear, rank, n_s, m_s),
-                   n_s, m_s, bias=linear.bias is not None)
+                   n_s, m_s, bias=linear.bias is not None, order=order)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
-                   out_shape: Optional[Sequence[int]] = None) -> "TTLinear":
+                   out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> "TTLinear":
         """TT-SVD of ``linear``'s weight (float64, zero-padded), in ``linear``'s dtype and device."""
         check_finite("linear weight", linear.weight)
-        layer = cls.empty_like(linear, rank, in_shape, out_shape)._place(linear.weight)
+        layer = cls.empty_like(linear, rank, in_shape, out_shape, order)._place(linear.weight)
         w = _padded_weight(linear, layer.out_shape, layer.in_shape)
         cores = tt_matrix_svd(w, layer.out_shape, layer.in_shape, layer.tt_ranks)
         with torch.no_grad():
@@ -215,11 +215,12 @@ class TTLinear(FactorizedLayer):
     def spec(self) -> dict[str, Any]:
         return {"config": {"in_features": self.in_features, "out_features": self.out_features,
                            "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
-                           "bias": self.bias is not None}, "rank": list(self.tt_ranks)}
+                           "bias": self.bias is not None, "order": self.order}, "rank": list(self.tt_ranks)}
 
     @classmethod
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape")}
+        return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
+                "order": config.get("order", "auto")}
 
     def extra_repr(self) -> str:
         m_pad, n_pad = self.padded

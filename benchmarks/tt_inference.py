@@ -71,7 +71,8 @@ def main() -> None:
     models = {"dense": dense, "TT seed shapes": seed_tt, "TT seed factors reordered": seed_sorted,
               "TT auto shapes": auto_tt}
     shape = lambda m: f"{'x'.join(map(str, m.in_shape))} -> {'x'.join(map(str, m.out_shape))}"  # noqa: E731
-    env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
+    env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+           "load_avg_1min_at_start": f"{os.getloadavg()[0]:.2f}"}
     rows = []
     threads = [int(t) for t in args.threads.split(",") if t] if kind == "cpu" else []
     for n_threads, batch in [(t, b) for t in (threads or [torch.get_num_threads()])
@@ -102,6 +103,8 @@ def main() -> None:
         "seed_ms: Novikov et al. 2015, Table 3 (their CPU/GPU, 2015); speedups here are measured "
         "side by side in this run. TT-ranks all 4; `order` is the contraction order TTLinear chose "
         "(rtl = core d first, ltr = core 1 first; the cheaper by the MAC formula of methods.md 4.2).",
+        "params include the 4096 bias (the TT cores alone: params - 4096). The CPU is shared with other "
+        "processes: the 1-minute load average at the start is recorded above.",
     ]
     csv_path, md_path = write_results(f"tt_inference_{kind}", rows, env, notes)
     for r in rows:

@@ -73,6 +73,8 @@ def main() -> None:
     shape = lambda m: f"{'x'.join(map(str, m.in_shape))} -> {'x'.join(map(str, m.out_shape))}"  # noqa: E731
     env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
            "load_avg_1min_at_start": f"{os.getloadavg()[0]:.2f}"}
+    if kind == "cuda":
+        env["tf32_matmul"] = str(torch.backends.cuda.matmul.allow_tf32)
     rows = []
     threads = [int(t) for t in args.threads.split(",") if t] if kind == "cpu" else []
     for n_threads, batch in [(t, b) for t in (threads or [torch.get_num_threads()])

@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# seed 000's experiment, small: train on the bundled digits (original / decompose at epoch 3 /
+# decompose at 3 and reconstruct at 10), print the table and the figure's path. (API example:
+# examples/demo.py.)
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	rm -rf demo-out
+	$(PY) -m factorch experiment --model vgg-small --dataset digits --epochs 12 --batch-size 32 \
+		--lr 0.05 --scenarios original,dec@3,dec@3+rec@10 --out demo-out
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -19,7 +19,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -36,13 +36,22 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temp file next to ``path``, then rename it into place."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file (a table, a CSV, a log) the same way: whole or not at all."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,9 +10,34 @@ import factorch as fc
     ("resnet56", 853_018),     # seed 000 Table 3: 853 x 10^3
     ("resnet20", 269_722),     # He et al. 2016: 0.27M
     ("resnet110", 1_727_962),  # He et al. 2016: 1.7M
+    ("densenet40", 1_059_298), # seed 000 Table 2: 1.06 x 10^6
 ])
 def test_param_counts(name, params):
     assert sum(p.numel() for p in fc.models.create(name).parameters()) == params
+
+
+@pytest.mark.parametrize("name,params", [
+    # conv 1*6*25+6, conv 6*16*25+16, fc 400*120+120, 120*84+84, 84*10+10
+    ("lenet5", 156 + 2_416 + 48_120 + 10_164 + 850),
+    # 784*300+300, 300*100+100, 100*10+10 (LeNet-300-100)
+    ("mlp", 235_500 + 30_100 + 1_010),
+])
+def test_gray_model_param_counts(name, params):
+    assert sum(p.numel() for p in fc.models.create(name, in_channels=1).parameters()) == params
+
+
+def test_resnet50_when_torchvision_imports():
+    pytest.importorskip("torchvision")
+    model = fc.models.create("resnet50", num_classes=1000)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # seed 000 Table 4: 25.6 x 10^6
+
+
+def test_densenet40_structure():
+    model = fc.models.create("densenet40")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # first conv + 3 x 12 dense 3x3 convs + 2 transition 1x1 convs; 456 = 24 + 36 * 12 channels at the end
+    assert len(convs) == 39 and sum(c.kernel_size == (3, 3) for c in convs) == 37
+    assert model.fc.in_features == 456
 
 
 @pytest.mark.parametrize("name", fc.models.list_models())

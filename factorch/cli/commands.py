@@ -86,4 +86,6 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_decompose, add_count, add_reconstruct, add_models]
+from factorch.cli.train import add_experiment, add_train  # noqa: E402  (the training subcommands)
+
+COMMANDS = [add_decompose, add_count, add_reconstruct, add_models, add_train, add_experiment]

@@ -16,6 +16,8 @@ CONFIGS: dict[str, list] = {
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
+    # six convs, 16-64 channels (72.7K params, 7.3M MACs at 28x28): the Fashion-MNIST experiment on a CPU
+    "vgg-small": [16, 16, "M", 32, 32, "M", 64, 64],
 }
 
 
@@ -43,7 +45,7 @@ class VGG(nn.Module):
 
 
 def _register(name: str) -> None:
-    @register_model(name, description=f"CIFAR {name.upper()} with batch norm")
+    @register_model(name, description=f"CIFAR-style {name.upper()} with batch norm")
     def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
         return VGG(CONFIGS[name], num_classes, in_channels)
 

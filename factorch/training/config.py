@@ -1,0 +1,121 @@
+"""The configuration of one training run (frozen, validated on construction)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from factorch.methods import Method, Tucker2
+from factorch.rank import EVBMF
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step decay (the paper's CIFAR schedule): ``lr * gamma ** (number of milestones passed)``,
+    milestones at the given fractions of ``epochs`` (0.5 and 0.75: epochs 100 and 150 of 200).
+
+    A pure function of the epoch, so it continues unchanged across a decomposition (a new
+    optimizer) and a resume: there is no scheduler state to carry."""
+
+    lr: float = 0.1
+    epochs: int = 200
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not all(0 < m <= 1 for m in self.milestones):
+            raise ValueError(f"LR milestones are fractions of the epochs in (0, 1], got {self.milestones!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"LR decay gamma must be in (0, 1], got {self.gamma!r}")
+
+    def epoch_milestones(self) -> list[int]:
+        return [round(m * self.epochs) for m in self.milestones]
+
+    def lr_at(self, epoch: int) -> float:
+        """LR for 0-based ``epoch`` (epochs past ``self.epochs`` keep the last value)."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.epoch_milestones())
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run: model, data, optimizer (SGD, the paper's defaults) and the decomposition events.
+
+    ``epochs`` is the number of epochs run; ``schedule_epochs`` (default ``epochs``) the length the
+    LR milestones are fractions of: "original-then-dec+E" runs ``epochs + E`` epochs on the
+    original's schedule. ``decompose_at=k``: train k epochs dense, then decompose (before epoch
+    k + 1); ``reconstruct_at=m``: back to dense layers before epoch m + 1. ``first_conv``:
+    decompose the first conv too (the paper leaves it dense: EVBMF on 3 input channels is noise);
+    ``exclude``: regexes (full match) of layer names left dense.
+    """
+
+    model: str = "vgg19"
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    epochs: int = 200
+    schedule_epochs: Optional[int] = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    decompose_at: Optional[int] = None
+    reconstruct_at: Optional[int] = None
+    methods: tuple[Method, ...] = field(default_factory=lambda: (Tucker2(EVBMF()),))
+    first_conv: bool = False
+    exclude: tuple[str, ...] = ()
+    subset: Optional[int] = None
+    augment: bool = True
+    amp: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.schedule_epochs is not None and (not isinstance(self.schedule_epochs, int) or self.schedule_epochs < 1):
+            raise ValueError(f"schedule_epochs must be a positive int, got {self.schedule_epochs!r}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"momentum must be in [0, 1) and weight decay >= 0, got {self.momentum}, {self.weight_decay}")
+        self.schedule  # validates lr and milestones
+        k, m = self.decompose_at, self.reconstruct_at
+        if k is not None and not (isinstance(k, int) and 0 <= k < self.epochs):
+            raise ValueError(f"decompose_at must be an epoch in [0, {self.epochs - 1}], got {k!r}")
+        if m is not None:
+            if k is None:
+                raise ValueError("reconstruct_at needs decompose_at (nothing to reconstruct otherwise)")
+            if not (isinstance(m, int) and k < m < self.epochs):
+                raise ValueError(f"reconstruct_at must be an epoch in [{k + 1}, {self.epochs - 1}] "
+                                 f"(after decompose_at={k}), got {m!r}")
+        if not self.methods or not all(isinstance(x, Method) for x in self.methods):
+            raise ValueError(f"methods must be a non-empty tuple of method configs, got {self.methods!r}")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"exclude regex {pattern!r} is invalid: {e}") from None
+        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
+            raise ValueError(f"subset must be a positive int, got {self.subset!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.lr, self.schedule_epochs or self.epochs, tuple(self.milestones))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (methods as their repr), for checkpoints and logs."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["methods"] = [repr(m) for m in self.methods]
+        out["milestones"], out["exclude"] = list(self.milestones), list(self.exclude)
+        return out
+
+
+# Settings that do not change a run's results: a resumed run may change them.
+RUNTIME_ONLY = ("data_dir", "device", "workers")

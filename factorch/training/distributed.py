@@ -1,0 +1,104 @@
+"""Single process or DDP under ``torchrun``: one object that knows the rank and does the collectives.
+
+``torchrun --nproc_per_node=N -m factorch train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+the process group uses NCCL on CUDA and Gloo on the CPU. With one process every collective is the
+identity, so the training loop has a single code path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available (this process's GPU under torchrun), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> "Distributed":
+        """Join the process group torchrun describes in the environment (if any)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = pick_device(device, local_rank)
+        if world <= 1:
+            return cls(0, 1, dev)
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), dev, owns)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP around ``model`` (rebuilt after every change of architecture), or ``model`` itself."""
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (on every rank)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    @torch.no_grad()
+    def broadcast_model(self, model: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure)."""
+        if self.world == 1:
+            return
+        for t in list(model.parameters()) + list(model.buffers()):
+            buf = t.detach().contiguous()  # collectives want dense, contiguous tensors
+            dist.broadcast(buf, src=0)
+            if buf.data_ptr() != t.data_ptr():
+                t.copy_(buf)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,159 @@
+"""Every scenario of the paper on one model and dataset, then its table and figure.
+
+``run_experiment`` trains each scenario into ``OUT/<scenario>/`` (``original`` first: the
+"original-then-dec+E" run starts from its final checkpoint instead of training it again, which the
+same seed makes identical) and writes ``OUT/results.md`` and ``OUT/results.csv`` (best and final
+test accuracy, params, MACs, training time and speedup vs the original; Tables 1-4) and
+``OUT/figure.png`` (accuracy against training time; Figures 3-6).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from factorch.io import atomic_write_text
+from factorch.plots import training_curves
+from factorch.training.config import TrainConfig
+from factorch.training.distributed import Distributed
+from factorch.training.run import CHECKPOINT, print_line, train
+from factorch.training.scenarios import Scenario
+
+COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "params", "params_decomposed", "macs",
+           "macs_decomposed", "train_seconds", "speedup", "decomposed_layers", "dense_layers"]
+
+
+@dataclass
+class Experiment:
+    """The results of ``run_experiment``: one metrics history per scenario, and the files."""
+
+    histories: dict[str, list[dict[str, Any]]]
+    rows: list[dict[str, Any]]
+    table: Path
+    csv: Path
+    figure: Path
+
+
+def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: str | os.PathLike, *,
+                   resume: bool = False, command: str = "", log: Callable[[str], None] = print_line) -> Experiment:
+    """Train every scenario (``base`` gives everything but the events) and write table and figure."""
+    out = Path(out_dir)
+    if not resume:
+        taken = [s.name for s in scenarios if (out / s.slug / CHECKPOINT).exists()]
+        if taken:
+            raise ValueError(f"{out} already holds runs ({', '.join(taken)}); pass --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(scenarios, key=lambda s: s.name != "original")
+    has_original = any(s.name == "original" for s in scenarios)
+    histories: dict[str, list[dict[str, Any]]] = {}
+    dist = Distributed.from_env(base.device)  # under torchrun: one process group for all the runs
+    try:
+        for s in ordered:
+            log(f"== scenario {s.name} ==")
+            start = out / "original" / CHECKPOINT if s.after_original and has_original else None
+            histories[s.name] = train(s.config(base), out / s.slug, resume=resume, start_from=start,
+                                      log=log if dist.is_main else (lambda line: None))
+    finally:
+        dist.close()
+    histories = {s.name: histories[s.name] for s in scenarios}  # the user's order
+    rows = summarize(histories, {s.name: s for s in scenarios})
+    table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
+    if dist.is_main:
+        atomic_write_text(_header(base, command) + "\n" + markdown_table(rows) + "\n", table)
+        atomic_write_text(csv_text(rows), table_csv)
+        training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
+    return Experiment(histories, rows, table, table_csv, figure)
+
+
+def summarize(histories: dict[str, list[dict[str, Any]]], scenarios: dict[str, Scenario]) -> list[dict[str, Any]]:
+    """One table row per scenario (the paper's columns plus MACs and the layer counts)."""
+    original = histories.get("original")
+    t_orig = original[-1]["time"] if original else None
+    rows = []
+    for name, h in histories.items():
+        events = [r["event"] for r in h if r["event"] and r["event"]["kind"] == "decompose"]
+        dec = [r for r in h if r["event"] and r["event"]["kind"] == "decompose"]
+        first_dec = h.index(dec[0]) if dec else None
+        rows.append({
+            "scenario": name, "epochs": len(h),
+            # original-then-dec: the accuracy of the decomposed model, as in Table 1's last row
+            "best_acc": max(r["test_acc"] for r in (h[first_dec:] if scenarios[name].after_original and dec else h)),
+            "final_acc": h[-1]["test_acc"],
+            "params": h[-1]["params"], "macs": h[-1]["macs"],
+            "params_decomposed": h[first_dec]["params"] if dec else None,
+            "macs_decomposed": h[first_dec]["macs"] if dec else None,
+            "train_seconds": h[-1]["time"],
+            "seconds_before": h[first_dec - 1]["time"] if scenarios[name].after_original and first_dec else None,
+            "speedup": t_orig / h[-1]["time"] if t_orig else None,
+            "decomposed_layers": events[0]["changed"] if events else None,
+            "dense_layers": len(events[0]["skipped"]) if events else None,
+        })
+    return rows
+
+
+def _num(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ["Scenario", "Best acc", "Final acc", "Params", "Params (decomposed)", "MACs", "Training time",
+            "Speedup", "Layers decomposed / left dense"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        t = _duration(r["train_seconds"])
+        if r["seconds_before"] is not None:  # "4.77 hr + 0.49 hr" as in Table 1
+            t = f"{_duration(r['seconds_before'])} + {_duration(r['train_seconds'] - r['seconds_before'])}"
+        layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        lines.append("| " + " | ".join([r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%",
+                                        _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
+                                        layers]) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def _header(cfg: TrainConfig, command: str) -> str:
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else platform.processor() or platform.machine()
+    lines = [f"# {cfg.model} on {cfg.dataset}: decomposition during training",
+             "",
+             f"- device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
+             f"- date: {datetime.date.today().isoformat()}",
+             f"- settings: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr} (x0.1 at "
+             f"{', '.join(f'{m:g}' for m in cfg.milestones)} of the epochs), momentum {cfg.momentum}, "
+             f"weight decay {cfg.weight_decay}, methods {', '.join(repr(m) for m in cfg.methods)}, "
+             f"first conv {'decomposed' if cfg.first_conv else 'left dense'}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
+             "- training time: training passes plus the decomposition/reconstruction, without test evaluation"]
+    if command:
+        lines.append(f"- command: `{command}`")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""DDP on the CPU (Gloo, 2 processes under torchrun): the decomposition is computed once and every
+rank ends with identical weights."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import factorch as fc
+from factorch.training.distributed import Distributed
+from factorch.training.events import decompose_event
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with Gloo is not available")
+
+WORKER = textwrap.dedent('''
+    import sys, torch, factorch as fc
+    from factorch.training.distributed import Distributed
+    from factorch.training.events import decompose_event
+    dist = Distributed.from_env("cpu")
+    torch.manual_seed(dist.rank)            # different weights on each rank before the event
+    model = fc.models.create("lenet5", num_classes=10, in_channels=1)
+    torch.manual_seed(0)
+    model.load_state_dict(torch.load(sys.argv[1])) if dist.rank == 0 else None
+    event = decompose_event(model, [fc.Tucker2(0.5), fc.SVD(0.5)], torch.zeros(1, 1, 16, 16), dist)
+    torch.save({"state": model.state_dict(), "changed": event.changed, "skipped": event.skipped},
+               f"{sys.argv[2]}/rank{dist.rank}.pt")
+    dist.close()
+''')
+
+
+def _torchrun(args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_decomposition_event_leaves_identical_weights_on_both_ranks(tmp_path):
+    torch.manual_seed(0)
+    start = fc.models.create("lenet5", num_classes=10, in_channels=1)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    (tmp_path / "worker.py").write_text(WORKER)
+    proc = _torchrun([str(tmp_path / "worker.py"), str(tmp_path / "start.pt"), str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["changed"] == r1["changed"] == ["conv2", "fc1", "fc2", "fc3"] and r0["skipped"] == r1["skipped"]
+    assert r0["state"].keys() == r1["state"].keys()
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    # ... and they are rank 0's decomposition: the same event in one process gives the same weights
+    decompose_event(start, [fc.Tucker2(0.5), fc.SVD(0.5)], torch.zeros(1, 1, 16, 16), Distributed())
+    local = start.state_dict()
+    assert all(torch.equal(local[k], r0["state"][k]) for k in local)
+
+
+def test_torchrun_train_with_decomposition(tmp_path):
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "128", "--epochs", "3",
+                      "--batch-size", "32", "--decompose-at", "1", "--method", "tucker2,svd", "--rank", "0.5",
+                      "--device", "cpu", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[1]["event"]["kind"] == "decompose"
+    assert rows[1]["params"] < rows[0]["params"]
+    assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 prints
+    assert isinstance(fc.load(out / "model.pt").conv2, fc.layers.TuckerConv2d)

@@ -1,0 +1,85 @@
+"""Robust runs: a run killed with SIGKILL in the middle of an epoch resumes to the same result."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import factorch as fc
+from factorch.cli.main import run
+from factorch.training.checkpoint import load_run
+
+ARGS = ["train", "--model", "lenet5", "--dataset", "digits", "--subset", "600", "--epochs", "5",
+        "--batch-size", "16", "--lr", "0.05", "--decompose-at", "2", "--method", "tucker2,svd", "--rank", "0.5"]
+TIMES = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _results(run_dir):
+    rows = [json.loads(line) for line in _lines(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
+
+
+def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "factorch", *ARGS, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        # 3 finished epochs: the checkpoint holds the decomposed structure; epoch 4 is under way
+        while len(_lines(killed / "metrics.jsonl")) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done = load_run(killed / "checkpoint.pt")["epoch"]
+    assert 3 <= done < 5 and not (killed / "model.pt").exists()
+    assert run([*ARGS, "--out", str(killed), "--resume"]) == 0
+    assert run([*ARGS, "--out", str(clean)]) == 0
+
+    assert _results(killed) == _results(clean)  # every metric of every epoch, bit for bit
+    assert [r["epoch"] for r in _results(killed)] == [1, 2, 3, 4, 5]
+    a, b = fc.load(killed / "model.pt"), fc.load(clean / "model.pt")
+    assert isinstance(a.conv2, fc.layers.TuckerConv2d)  # the factorized structure was restored
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
+    out = tmp_path / "r"
+    small = ["train", "--model", "lenet5", "--subset", "64", "--epochs", "1", "--batch-size", "32", "--out", str(out)]
+    assert run(small) == 0
+    assert run(small) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert run([*small[:-2], "--lr", "0.5", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings differ" in err[0] and "lr: checkpoint 0.1, now 0.5" in err[0]
+    assert run([*small, "--resume"]) == 0  # finished: nothing left to do, same result
+    assert len(_lines(out / "metrics.jsonl")) == 1
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--decompose-at", "9"], "decompose_at must be an epoch in [0, 2]"),
+    (["--reconstruct-at", "1"], "needs decompose_at"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--model", "nope"], "unknown model"),
+    (["--rank", "lots"], "not understood"),
+    (["--exclude", "("], "regex"),
+])
+def test_train_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
+    base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "3", "--out", str(tmp_path / "r")]
+    assert run(base + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+    assert not (tmp_path / "r").exists()

@@ -16,9 +16,8 @@ factorized layers start with the dense layer's output variance (``TTLinear``'s i
 layer's second factor is scaled by sqrt 3 to match ``Var W_ij = 1/(3N)``).
 
 Training: Adam (lr 1e-3), batch 128, ``--epochs`` epochs, the same seed and data order for
-every model; test accuracy after the last epoch. The loop is ``factorch.training``'s
-``train_epoch``/``evaluate`` where that package exists, else the small loop below (the results
-file says which).
+every model; test accuracy after the last epoch, with ``factorch.training.train_epoch`` and
+``evaluate``.
 
     python benchmarks/tt_mlp_fashion.py [--epochs 3] [--data-dir DIR] [--subset N]
 """
@@ -26,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import factorch as fc
 import factorch.data  # noqa: F401  (a subpackage: not imported by `import factorch`)
 import factorch.progress  # noqa: F401
+from factorch.training import evaluate, train_epoch
 from common import RESULTS, environment, write_results
 
 SHAPE = (4, 8, 8, 4)
@@ -63,28 +61,6 @@ def tensors(split: str, root, subset) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.as_tensor(ys))
 
 
-def local_train_epoch(model, loader, optimizer, device=None) -> dict:
-    model.train()
-    start, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-    for x, y in loader:
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += len(y)
-        correct += int((out.argmax(1) == y).sum())
-        loss_sum += loss.item() * len(y)
-    return {"loss": loss_sum / total, "acc": correct / total, "seconds": time.perf_counter() - start}
-
-
-@torch.no_grad()
-def local_evaluate(model, loader, device=None) -> float:
-    model.eval()
-    hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
-    return hits / len(loader.dataset)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -92,11 +68,6 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=None, help="train on N examples (quick runs)")
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
-    try:
-        from factorch.training import evaluate, train_epoch
-        loop = "factorch.training.train_epoch/evaluate"
-    except ImportError:
-        train_epoch, evaluate, loop = local_train_epoch, local_evaluate, "local loop (factorch.training absent)"
     train, test = tensors("train", args.data_dir, args.subset), tensors("test", args.data_dir, None)
     test_loader = DataLoader(test, batch_size=1000)
     variants = [("dense", 0)] + [("TT", r) for r in TT_RANKS]
@@ -121,7 +92,7 @@ def main() -> None:
         print(rows[-1])
     env = environment("cpu")
     notes = [f"{args.epochs} epochs, Adam lr 1e-3, batch {args.batch}, seed 0, "
-             f"{len(train)} training / {len(test)} test images; training loop: {loop}.",
+             f"{len(train)} training / {len(test)} test images; loop: factorch.training.train_epoch/evaluate.",
              "compression = 1024*1024 / weights of the hidden layer (bias excluded); the rest of the MLP "
              "(784x1024 + 1024x10 dense) is the same in every row. One run per row (no error bars).",
              "Why TT-rank 1 can match the dense layer where matrix rank 1 cannot: a TT-rank-1 TT-matrix is a "

@@ -22,22 +22,23 @@ def _rank_zero(method: Method, ranks: tuple[int, ...]) -> Skip | None:
     return None
 
 
-@register(Tucker2, nn.Conv2d)
-def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
-    skip = _spatial_conv_skip(conv, "Tucker-2")
+def _spatial_conv(method: Method, conv: nn.Conv2d, layer_cls, label: str, **kwargs) -> Proposal | Skip | NotApplicable:
+    """Tucker-2 and CP: kxk convs with more than one input channel per group."""
+    skip = _spatial_conv_skip(conv, label)
     if skip:
         return skip
-    ranks = TuckerConv2d.resolve_rank(conv, method.rank)
-    return _rank_zero(method, ranks) or Proposal(TuckerConv2d, ranks)
+    ranks = layer_cls.resolve_rank(conv, method.rank)
+    return _rank_zero(method, ranks) or Proposal(layer_cls, ranks, kwargs)
+
+
+@register(Tucker2, nn.Conv2d)
+def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
+    return _spatial_conv(method, conv, TuckerConv2d, "Tucker-2")
 
 
 @register(CP, nn.Conv2d)
 def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
-    skip = _spatial_conv_skip(conv, "CP")
-    if skip:
-        return skip
-    ranks = CPConv2d.resolve_rank(conv, method.rank)
-    return _rank_zero(method, ranks) or Proposal(CPConv2d, ranks, {"restarts": method.restarts})
+    return _spatial_conv(method, conv, CPConv2d, "CP", restarts=method.restarts)
 
 
 @register(SVD, nn.Conv2d)

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import ConvSpec, dense_conv
+from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
 
 ORDERS = ("efficient", "conventional")
@@ -92,7 +92,7 @@ def chain_to_kernel(t: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]
     return t.permute(perm).reshape(n, c, *kernel_size)
 
 
-class TTConv2d(FactorizedLayer):
+class TTConv2d(FactorizedConv):
     """A conv whose kernel is a tensor train; ``order`` "efficient" (default) or "conventional".
 
     Modules: efficient: ``inputs`` (1x1 convs, run first), ``spatial``, ``outputs`` (1x1 convs);
@@ -122,7 +122,7 @@ class TTConv2d(FactorizedLayer):
                                          math.prod(spec.weight_shape()))
         r = (1, *self.tt_ranks, 1)
         if order == "efficient":
-            p, q = len(self.out_shape), len(self.in_shape)
+            p = len(self.out_shape)
             # input core j (chain index p + j, mode c_j) as conv (c_j b_j -> b_{j-1}); run c_q first
             self.inputs = nn.ModuleList(nn.Conv2d(c * r[p + j + 1], r[p + j], 1, bias=False)
                                         for j, c in reversed(list(enumerate(self.in_shape, start=1))))
@@ -244,8 +244,8 @@ class TTConv2d(FactorizedLayer):
         return chain_to_kernel(tt_to_tensor(self.chain_cores()), self.in_shape, self.out_shape,
                                self.config.kernel_size, self.order)
 
-    def to_dense(self) -> nn.Conv2d:
-        return dense_conv(self.config, self.dense_weight(), self.bias, self.spatial.weight).train(self.training)
+    def dense_bias(self) -> Optional[Tensor]:
+        return self.bias
 
     def spec(self) -> dict[str, Any]:
         return {"config": {**self.config.as_dict(), "in_shape": list(self.in_shape),

@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/decompose_speed.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/tucker_vs_tltorch.py
+	$(PY) benchmarks/tt_inference.py
+	$(PY) benchmarks/tt_conv_costs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

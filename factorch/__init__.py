@@ -2,6 +2,7 @@
 
     import factorch as fc
     report = fc.decompose_(model, [fc.Tucker2(rank=fc.EVBMF()), fc.SVD(rank=fc.Energy(0.9))])
+    fc.decompose_(model, fc.TT(rank=fc.Tolerance(0.05)))   # tensor-train layers
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
     fc.reconstruct_(model)
@@ -12,9 +13,9 @@ from factorch import layers, models
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
 from factorch.io import CheckpointError, load, save
-from factorch.methods import CP, SVD, Method, Tucker2
+from factorch.methods import CP, SVD, TT, Method, Tucker2
 from factorch.profile import Latency, Profiler
-from factorch.rank import EVBMF, Budget, Energy, evbmf
+from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "Profiler",
     "Report",
     "SVD",
+    "TT",
+    "Tolerance",
     "Tucker2",
     "count",
     "decompose_",

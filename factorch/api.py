@@ -12,7 +12,7 @@ from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
 from factorch.budget import achieved, allocate
-from factorch.count import layer_macs
+from factorch.count import layer_macs, probe
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.profile import Profiler, as_profiler, compare
@@ -79,25 +79,8 @@ def _layer_label(module: nn.Module) -> str:
 def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict[str, tuple[int, ...]]:
     """Each named layer's input shape (batch dim dropped) from one eval-mode, no-grad forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
-
-    def record(name: str):
-        def hook(module: nn.Module, args: tuple, out: Any) -> None:  # must return None
-            shapes.setdefault(name, tuple(args[0].shape[1:]))
-        return hook
-
-    hooks = [modules[n].register_forward_hook(record(n)) for n in names]
-    modes = {m: m.training for m in model.modules()}
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    modules = {n: m for n, m in model.named_modules() if n in names}
+    probe(model, example_input, modules, lambda n, m, args, out: shapes.setdefault(n, tuple(args[0].shape[1:])))
     return shapes
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.count import layer_macs
-from factorch.layers import CPConv2d
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
 from factorch.methods import Method
 from factorch.rank import Budget, RankRule
 from factorch.registry import NotApplicable, Proposal, handler_for
@@ -111,6 +111,10 @@ def _square_unfolding(block: Tensor) -> Tensor:
     return block.permute(0, 2, 1, 3).reshape(n * kh, c * kw)
 
 
+# The layers whose cost is multilinear in at most two ranks, each scored by its own unfoldings
+# (a tensor train's bonds are chosen in sequence by TT-SVD: not this greedy's model).
+SUPPORTED = (TuckerConv2d, CPConv2d, SVDLinear, SVDConv2d)
+
 # Layers with one rank over several modes get extra unfoldings that bound their fit (CP only).
 EXTRA_UNFOLDINGS: dict[type, Callable[[Tensor], Tensor]] = {CPConv2d: _square_unfolding}
 
@@ -171,6 +175,10 @@ def _fit_costs(proposal: Proposal, module: nn.Module, full: tuple[int, ...], sha
 
 def _plan_layer(name: str, module: nn.Module, method: Method, proposal: Proposal,
                 shape: tuple[int, ...]) -> _Layer:
+    if proposal.layer_cls not in SUPPORTED:
+        raise ValueError(f"{method.rank!r} allocates ranks of {', '.join(c.__name__ for c in SUPPORTED)} layers; "
+                         f"layer {name!r} would be a {proposal.layer_cls.__name__} ({method.name}): give that "
+                         "method an int, a fraction or a rule instead")
     full, gains = _energy(proposal, module, len(proposal.ranks))
     dense = {"macs": layer_macs(module, shape), "params": sum(p.numel() for p in module.parameters())}
     return _Layer(name, method, full, gains, _fit_costs(proposal, module, full, shape), dense, [1] * len(full))

@@ -7,7 +7,10 @@ input-resolution 1x1 of a factorized conv are all accounted for:
 * Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (methods.md section 0);
 * Linear: ``rows * C * N`` per example (rows = all leading dims but the batch).
 
-Normalisation, activations and pooling are not counted (the same in dense and factorized models).
+Any other leaf module may count itself: if it defines ``count_macs(input, output) -> int`` (MACs for
+the whole batch of that call), the hook uses it (``TTLinear`` does: its contractions are not
+``nn.Linear`` calls). Normalisation, activations and pooling are not counted (the same in dense and
+factorized models).
 A factorized layer's MACs are its factor convs' MACs, e.g. Tucker-2:
 ``H W C R_in + H' W' kh kw R_in R_out + H' W' R_out N`` (Elhoushi et al. Eq. 11's denominator).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -56,8 +59,11 @@ class Counts:
         return "\n".join(lines)
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Module, args: tuple, out: torch.Tensor) -> int:
     """MACs of one call for the whole batch."""
+    own = getattr(module, "count_macs", None)
+    if callable(own) and args and isinstance(args[0], torch.Tensor):
+        return int(own(args[0], out))
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return out.numel() * (module.in_channels // module.groups) * kh * kw
@@ -76,31 +82,17 @@ def count(model: nn.Module, example_input: Any) -> Counts:
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
     rows: list[LayerCount] = []
-    hooks = []
 
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple, out: Any) -> None:
-            if not isinstance(out, torch.Tensor):
-                return
-            params = sum(p.numel() for p in module.parameters(recurse=False))
-            macs = _macs(module, out) // batch
-            in_shape = tuple(args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else ()
-            rows.append(LayerCount(name, type(module).__name__, params, macs, in_shape, tuple(out.shape[1:])))
-        return record
+    def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        macs = _macs(module, args, out) // batch
+        in_shape = tuple(args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else ()
+        rows.append(LayerCount(name, type(module).__name__, params, macs, in_shape, tuple(out.shape[1:])))
 
-    for name, module in model.named_modules():
-        if not any(True for _ in module.children()):
-            hooks.append(module.register_forward_hook(hook(name or type(module).__name__)))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    leaves = {name or type(m).__name__: m for name, m in model.named_modules() if not any(True for _ in m.children())}
+    probe(model, example_input, leaves, record)
     params = sum(p.numel() for p in model.parameters())
     rows = [r for r in rows if r.params or r.macs]
     return Counts(params=params, macs=sum(r.macs for r in rows), layers=rows)
@@ -118,3 +110,29 @@ def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 def _on_meta(module: nn.Module) -> bool:
     tensors = list(module.parameters()) + list(module.buffers())
     return bool(tensors) and all(t.is_meta for t in tensors)
+
+
+def probe(model: nn.Module, example_input: Any, modules: dict[str, nn.Module],
+          record: Callable[[str, nn.Module, tuple, Any], None]) -> None:
+    """One forward pass of ``model`` on ``example_input`` (a tensor or a tuple of positional
+    inputs) in eval mode without gradients, calling ``record(name, module, args, output)`` after
+    each of ``modules`` runs. Restores every module's mode and removes the hooks, so BatchNorm
+    statistics and the model are left as they were."""
+
+    def hook(name: str):
+        def call(module: nn.Module, args: tuple, out: Any) -> None:  # returns None: output unchanged
+            record(name, module, args, out)
+        return call
+
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    hooks = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
-from factorch.methods import CP, SVD, Method, Tucker2
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TTConv2d, TTLinear, TuckerConv2d
+from factorch.methods import CP, SVD, TT, Method, Tucker2
 from factorch.registry import NotApplicable, Proposal, Skip, register
 
 
@@ -22,22 +22,23 @@ def _rank_zero(method: Method, ranks: tuple[int, ...]) -> Skip | None:
     return None
 
 
-@register(Tucker2, nn.Conv2d)
-def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
-    skip = _spatial_conv_skip(conv, "Tucker-2")
+def _spatial_conv(method: Method, conv: nn.Conv2d, layer_cls, label: str, **kwargs) -> Proposal | Skip | NotApplicable:
+    """Tucker-2 and CP: kxk convs with more than one input channel per group."""
+    skip = _spatial_conv_skip(conv, label)
     if skip:
         return skip
-    ranks = TuckerConv2d.resolve_rank(conv, method.rank)
-    return _rank_zero(method, ranks) or Proposal(TuckerConv2d, ranks)
+    ranks = layer_cls.resolve_rank(conv, method.rank)
+    return _rank_zero(method, ranks) or Proposal(layer_cls, ranks, kwargs)
+
+
+@register(Tucker2, nn.Conv2d)
+def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
+    return _spatial_conv(method, conv, TuckerConv2d, "Tucker-2")
 
 
 @register(CP, nn.Conv2d)
 def cp_conv(method: CP, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
-    skip = _spatial_conv_skip(conv, "CP")
-    if skip:
-        return skip
-    ranks = CPConv2d.resolve_rank(conv, method.rank)
-    return _rank_zero(method, ranks) or Proposal(CPConv2d, ranks, {"restarts": method.restarts})
+    return _spatial_conv(method, conv, CPConv2d, "CP", restarts=method.restarts)
 
 
 @register(SVD, nn.Conv2d)
@@ -52,3 +53,17 @@ def svd_conv(method: SVD, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
 def svd_linear(method: SVD, linear: nn.Linear) -> Proposal | Skip:
     ranks = SVDLinear.resolve_rank(linear, method.rank)
     return _rank_zero(method, ranks) or Proposal(SVDLinear, ranks)
+
+
+@register(TT, nn.Linear)
+def tt_linear(method: TT, linear: nn.Linear) -> Proposal | Skip:
+    ranks = TTLinear.resolve_rank(linear, method.rank)
+    return _rank_zero(method, ranks) or Proposal(TTLinear, ranks)
+
+
+@register(TT, nn.Conv2d)
+def tt_conv(method: TT, conv: nn.Conv2d) -> Proposal | Skip | NotApplicable:
+    if conv.groups != 1:
+        return NotApplicable(f"grouped conv (groups={conv.groups}): TT-conv handles groups=1 only")
+    ranks = TTConv2d.resolve_rank(conv, method.rank, order=method.conv_order)
+    return _rank_zero(method, ranks) or Proposal(TTConv2d, ranks, options={"order": method.conv_order})

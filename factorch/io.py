@@ -118,7 +118,7 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
         rank_spec = tuple(rank) if len(rank) > 1 else rank[0]
         try:
             with torch.device("meta"):  # what this model's layer would give: must be the stored config
-                expected = cls.empty_like(dense, rank_spec).spec()["config"]
+                expected = cls.empty_like(dense, rank_spec, **cls.options(config)).spec()["config"]
             layer = cls(**config, rank=rank_spec)
         except (TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"cannot rebuild {cls_name} at {name!r}: {e}") from None

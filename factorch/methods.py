@@ -6,7 +6,7 @@ Every config validates its rank spec on construction (``rank.validate_rank``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from factorch.rank import EVBMF, RankSpec, validate_rank
 
@@ -17,7 +17,7 @@ class Method:
 
     rank: RankSpec = field(default_factory=EVBMF)
     name: ClassVar[str] = ""
-    n_modes: ClassVar[int] = 1
+    n_modes: ClassVar[Optional[int]] = 1  # ranks in a tuple spec; None: any number (TT: one per bond)
     by_name: ClassVar[dict[str, type["Method"]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -67,3 +67,22 @@ class SVD(Method):
     """Truncated SVD: Linear -> ``SVDLinear``, 1x1 Conv2d -> ``SVDConv2d``."""
 
     name: ClassVar[str] = "svd"
+
+
+@dataclass(frozen=True)
+class TT(Method):
+    """Tensor-train: Linear -> ``TTLinear`` (TT-matrix, Novikov et al. 2015), Conv2d (1x1 and larger,
+    groups=1) -> ``TTConv2d`` (``conv_order`` "efficient" = HODEC's order, or "conventional" = Garipov's).
+
+    ``rank``: int (every inner TT-rank, capped at each bond's full rank), a tuple (one per bond), a
+    fraction of parameters, ``Tolerance(eps)`` (TT-SVD with ``||W - W_hat|| <= eps ||W||``), or
+    ``EVBMF``/``Energy`` applied to each unfolding TT-SVD meets."""
+
+    conv_order: str = "efficient"
+    name: ClassVar[str] = "tt"
+    n_modes: ClassVar[Optional[int]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.conv_order not in ("efficient", "conventional"):
+            raise ValueError(f"TT conv_order must be 'efficient' or 'conventional', got {self.conv_order!r}")

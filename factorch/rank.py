@@ -3,10 +3,11 @@
 A rank spec is one of
 
 * ``int``: that rank for every truncated mode;
-* ``(out_rank, in_rank)``: one rank per mode (Tucker-2);
+* ``(out_rank, in_rank)``: one rank per mode (Tucker-2); for tensor-train, one rank per bond;
 * ``float`` in (0, 1]: the fraction of the layer's weight parameters to keep (bias excluded); the
   layer turns it into ranks with its own parameter formula;
-* a rule: ``EVBMF(weaken)`` or ``Energy(threshold)``, applied to each mode's unfolding;
+* a rule: ``EVBMF(weaken)``, ``Energy(threshold)`` or ``Tolerance(eps)``, applied to each mode's
+  unfolding (tensor-train: to each unfolding TT-SVD meets, see ``resolve_tt_ranks``);
 * ``Budget(macs=f)`` / ``Budget(params=f)``: a whole-model rule; ``decompose_``/``plan`` allocate
   its ranks across layers (``factorch.budget``) before any per-layer decision.
 
@@ -24,9 +25,11 @@ import torch
 from torch import Tensor
 
 from factorch.decompositions.evbmf import evbmf
-from factorch.decompositions.svd import energy_rank
+from factorch.decompositions.svd import energy_rank, tolerance_rank
+from factorch.decompositions.tt import tt_svd
 
-__all__ = ["Budget", "EVBMF", "Energy", "RankRule", "RankSpec", "evbmf", "resolve_rank", "validate_rank"]
+__all__ = ["Budget", "EVBMF", "Energy", "RankRule", "RankSpec", "Tolerance", "evbmf", "resolve_rank",
+           "resolve_tt_ranks", "tt_rule_ranks", "validate_rank"]
 
 
 class RankRule:
@@ -70,6 +73,27 @@ class Energy(RankRule):
     def rank_of(self, matrix: Tensor, full: int) -> int:
         s = torch.linalg.svdvals(matrix.detach().to(device="cpu", dtype=torch.float64))
         return min(energy_rank(s, self.threshold), full)
+
+
+@dataclass(frozen=True)
+class Tolerance(RankRule):
+    """Smallest ranks with relative error ``||W - W_hat||_F <= eps ||W||_F``.
+
+    Tensor-train layers: TT-SVD to ``eps`` (Oseledets 2011: every step discards at most
+    ``eps ||W|| / sqrt(d - 1)``, so the bound holds for the whole layer). A matrix (SVD layers):
+    the smallest R with ``(sum_{i > R} sigma_i^2)^(1/2) <= eps ||W||`` (Eckart-Young: exact bound).
+    Tucker-2/CP apply it to each channel unfolding, which bounds each mode's error, not the total.
+    """
+
+    eps: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"Tolerance eps must be a number in [0, 1), got {self.eps!r}")
+
+    def rank_of(self, matrix: Tensor, full: int) -> int:
+        s = torch.linalg.svdvals(matrix.detach().to(device="cpu", dtype=torch.float64))
+        return min(tolerance_rank(s, self.eps * float(s.norm())), full)
 
 
 @dataclass(frozen=True)
@@ -117,8 +141,9 @@ class Budget(RankRule):
 RankSpec = Union[int, float, tuple, RankRule]
 
 
-def validate_rank(spec: object, n_modes: int) -> None:
-    """Raise ``ValueError`` naming ``spec`` unless it is a valid rank spec for ``n_modes`` ranks."""
+def validate_rank(spec: object, n_modes: Optional[int]) -> None:
+    """Raise ``ValueError`` naming ``spec`` unless it is a valid rank spec for ``n_modes`` ranks
+    (``None``: any number, e.g. one per tensor-train bond; the layer checks the count)."""
     if isinstance(spec, RankRule):
         return
     if isinstance(spec, bool):
@@ -134,14 +159,17 @@ def validate_rank(spec: object, n_modes: int) -> None:
     if isinstance(spec, tuple):
         if n_modes == 1:
             raise ValueError(f"this method takes a single rank, got the tuple {spec!r}")
-        if len(spec) != n_modes or not all(isinstance(r, int) and not isinstance(r, bool) for r in spec):
+        ints = all(isinstance(r, int) and not isinstance(r, bool) for r in spec)
+        if n_modes is None and (not spec or not ints):
+            raise ValueError(f"a rank tuple must hold ints, one per bond, got {spec!r}")
+        if n_modes is not None and (len(spec) != n_modes or not ints):
             raise ValueError(f"a rank tuple must hold {n_modes} ints (out_rank, in_rank), got {spec!r}")
         if min(spec) < 1:
             raise ValueError(f"ranks must be >= 1, got {spec!r}")
         return
     raise ValueError(
         f"rank must be an int, an (out, in) tuple, a float in (0, 1] or a rule "
-        f"(EVBMF(), Energy(t)), got {spec!r}"
+        f"(EVBMF(), Energy(t), Tolerance(eps)), got {spec!r}"
     )
 
 
@@ -169,3 +197,58 @@ def resolve_rank(
         if r > f:
             raise ValueError(f"rank {spec!r} exceeds the full rank {tuple(full)} of this layer")
     return tuple(ranks)
+
+
+def resolve_tt_ranks(
+    spec: RankSpec,
+    full: Sequence[int],
+    params_of: Callable[[tuple[int, ...]], int],
+    dense_params: int,
+    by_svd: Optional[Callable[[RankRule], tuple[int, ...]]] = None,
+) -> tuple[int, ...]:
+    """Tensor-train ranks, one per bond, for ``spec`` (``full[k]``: bond k's full rank).
+
+    * int: every bond gets it, capped at the bond's full rank (a TT's end bonds are small: a cap
+      keeps ``TT(rank=8)`` usable on every layer; uniform capped ranks are always consistent);
+    * tuple: one int per bond, each in ``[1, full]``, else an error naming it;
+    * float f: the largest uniform (capped) rank with ``params_of(ranks) <= f * dense_params``, at least 1;
+    * a rule: ``by_svd(rule)``, the ranks TT-SVD picks (``tt_rule_ranks``); may hold 0 (callers skip).
+    """
+    validate_rank(spec, None)
+    full = tuple(int(f) for f in full)
+    cap = lambda r: tuple(min(r, f) for f in full)  # noqa: E731
+    if isinstance(spec, RankRule):
+        if by_svd is None:
+            raise ValueError(f"rank rule {spec!r} needs the layer's weights: use from_dense")
+        return tuple(by_svd(spec))
+    if isinstance(spec, float):
+        best = 1
+        for r in range(2, max(full, default=1) + 1):
+            if params_of(cap(r)) > spec * dense_params:
+                break
+            best = r
+        return cap(best)
+    if isinstance(spec, int):
+        return cap(spec)
+    if len(spec) != len(full):
+        raise ValueError(f"rank tuple {spec!r} has {len(spec)} ranks; this layer's tensor train has "
+                         f"{len(full)} bonds (full ranks {full})")
+    if any(r > f for r, f in zip(spec, full)):
+        raise ValueError(f"rank {spec!r} exceeds the full TT-ranks {full} of this layer")
+    return tuple(spec)
+
+
+def tt_rule_ranks(tensor: Tensor, rule: RankRule) -> tuple[int, ...]:
+    """The TT-ranks TT-SVD of ``tensor`` picks under ``rule``: ``Tolerance(eps)`` by Oseledets'
+    relative-error rule; any other rule by ``rule.rank_of`` on each sequential unfolding. A rule's
+    0 is reported as 0 (the unfolding looks like noise), so callers can skip the layer."""
+    if isinstance(rule, Tolerance):
+        return tuple(c.shape[-1] for c in tt_svd(tensor, eps=rule.eps)[:-1])
+    raw: list[int] = []
+
+    def pick(z: Tensor) -> int:
+        raw.append(int(rule.rank_of(z, min(z.shape))))
+        return raw[-1]
+
+    tt_svd(tensor, rule=pick)
+    return tuple(raw)

@@ -32,11 +32,14 @@ class NotApplicable:
 
 @dataclass(frozen=True)
 class Proposal:
-    """Replace the layer by ``layer_cls`` at ``ranks`` (``from_dense`` gets ``kwargs`` too)."""
+    """Replace the layer by ``layer_cls`` at ``ranks``. ``options`` fix the structure (both
+    ``empty_like`` and ``from_dense`` get them, e.g. TT-conv's order); ``kwargs`` only steer the
+    decomposition (``from_dense`` only, e.g. CP restarts)."""
 
     layer_cls: type[FactorizedLayer]
     ranks: tuple[int, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rank(self) -> int | tuple[int, ...]:
@@ -44,10 +47,10 @@ class Proposal:
         return self.ranks[0] if len(self.ranks) == 1 else self.ranks
 
     def build(self, module: nn.Module) -> FactorizedLayer:
-        return self.layer_cls.from_dense(module, self.rank, **self.kwargs)
+        return self.layer_cls.from_dense(module, self.rank, **self.options, **self.kwargs)
 
     def empty(self, module: nn.Module) -> FactorizedLayer:
-        return self.layer_cls.empty_like(module, self.rank)
+        return self.layer_cls.empty_like(module, self.rank, **self.options)
 
 
 Handler = Callable[[Any, nn.Module], Union[Proposal, Skip, NotApplicable]]

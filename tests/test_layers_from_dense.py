@@ -6,7 +6,6 @@ from torch import nn
 
 from factorch.decompositions import cp_to_tensor
 from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TuckerConv2d
-from tests.conftest import conv_reference
 
 CONVS = [
     dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=1),

@@ -16,8 +16,9 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
                    help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
                         "(default tucker2,svd)")
     p.add_argument("--rank", default="evbmf",
-                   help="int, OUT,IN, fraction in (0,1], evbmf, evbmf:WEAKEN, energy:T, or a whole-model "
-                        "budget: budget:macs=F or budget:params=F (default evbmf)")
+                   help="int, OUT,IN (tt: one int per bond), fraction in (0,1], evbmf, evbmf:WEAKEN, "
+                        "energy:T, tol:EPS, or a whole-model budget: budget:macs=F or budget:params=F "
+                        "(default evbmf)")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="leave layers whose name fully matches REGEX dense (repeatable)")
     p.add_argument("--keep-if-faster", action="store_true",

@@ -98,8 +98,9 @@ def parse_budget(text: str) -> fc.Budget:
 
 
 def parse_rank(text: str):
-    """``32`` | ``32,16`` | ``0.25`` (fraction of params) | ``evbmf`` | ``evbmf:W`` | ``energy:T``
-    | ``budget:macs=F`` | ``budget:params=F``."""
+    """``32`` | ``32,16`` (or one int per TT bond) | ``0.25`` (fraction of params) | ``evbmf`` |
+    ``evbmf:W`` | ``energy:T`` | ``tol:EPS`` (relative error bound, e.g. TT-SVD) | ``budget:macs=F``
+    | ``budget:params=F`` (a whole-model budget)."""
     t = text.strip().lower()
     if t.startswith("budget:"):
         return parse_budget(t)
@@ -110,6 +111,8 @@ def parse_rank(text: str):
             return fc.EVBMF(weaken=float(t[6:]))
         if t.startswith("energy:"):
             return fc.Energy(float(t[7:]))
+        if t.startswith(("tol:", "tolerance:")):
+            return fc.Tolerance(float(t.split(":", 1)[1]))
         if "," in t:
             return tuple(int(v) for v in t.split(","))
         if "." in t or "e" in t:
@@ -118,8 +121,8 @@ def parse_rank(text: str):
     except ValueError as e:
         if "must" in str(e):  # a rule's own validation message
             raise
-    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN, a fraction in (0, 1], "
-                     "evbmf, evbmf:WEAKEN, energy:THRESHOLD, budget:macs=F or budget:params=F")
+    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN (TT: one int per bond), a fraction "
+                     "in (0, 1], evbmf, evbmf:WEAKEN, energy:THRESHOLD, tol:EPS, budget:macs=F or budget:params=F")
 
 
 def add_timing_args(p: argparse.ArgumentParser, batch: int) -> None:

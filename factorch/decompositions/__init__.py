@@ -1,21 +1,33 @@
-"""Pure tensor math (no nn.Module): truncated SVD, Tucker-2, CP and EVBMF.
+"""Pure tensor math (no nn.Module): truncated SVD, Tucker-2, CP, tensor-train and EVBMF.
 
 Every function computes in float64 and returns float64 tensors on the CPU; the layers cast the
 result back to their own dtype and device. Methods: ../shared/reference/methods.md.
 """
 from factorch.decompositions.cp import cp_als, cp_to_tensor
 from factorch.decompositions.evbmf import evbmf, tau_bar
-from factorch.decompositions.svd import balanced_svd, energy_rank
+from factorch.decompositions.svd import balanced_svd, energy_rank, tolerance_rank
+from factorch.decompositions.tt import (balanced_factors, interleave, max_tt_ranks, tensorize, tt_matrix_svd,
+                                        tt_matrix_to_matrix, tt_params, tt_svd, tt_to_tensor)
 from factorch.decompositions.tucker import hosvd2, tucker2, tucker2_to_tensor
 
 __all__ = [
+    "balanced_factors",
     "balanced_svd",
     "cp_als",
     "cp_to_tensor",
     "energy_rank",
     "evbmf",
     "hosvd2",
+    "interleave",
+    "max_tt_ranks",
     "tau_bar",
+    "tensorize",
+    "tolerance_rank",
+    "tt_matrix_svd",
+    "tt_matrix_to_matrix",
+    "tt_params",
+    "tt_svd",
+    "tt_to_tensor",
     "tucker2",
     "tucker2_to_tensor",
 ]

@@ -32,3 +32,14 @@ def energy_rank(singular_values: Tensor, threshold: float) -> int:
     cumulative = torch.cumsum(energy, 0) / total
     # tolerate round-off: threshold 1.0 must give the numerical rank, not len + 1
     return min(int((cumulative < threshold - 1e-12).sum()) + 1, len(singular_values))
+
+
+def tolerance_rank(singular_values: Tensor, delta: float) -> int:
+    """Smallest R whose discarded tail ``(sum_{i > R} sigma_i^2)^(1/2) <= delta`` (absolute).
+
+    ``singular_values`` must be sorted in decreasing order. The tail is summed from the smallest
+    value up (reversed cumulative sum), which keeps it accurate when it is tiny.
+    """
+    energy = singular_values.to(torch.float64) ** 2
+    tails = torch.flip(torch.cumsum(torch.flip(energy, [0]), 0), [0])  # tails[R] = sum_{i >= R} sigma_i^2
+    return int((tails > float(delta) ** 2).sum())

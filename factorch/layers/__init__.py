@@ -4,6 +4,8 @@ from factorch.layers.base import FactorizedLayer
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.cp_conv import CPConv2d
 from factorch.layers.svd import SVDConv2d, SVDLinear
+from factorch.layers.tt_conv import TTConv2d
+from factorch.layers.tt_linear import TTLinear
 from factorch.layers.tucker_conv import TuckerConv2d
 
-__all__ = ["CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv2d", "SVDLinear", "TuckerConv2d"]
+__all__ = ["CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv2d", "SVDLinear", "TTConv2d", "TTLinear", "TuckerConv2d"]

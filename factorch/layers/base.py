@@ -6,6 +6,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from factorch.layers.conv_spec import dense_conv
+
 
 class FactorizedLayer(nn.Module):
     """Base of every factorized layer.
@@ -19,7 +21,8 @@ class FactorizedLayer(nn.Module):
       ``meta`` device to cost a candidate before decomposing it);
     * ``dense_weight()``: the kernel the factors represent, in float64 on the CPU;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
-    * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure.
+    * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
+      ``options(config)`` for structure choices that the dense layer does not determine).
 
     Subclasses are found by class name when loading a checkpoint (``LAYER_CLASSES``).
     """
@@ -28,7 +31,8 @@ class FactorizedLayer(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        FactorizedLayer.registry[cls.__name__] = cls
+        if "from_dense" in cls.__dict__:  # concrete layers only, not shared bases
+            FactorizedLayer.registry[cls.__name__] = cls
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -53,6 +57,12 @@ class FactorizedLayer(nn.Module):
         rebuilds this structure."""
         raise NotImplementedError
 
+    @classmethod
+    def options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``empty_like`` that a stored ``config`` fixes beyond the dense
+        layer and the ranks (e.g. a tensor train's mode shapes); none for most layers."""
+        return {}
+
     def _place(self, like: Tensor) -> "FactorizedLayer":
         """Move to ``like``'s device and dtype (the source layer's)."""
         return self.to(device=like.device, dtype=like.dtype)
@@ -67,3 +77,18 @@ def check_finite(name: str, t: Tensor) -> None:
     """Refuse NaN/Inf weights with a clear message instead of propagating them into factors."""
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} has NaN or Inf values; refusing to decompose it")
+
+
+class FactorizedConv(FactorizedLayer):
+    """A factorized ``nn.Conv2d``: keeps the dense geometry in ``self.config`` (a ``ConvSpec``) and
+    its bias on the last factor conv (``dense_bias`` says where, if elsewhere)."""
+
+    def dense_bias(self) -> Tensor | None:
+        return self.last.bias
+
+    def to_dense(self) -> nn.Conv2d:
+        like = next(self.parameters())
+        return dense_conv(self.config, self.dense_weight(), self.dense_bias(), like).train(self.training)
+
+    def spec(self) -> dict[str, Any]:
+        return {"config": self.config.as_dict(), "rank": list(self.ranks)}

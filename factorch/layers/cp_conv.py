@@ -8,18 +8,17 @@ carries ``lambda_r^(1/4)``. A grouped conv gets one rank-R CP per group.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.cp import cp_als, cp_to_tensor
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import ConvSpec, dense_conv
+from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import RankRule, RankSpec, resolve_rank
 
 
-class CPConv2d(FactorizedLayer):
+class CPConv2d(FactorizedConv):
     """``first`` 1x1 (C -> gR), ``vertical`` (kh x 1, groups=gR), ``horizontal`` (1 x kw, groups=gR),
     ``last`` 1x1 (gR -> N, bias)."""
 
@@ -104,11 +103,7 @@ class CPConv2d(FactorizedLayer):
             blocks.append(cp_to_tensor([a_i, b[cols].T, p[cols].T, q[cols].T]))
         return torch.cat(blocks)
 
-    def to_dense(self) -> nn.Conv2d:
-        return dense_conv(self.config, self.dense_weight(), self.last.bias, self.last.weight).train(self.training)
 
-    def spec(self) -> dict[str, Any]:
-        return {"config": self.config.as_dict(), "rank": [self.rank]}
 
     def extra_repr(self) -> str:
         s = self.config

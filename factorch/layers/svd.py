@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.svd import balanced_svd
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import ConvSpec, dense_conv
+from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite
+from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import RankSpec, resolve_rank
 
 
@@ -84,7 +84,7 @@ class SVDLinear(FactorizedLayer):
         return f"{self.in_features}, {self.out_features}, rank={self.rank}"
 
 
-class SVDConv2d(FactorizedLayer):
+class SVDConv2d(FactorizedConv):
     """A 1x1 conv as ``first`` 1x1 (C -> gR, stride/padding) and ``last`` 1x1 (gR -> N, bias); per group."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, rank: int = 1, stride=1,
@@ -140,11 +140,7 @@ class SVDConv2d(FactorizedLayer):
         as_ = as_float64(self.last.weight)[:, :, 0, 0].chunk(g)  # g x (N/g, R)
         return torch.cat([a @ b for a, b in zip(as_, bs)])[:, :, None, None]
 
-    def to_dense(self) -> nn.Conv2d:
-        return dense_conv(self.config, self.dense_weight(), self.last.bias, self.last.weight).train(self.training)
 
-    def spec(self) -> dict[str, Any]:
-        return {"config": self.config.as_dict(), "rank": [self.rank]}
 
     def extra_repr(self) -> str:
         s = self.config

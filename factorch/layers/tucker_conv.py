@@ -9,14 +9,13 @@ make border pixels wrong). A grouped conv is decomposed per group: every factor 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tucker import tucker2, tucker2_to_tensor
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import ConvSpec, dense_conv
+from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import RankSpec, resolve_rank
 
 
@@ -25,7 +24,7 @@ def _group_blocks(weight: Tensor, groups: int) -> list[Tensor]:
     return list(weight.chunk(groups, dim=0))
 
 
-class TuckerConv2d(FactorizedLayer):
+class TuckerConv2d(FactorizedConv):
     """``first`` 1x1 (C -> g*R_in), ``core`` kxk (g*R_in -> g*R_out), ``last`` 1x1 (g*R_out -> N, bias)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, int],
@@ -105,11 +104,7 @@ class TuckerConv2d(FactorizedLayer):
         us = as_float64(self.last.weight)[:, :, 0, 0].chunk(g)  # g x (N/g, R_out)
         return torch.cat([tucker2_to_tensor(gc, u, v.T) for gc, u, v in zip(cores, us, vs)])
 
-    def to_dense(self) -> nn.Conv2d:
-        return dense_conv(self.config, self.dense_weight(), self.last.bias, self.last.weight).train(self.training)
 
-    def spec(self) -> dict[str, Any]:
-        return {"config": self.config.as_dict(), "rank": list(self.ranks)}
 
     def extra_repr(self) -> str:
         s = self.config

@@ -101,4 +101,7 @@ class Distributed:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # wait for every rank first: a rank tearing down Gloo while another still talks to it
+            # can abort the other (seen under load)
+            dist.barrier()
             dist.destroy_process_group()

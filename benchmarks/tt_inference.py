@@ -1,0 +1,119 @@
+"""Inference time of seed 003's 25088x4096 fully-connected layer: dense vs TT-matrix, TT-ranks 4.
+
+Novikov et al. (NeurIPS 2015, Table 3) time VGG's first FC layer (25088 -> 4096) against a TT-layer
+with all TT-ranks 4: CPU 16.1 ms -> 1.2 ms for one image (13x), 97.2 -> 94.7 ms for 100; GPU
+2.7 -> 1.9 ms and 33 -> 12.9 ms (2.6x). Here, in one process, measured in alternation after a
+warm-up (median), ``torch.inference_mode``:
+
+* dense ``nn.Linear(25088, 4096)`` (411 MB of fp32 weights read per call);
+* ``TTLinear`` with the seed's shapes, 25088 = 2x7x8x8x7x4 and 4096 = 4x4x4x4x4x4 (d = 6);
+* the same factors reordered as factorch orders them (inputs ascending 2x4x7x7x8x8, outputs
+  descending), which cuts the contraction's MACs from 3.65 M to 2.00 M;
+* ``TTLinear`` with factorch's automatic shapes: d = round(log_8 25088) = 5, balanced factors,
+  7x7x8x8x8 -> 8x8x4x4x4 (2.12 M MACs).
+
+On CUDA each model is also timed replayed from a captured CUDA graph (no launch overhead, the
+same kernels), unless ``--no-graphs``.
+
+    python benchmarks/tt_inference.py [--device cpu|cuda] [--batches 1,100] [--threads 2,1] [--repeats 50]
+
+On a CPU shared with other busy processes, run with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default
+spin-waiting threads then stall each other (we saw a 0.3 ms TT call take 130 ms); the policy is
+recorded in the results.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from torch import nn
+
+import factorch as fc
+from common import environment, time_alternating, write_results
+
+SEED_SHAPES = ((2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4))
+SEED_MS = {("cpu", 1): (16.1, 1.2), ("cpu", 100): (97.2, 94.7), ("cuda", 1): (2.7, 1.9), ("cuda", 100): (33.0, 12.9)}
+
+
+def graphed(model: nn.Module, x: torch.Tensor):
+    """``model(x)`` captured once in a CUDA graph; the returned function replays it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(x)
+    return graph.replay
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", default="1,100")
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", default="", help="CPU: comma list of torch thread counts to run (default: torch's)")
+    p.add_argument("--no-graphs", action="store_true", help="on CUDA, time eager execution only")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    dev = args.device
+    kind = "cuda" if dev.startswith("cuda") else "cpu"
+    dense = nn.Linear(25088, 4096).to(dev).eval()
+    seed_tt = fc.layers.TTLinear(25088, 4096, args.rank, *SEED_SHAPES).to(dev).eval()
+    reordered = (tuple(sorted(SEED_SHAPES[0])), tuple(sorted(SEED_SHAPES[1], reverse=True)))
+    seed_sorted = fc.layers.TTLinear(25088, 4096, args.rank, *reordered).to(dev).eval()
+    auto_tt = fc.layers.TTLinear(25088, 4096, args.rank).to(dev).eval()
+    models = {"dense": dense, "TT seed shapes": seed_tt, "TT seed factors reordered": seed_sorted,
+              "TT auto shapes": auto_tt}
+    shape = lambda m: f"{'x'.join(map(str, m.in_shape))} -> {'x'.join(map(str, m.out_shape))}"  # noqa: E731
+    env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+           "load_avg_1min_at_start": f"{os.getloadavg()[0]:.2f}"}
+    if kind == "cuda":
+        env["tf32_matmul"] = str(torch.backends.cuda.matmul.allow_tf32)
+    rows = []
+    threads = [int(t) for t in args.threads.split(",") if t] if kind == "cpu" else []
+    for n_threads, batch in [(t, b) for t in (threads or [torch.get_num_threads()])
+                             for b in (int(b) for b in args.batches.split(","))]:
+        torch.set_num_threads(n_threads)
+        x = torch.randn(batch, 25088, device=dev)
+        modes = [("eager", {n: (lambda m=m: m(x)) for n, m in models.items()})]
+        if kind == "cuda" and not args.no_graphs:
+            with torch.inference_mode():
+                modes.append(("CUDA graph", {n: graphed(m, x) for n, m in models.items()}))
+        for mode, fns in modes:
+            with torch.inference_mode():
+                times = time_alternating(list(fns.values()), args.repeats, args.warmup, dev)
+            for (name, model), t in zip(models.items(), times):
+                counts = fc.count(model, x)
+                seed_dense, seed_tt_ms = SEED_MS[(kind, batch)] if batch in (1, 100) else (None, None)
+                rows.append({
+                    "threads": n_threads if kind == "cpu" else "-", "batch": batch, "mode": mode, "layer": name,
+                    "shapes": "25088 -> 4096" if name == "dense" else shape(model),
+                    "order": "-" if name == "dense" else model.route(batch),
+                    "params": counts.params, "MACs_per_example": counts.macs,
+                    "ms": round(t * 1e3, 4), "speedup_vs_dense": round(times[0] / t, 2),
+                    "seed_ms": seed_dense if name == "dense" else (seed_tt_ms if name == "TT seed shapes" else ""),
+                })
+    notes = [
+        f"Median of {args.repeats} alternating calls after {args.warmup} warm-up calls each, "
+        "torch.inference_mode, fp32, random weights (timing does not depend on the values).",
+        "seed_ms: Novikov et al. 2015, Table 3 (their CPU/GPU, 2015); speedups here are measured "
+        "side by side in this run. TT-ranks all 4; `order` is the contraction order TTLinear chose "
+        "(rtl = core d first, ltr = core 1 first; the cheaper by the MAC formula of methods.md 4.2).",
+        "params include the 4096 bias (the TT cores alone: params - 4096). The CPU is shared with other "
+        "processes: the 1-minute load average at the start is recorded above.",
+    ]
+    csv_path, md_path = write_results(f"tt_inference_{kind}", rows, env, notes)
+    for r in rows:
+        print(f"threads {r['threads']} batch {r['batch']:>4} {r['mode']:<10} {r['layer']:<26} {r['ms']:>10.3f} ms  "
+              f"x{r['speedup_vs_dense']:<7} ({r['order']})")
+    print(f"wrote {csv_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()

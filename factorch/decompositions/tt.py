@@ -1,0 +1,172 @@
+"""Tensor-train (TT) decomposition: TT-SVD (Oseledets 2011) and TT-matrices (Novikov et al. 2015).
+
+methods.md sections 4.1-4.2. A TT of a tensor ``A`` of shape ``(n_1, ..., n_d)`` is a list of cores
+``G_k`` of shape ``(r_{k-1}, n_k, r_k)``, ``r_0 = r_d = 1``, with
+``A[i_1, ..., i_d] = G_1[:, i_1, :] @ G_2[:, i_2, :] @ ... @ G_d[:, i_d, :]``.
+A TT-matrix of ``W`` (M x N, ``M = prod m_k``, ``N = prod n_k``) has 4-way cores
+``(r_{k-1}, m_k, n_k, r_k)``: the TT of ``W`` reshaped to ``(m_1..m_d, n_1..n_d)`` with the row and
+column indices interleaved to ``(m_1 n_1, ..., m_d n_d)``.
+
+Our own torch code rather than TensorLy's ``tensor_train``, which takes fixed ranks only: TT-SVD
+here also truncates to a relative error ``eps`` (with Oseledets' guarantee) or by a rank rule
+applied to each sequential unfolding. Everything is float64 on the CPU.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from factorch.decompositions.svd import tolerance_rank
+
+RankArg = Union[int, Sequence[int], None]
+
+
+def max_tt_ranks(shape: Sequence[int]) -> tuple[int, ...]:
+    """Full TT-ranks of a generic tensor of ``shape``: ``r_k = min(n_1...n_k, n_{k+1}...n_d)``."""
+    shape = [int(n) for n in shape]
+    return tuple(min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape)))
+
+
+def tt_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
+    """Entries of the cores: ``sum_k r_{k-1} n_k r_k`` (methods.md section 4.2)."""
+    full = (1, *ranks, 1)
+    return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
+
+
+def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
+           rule: Optional[Callable[[Tensor], int]] = None) -> list[Tensor]:
+    """TT-SVD of ``tensor``: float64 cores ``(r_{k-1}, n_k, r_k)``, built left to right.
+
+    Give exactly one of
+
+    * ``rank``: an int for every inner rank (capped at each bond's full rank, ``max_tt_ranks``) or one
+      int per bond. A rank above what the unfolding supports (its neighbours were truncated) is
+      padded with zero columns, so the cores always have the requested shapes;
+    * ``eps``: Oseledets' rule: each step keeps the smallest ``r_k`` whose discarded tail
+      ``(sum_{i > r_k} sigma_i^2)^(1/2) <= delta = eps ||A|| / sqrt(d - 1)``; then
+      ``||A - A_hat|| <= eps ||A||``;
+    * ``rule``: ``r_k = rule(Z_k)`` of the k-th unfolding ``Z_k`` (``(r_{k-1} n_k) x rest``), at least 1.
+    """
+    if sum(v is not None for v in (rank, eps, rule)) != 1:
+        raise ValueError("tt_svd takes exactly one of rank, eps or rule")
+    x = tensor.detach().to(device="cpu", dtype=torch.float64)
+    shape, d = tuple(x.shape), x.dim()
+    if d == 0 or min(shape, default=0) < 1:
+        raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
+    full = max_tt_ranks(shape)
+    ranks = _fixed_ranks(rank, full) if rank is not None else None
+    if eps is not None and (isinstance(eps, bool) or not 0.0 <= float(eps) < 1.0):
+        raise ValueError(f"TT-SVD tolerance eps must be in [0, 1), got {eps!r}")
+    delta = float(eps) * float(x.norm()) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    cores, z, r_prev = [], x, 1
+    for k in range(d - 1):
+        z = z.reshape(r_prev * shape[k], -1)  # (r_{k-1} n_k, n_{k+1} ... n_d)
+        u, s, vh = torch.linalg.svd(z, full_matrices=False)
+        if ranks is not None:
+            r = ranks[k]
+        elif eps is not None:
+            r = max(tolerance_rank(s, delta), 1)
+        else:
+            r = max(int(rule(z)), 1)
+        keep = min(r, s.shape[0])
+        u, v = u[:, :keep], s[:keep, None] * vh[:keep]  # (r_{k-1} n_k, keep), (keep, rest)
+        if keep < r:  # requested rank above this unfolding's rank: zero-pad (exact, shapes as asked)
+            u = torch.cat([u, u.new_zeros(u.shape[0], r - keep)], dim=1)
+            v = torch.cat([v, v.new_zeros(r - keep, v.shape[1])], dim=0)
+        cores.append(u.reshape(r_prev, shape[k], r))
+        z, r_prev = v, r
+    cores.append(z.reshape(r_prev, shape[-1], 1))
+    return cores
+
+
+def _fixed_ranks(rank: Union[int, Sequence[int]], full: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(rank, bool):
+        raise ValueError(f"TT rank must be an int or a sequence of ints, got {rank!r}")
+    if isinstance(rank, int):
+        if rank < 1:
+            raise ValueError(f"TT rank must be >= 1, got {rank}")
+        return tuple(min(rank, f) for f in full)
+    ranks = tuple(rank)
+    if len(ranks) != len(full) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks):
+        raise ValueError(f"TT ranks must be {len(full)} ints >= 1 (one per bond), got {rank!r}")
+    return ranks
+
+
+def tt_to_tensor(cores: Sequence[Tensor]) -> Tensor:
+    """Rebuild the full tensor ``(n_1, ..., n_d)`` from cores ``(r_{k-1}, n_k, r_k)``."""
+    shape = [c.shape[1] for c in cores]
+    full = cores[0].reshape(-1, cores[0].shape[-1])  # (n_1, r_1)
+    for core in cores[1:]:
+        full = (full @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[-1])  # (n_1..n_k, r_k)
+    return full.reshape(shape)
+
+
+def interleave(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[int]) -> Tensor:
+    """``W`` (M, N) -> the tensor ``(m_1 n_1, ..., m_d n_d)`` whose TT is W's TT-matrix."""
+    d = len(out_shape)
+    if len(in_shape) != d:
+        raise ValueError(f"a TT-matrix needs as many row factors as column factors, got {tuple(out_shape)} "
+                         f"and {tuple(in_shape)}")
+    if tuple(matrix.shape) != (math.prod(out_shape), math.prod(in_shape)):
+        raise ValueError(f"matrix of shape {tuple(matrix.shape)} does not factor as "
+                         f"{tuple(out_shape)} x {tuple(in_shape)}")
+    t = matrix.reshape(*out_shape, *in_shape)  # (m_1..m_d, n_1..n_d)
+    perm = [i for k in range(d) for i in (k, d + k)]  # (m_1, n_1, m_2, n_2, ...)
+    return t.permute(perm).reshape([m * n for m, n in zip(out_shape, in_shape)])
+
+
+def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[int], rank: RankArg = None,
+                  *, eps: Optional[float] = None, rule: Optional[Callable[[Tensor], int]] = None) -> list[Tensor]:
+    """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
+    tensor (methods.md 4.2; without the interleave the result is an order-2d TT, not a TT-matrix).
+    The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
+    m64 = matrix.detach().to(device="cpu", dtype=torch.float64)
+    cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)
+    return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape)]
+
+
+def tt_matrix_to_matrix(cores: Sequence[Tensor]) -> Tensor:
+    """Rebuild ``W`` (M, N) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)``; differentiable."""
+    full = cores[0].new_ones(1, 1, 1)  # (M_k, N_k, r_k): rows m_1..m_k, columns n_1..n_k
+    for core in cores:
+        r0, m, n, r1 = core.shape
+        full = torch.einsum("abr,rmns->ambns", full, core).reshape(full.shape[0] * m, full.shape[1] * n, r1)
+    return full[..., 0]
+
+
+def balanced_factors(n: int, d: int) -> tuple[int, ...]:
+    """``n`` as ``d`` factors, as equal as possible, largest first: prime factors, largest first, each
+    into the currently smallest factor (tltorch's ``get_tensorized_shape`` works the same way)."""
+    if n < 1 or d < 1:
+        raise ValueError(f"cannot factor {n} into {d} factors")
+    primes, rest, p = [], n, 2
+    while p * p <= rest:
+        while rest % p == 0:
+            primes.append(p)
+            rest //= p
+        p += 1
+    if rest > 1:
+        primes.append(rest)
+    bins = [1] * d
+    for q in sorted(primes, reverse=True):
+        bins[bins.index(min(bins))] *= q
+    return tuple(sorted(bins, reverse=True))
+
+
+def tensorize(n: int, d: int, pad: bool = True, slack: float = 1.25) -> tuple[int, ...]:
+    """``d`` balanced factors of ``n`` or, with ``pad``, of the smallest ``n' >= n`` that factors well.
+
+    "Well": the factors' sum (what TT parameters grow with) is within ``slack`` of the ideal
+    ``d n'^(1/d)``. A prime ``n`` (e.g. 1009 -> 1009 x 1 x 1) thus becomes 1014 = 13 x 13 x 6; a
+    power of two always qualifies, so the search ends before ``2 n``.
+    """
+    if not pad or d == 1:
+        return balanced_factors(n, d)
+    for size in range(n, 2 * n + 1):
+        factors = balanced_factors(size, d)
+        if sum(factors) <= slack * d * size ** (1.0 / d):
+            return factors
+    return balanced_factors(n, d)  # unreachable: powers of two qualify

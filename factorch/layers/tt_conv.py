@@ -1,0 +1,263 @@
+"""Tensor-train convolution in two orders: ``efficient`` (HODEC, Yin et al. 2022; seed 002) and
+``conventional`` (Garipov et al. 2016, "Ultimate tensorization"); methods.md sections 4.3-4.4.
+
+The kernel ``W (N, C, kh, kw)`` with ``C = c_1...c_q``, ``N = u_1...u_p`` (row-major channel
+factors) and ``s = kh kw`` is a tensor train over a chain of modes:
+
+* efficient: ``(u_p, ..., u_1, s, c_1, ..., c_q)``: output cores, ONE spatial core, input cores. It
+  runs as input cores at input resolution (1x1 convs, ``C -> b_0`` channels), one kh x kw conv
+  ``b_0 -> a_0`` with the original stride/padding/dilation/padding_mode, then output cores at
+  output resolution (1x1 convs ``a_0 -> N``). No intermediate holds more than
+  ``max(C, N, rank x mode)`` channels per pixel, so MACs fall with the parameters:
+  ``sum_j HW (c_1..c_j) b_j b_{j-1} + H'W' s b_0 a_0 + sum_k H'W' (u_1..u_k) a_{k-1} a_k``.
+* conventional: ``(s, c_1 n_1, ..., c_d n_d)`` (a TT-matrix over the channels behind a spatial
+  core; needs ``p = q = d``). It runs as every input channel convolved separately with the
+  ``r_0`` spatial filters (``C r_0`` maps at output resolution), then one 1x1 conv per channel core:
+  ``H'W' s C r_0 + sum_k H'W' (c_{k+1}..c_d)(n_1..n_{k-1}) c_k r_{k-1} n_k r_k`` -- often more than
+  the dense conv (methods.md 4.3).
+
+A mode's distance from the spatial core tracks its significance (the core next to it carries
+``c_1``/``u_1``), so both chains run as real ``nn.Conv2d`` modules with the not-yet-contracted
+factors folded into the batch: hooks (``factorch.count``) see every MAC. Every factor conv is
+bias-free (a 1x1 linear map commutes with any padding mode); the bias is added at the end.
+Grouped convs are not supported (``groups`` must be 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
+from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.conv_spec import ConvSpec
+from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
+
+ORDERS = ("efficient", "conventional")
+Shape = Optional[Sequence[int]]
+
+
+def tt_conv_shapes(in_channels: int, out_channels: int, in_shape: Shape = None, out_shape: Shape = None
+                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Channel factors ``(c_1..c_q)``, ``(u_1..u_p)``: given ones must multiply to the channel counts
+    exactly (convs are not padded); by default two balanced factors each, as HODEC's "TT-general"
+    ``[n_1, n_2, kh kw, c_1, c_2]`` (a 3-channel input becomes 3 x 1)."""
+    shapes = []
+    for name, shape, size in (("in_shape", in_shape, in_channels), ("out_shape", out_shape, out_channels)):
+        if shape is None:
+            shapes.append(balanced_factors(size, 2))
+            continue
+        if not isinstance(shape, (tuple, list)) or not shape or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+            raise ValueError(f"{name} must be a non-empty sequence of ints >= 1, got {shape!r}")
+        if math.prod(shape) != size:
+            raise ValueError(f"{name} {tuple(shape)} must multiply to {size}, got {math.prod(shape)}")
+        shapes.append(tuple(int(v) for v in shape))
+    return shapes[0], shapes[1]
+
+
+def chain_modes(in_shape: Sequence[int], out_shape: Sequence[int], kernel_size: tuple[int, int],
+                order: str) -> tuple[int, ...]:
+    """The modes of the kernel's tensor train for ``order`` (see the module docstring)."""
+    s = kernel_size[0] * kernel_size[1]
+    if order == "efficient":
+        return (*reversed(out_shape), s, *in_shape)
+    return (s, *(c * n for c, n in zip(in_shape, out_shape)))
+
+
+def kernel_to_chain(w: Tensor, in_shape: Sequence[int], out_shape: Sequence[int], order: str) -> Tensor:
+    """(N, C, kh, kw) -> the chain tensor whose TT the layer holds."""
+    p, q = len(out_shape), len(in_shape)
+    t = w.reshape(*out_shape, *in_shape, -1)  # (u_1..u_p, c_1..c_q, s)
+    if order == "efficient":
+        perm = [*range(p - 1, -1, -1), p + q, *range(p, p + q)]  # (u_p..u_1, s, c_1..c_q)
+        return t.permute(perm).reshape(chain_modes(in_shape, out_shape, w.shape[2:], order))
+    perm = [p + q] + [i for k in range(p) for i in (p + k, k)]  # (s, c_1, n_1, c_2, n_2, ...)
+    return t.permute(perm).reshape(chain_modes(in_shape, out_shape, w.shape[2:], order))
+
+
+def chain_to_kernel(t: Tensor, in_shape: Sequence[int], out_shape: Sequence[int],
+                    kernel_size: tuple[int, int], order: str) -> Tensor:
+    """Inverse of ``kernel_to_chain``: the chain tensor -> (N, C, kh, kw)."""
+    p, q = len(out_shape), len(in_shape)
+    n, c = math.prod(out_shape), math.prod(in_shape)
+    if order == "efficient":
+        t = t.reshape(*reversed(out_shape), -1, *in_shape)  # (u_p..u_1, s, c_1..c_q)
+        perm = [*range(p - 1, -1, -1), *range(p + 1, p + 1 + q), p]  # (u_1..u_p, c_1..c_q, s)
+    else:
+        t = t.reshape(-1, *(v for pair in zip(in_shape, out_shape) for v in pair))  # (s, c_1, n_1, ...)
+        perm = [2 + 2 * k for k in range(p)] + [1 + 2 * k for k in range(q)] + [0]
+    return t.permute(perm).reshape(n, c, *kernel_size)
+
+
+class TTConv2d(FactorizedConv):
+    """A conv whose kernel is a tensor train; ``order`` "efficient" (default) or "conventional".
+
+    Modules: efficient: ``inputs`` (1x1 convs, run first), ``spatial``, ``outputs`` (1x1 convs);
+    conventional: ``spatial`` (1 -> r_0 channels, per input channel), ``channels`` (1x1 convs).
+    ``rank``: an int (every inner TT-rank, capped at each bond's full rank), one int per bond
+    (``len(in_shape) + len(out_shape)`` bonds efficient, ``d`` conventional) or a fraction of the
+    kernel's parameters.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: RankSpec, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 in_shape: Shape = None, out_shape: Shape = None, order: str = "efficient") -> None:
+        super().__init__()
+        self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
+                                             dilation, groups, bias, padding_mode)
+        if spec.groups != 1:
+            raise ValueError(f"TTConv2d handles groups=1 only, got groups={spec.groups}")
+        if order not in ORDERS:
+            raise ValueError(f"TTConv2d order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.in_shape, self.out_shape = tt_conv_shapes(spec.in_channels, spec.out_channels, in_shape, out_shape)
+        if order == "conventional" and len(self.in_shape) != len(self.out_shape):
+            raise ValueError(f"the conventional order pairs input and output factors: in_shape {self.in_shape} "
+                             f"and out_shape {self.out_shape} need the same length")
+        self.order = order
+        modes = chain_modes(self.in_shape, self.out_shape, spec.kernel_size, order)
+        self.tt_ranks = resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
+                                         math.prod(spec.weight_shape()))
+        r = (1, *self.tt_ranks, 1)
+        if order == "efficient":
+            p = len(self.out_shape)
+            # input core j (chain index p + j, mode c_j) as conv (c_j b_j -> b_{j-1}); run c_q first
+            self.inputs = nn.ModuleList(nn.Conv2d(c * r[p + j + 1], r[p + j], 1, bias=False)
+                                        for j, c in reversed(list(enumerate(self.in_shape, start=1))))
+            self.spatial = spec.make(in_channels=r[p + 1], out_channels=r[p], bias=False)
+            # output core k (chain index p - k, mode u_k) as conv (a_{k-1} -> u_k a_k); run u_1 first
+            self.outputs = nn.ModuleList(nn.Conv2d(r[p - k + 1], u * r[p - k], 1, bias=False)
+                                         for k, u in enumerate(self.out_shape, start=1))
+        else:
+            self.spatial = spec.make(in_channels=1, out_channels=r[1], bias=False)
+            self.channels = nn.ModuleList(nn.Conv2d(c * r[k], n * r[k + 1], 1, bias=False)
+                                          for k, (c, n) in enumerate(zip(self.in_shape, self.out_shape), start=1))
+        self.bias = nn.Parameter(torch.zeros(spec.out_channels)) if spec.bias else None
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return self.tt_ranks
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        y = self._efficient(x) if self.order == "efficient" else self._conventional(x)
+        return y if self.bias is None else y + self.bias[:, None, None]
+
+    def _efficient(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        t = x  # memory (B, c_1..c_j, b_j, H, W): fold c_1..c_{j-1} into the batch, contract (c_j, b_j)
+        for conv in self.inputs:
+            t = conv(t.reshape(-1, conv.in_channels, h, w))  # (B c_1..c_{j-1}, b_{j-1}, H, W)
+        t = self.spatial(t)  # (B, a_0, H', W'): the only kh x kw conv, with stride/padding/dilation
+        h, w = t.shape[-2:]
+        for conv in self.outputs:  # memory (B, u_1..u_{k-1}, a_{k-1}, H', W') -> (.., u_k a_k, ..)
+            t = conv(t.reshape(-1, conv.in_channels, h, w))
+        return t.reshape(b, -1, h, w)  # (B, N, H', W')
+
+    def _conventional(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        d = len(self.in_shape)
+        t = self.spatial(x.reshape(b * c, 1, h, w))  # (B C, r_0, H', W'): each channel separately
+        h, w = t.shape[-2:]
+        t = t.reshape(b, *self.in_shape, -1, h, w)  # (B, c_1..c_d, r_0, H', W')
+        for i, conv in enumerate(self.channels):
+            # state (B, n_1..n_i, c_{i+1}..c_d, r_i, H', W'): bring c_{i+1} next to r_i, fold the rest
+            head, cs = list(range(i + 1)), list(range(i + 1, d + 1))
+            t = t.permute(*head, *cs[1:], cs[0], d + 1, d + 2, d + 3)
+            t = conv(t.reshape(-1, conv.in_channels, h, w))  # (.., n_{i+1} r_{i+1}, H', W')
+            t = t.reshape(b, *self.out_shape[:i], *self.in_shape[i + 1:], self.out_shape[i], -1, h, w)
+            t = t.permute(*head, d, *range(i + 1, d), d + 1, d + 2, d + 3)  # n_{i+1} after n_i
+        return t.reshape(b, -1, h, w)  # (B, n_1..n_d, H', W')
+
+    # ---- cores <-> conv weights --------------------------------------------------------------
+    def chain_cores(self) -> list[Tensor]:
+        """The TT cores ``(r_{k-1}, mode_k, r_k)`` along the chain, float64, from the conv weights."""
+        f = lambda conv: as_float64(conv.weight)  # noqa: E731
+        kh, kw = self.config.kernel_size
+        if self.order == "efficient":
+            outs = [f(conv).reshape(u, -1, conv.in_channels).permute(1, 0, 2)  # (a_k, u_k, a_{k-1})
+                    for conv, u in zip(self.outputs, self.out_shape)]
+            a, b0 = self.spatial.out_channels, self.spatial.in_channels
+            spatial = f(self.spatial).reshape(a, b0, kh * kw).permute(0, 2, 1)  # (a_0, s, b_0)
+            ins = [f(conv).reshape(conv.out_channels, c, -1)  # (b_{j-1}, c_j, b_j)
+                   for conv, c in zip(self.inputs, reversed(self.in_shape))]
+            return [*reversed(outs), spatial, *reversed(ins)]
+        spatial = f(self.spatial).reshape(-1, kh * kw).T[None]  # (1, s, r_0)
+        chans = [f(conv).reshape(n, -1, c, conv.in_channels // c).permute(3, 2, 0, 1).reshape(
+                 conv.in_channels // c, c * n, -1) for conv, c, n in zip(self.channels, self.in_shape, self.out_shape)]
+        return [spatial, *chans]
+
+    def _load_cores(self, cores: list[Tensor]) -> None:
+        """Copy chain cores (any dtype) into the conv weights: the inverse of ``chain_cores()``."""
+        kh, kw = self.config.kernel_size
+        with torch.no_grad():
+            if self.order == "efficient":
+                p = len(self.out_shape)
+                for k, conv in enumerate(self.outputs, start=1):  # core (a_k, u_k, a_{k-1}) -> (u_k a_k, a_{k-1})
+                    conv.weight.copy_(cores[p - k].permute(1, 0, 2).reshape(conv.weight.shape))
+                a, _, b0 = cores[p].shape
+                self.spatial.weight.copy_(cores[p].permute(0, 2, 1).reshape(a, b0, kh, kw))
+                for j, conv in zip(range(len(self.in_shape), 0, -1), self.inputs):  # (b_{j-1}, c_j b_j)
+                    conv.weight.copy_(cores[p + j].reshape(conv.weight.shape))
+            else:
+                self.spatial.weight.copy_(cores[0][0].T.reshape(self.spatial.weight.shape))
+                for conv, core, c, n in zip(self.channels, cores[1:], self.in_shape, self.out_shape):
+                    r0, _, r1 = core.shape  # (r_{k-1}, c n, r_k) -> (n r_k, c r_{k-1})
+                    conv.weight.copy_(core.reshape(r0, c, n, r1).permute(2, 3, 1, 0).reshape(conv.weight.shape))
+
+    # ---- decomposition -----------------------------------------------------------------------
+    @classmethod
+    def resolve_rank(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
+                     order: str = "efficient") -> tuple[int, ...]:
+        """TT-ranks along the chain (``rank.resolve_tt_ranks``); rules run TT-SVD on the kernel."""
+        spec = ConvSpec.of(conv)
+        c_s, n_s = tt_conv_shapes(spec.in_channels, spec.out_channels, in_shape, out_shape)
+        if order not in ORDERS:
+            raise ValueError(f"TTConv2d order must be one of {', '.join(ORDERS)}, got {order!r}")
+        modes = chain_modes(c_s, n_s, spec.kernel_size, order)
+        by_svd = lambda rule: tt_rule_ranks(kernel_to_chain(as_float64(conv.weight), c_s, n_s, order), rule)  # noqa
+        return resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
+                                math.prod(spec.weight_shape()), by_svd)
+
+    @classmethod
+    def empty_like(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
+                   order: str = "efficient") -> "TTConv2d":
+        ranks = cls.resolve_rank(conv, rank, in_shape, out_shape, order)
+        return cls(**ConvSpec.of(conv).as_dict(), rank=ranks, in_shape=in_shape, out_shape=out_shape, order=order)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
+                   order: str = "efficient") -> "TTConv2d":
+        """TT-SVD of ``conv``'s kernel (float64), in ``conv``'s dtype and device."""
+        check_finite("conv weight", conv.weight)
+        layer = cls.empty_like(conv, rank, in_shape, out_shape, order)._place(conv.weight)
+        chain = kernel_to_chain(as_float64(conv.weight), layer.in_shape, layer.out_shape, order)
+        layer._load_cores(tt_svd(chain, layer.tt_ranks))
+        if conv.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+        return layer.train(conv.training)
+
+    def dense_weight(self) -> Tensor:
+        return chain_to_kernel(tt_to_tensor(self.chain_cores()), self.in_shape, self.out_shape,
+                               self.config.kernel_size, self.order)
+
+    def dense_bias(self) -> Optional[Tensor]:
+        return self.bias
+
+    def spec(self) -> dict[str, Any]:
+        return {"config": {**self.config.as_dict(), "in_shape": list(self.in_shape),
+                           "out_shape": list(self.out_shape), "order": self.order}, "rank": list(self.tt_ranks)}
+
+    @classmethod
+    def options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
+                "order": config.get("order", "efficient")}
+
+    def extra_repr(self) -> str:
+        s = self.config
+        shape = lambda v: "x".join(map(str, v))  # noqa: E731
+        return (f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel_size}, order={self.order}, "
+                f"in_shape={shape(self.in_shape)}, out_shape={shape(self.out_shape)}, ranks={self.tt_ranks}")

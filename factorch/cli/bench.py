@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import asdict
 
 import torch
 
-from factorch.cli.common import add_timing_args, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
+from factorch.cli.common import add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
 from factorch.cli.results import check_output_dir, csv_text, environment, markdown
 from factorch.io import atomic_write_text
 
@@ -37,10 +36,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from factorch.models import entry
 
     methods = parse_methods(args.method, parse_rank(args.rank))
-    try:
-        excludes = [re.compile(r) for r in args.exclude]
-    except re.error as e:
-        raise ValueError(f"--exclude regex is invalid: {e}") from None
+    keep = exclude_filter(args.exclude)
     if args.output:
         check_output_dir(args.output)
     profiler = profiler_from(args, backward=not args.forward_only)
@@ -48,7 +44,6 @@ def run_bench(args: argparse.Namespace) -> int:
     arch = getattr(model, "factorch_arch", None) or {}
     shape = args.input_shape or (arch.get("in_channels", args.in_channels), *entry(arch.get("name", args.model)).input_size)
     model = model.to(args.device).eval()
-    keep = (lambda module, name: not any(r.fullmatch(name) for r in excludes)) if excludes else None
     report, rows = bench.bench(model, methods, torch.zeros((1, *shape), device=args.device), profiler, keep)
     print(report)
     print()

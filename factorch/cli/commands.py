@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 import factorch as fc
-from factorch.cli.common import add_model_args, add_timing_args, load_model, parse_methods, parse_rank, profiler_from
+from factorch.cli.common import add_model_args, add_timing_args, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +29,8 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
 
 def run_decompose(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method, parse_rank(args.rank))
-    try:
-        excludes = [re.compile(r) for r in args.exclude]
-    except re.error as e:
-        raise ValueError(f"--exclude regex is invalid: {e}") from None
+    keep = exclude_filter(args.exclude)
     loaded = load_model(args)
-    keep = (lambda module, name: not any(r.fullmatch(name) for r in excludes)) if excludes else None
     timing = profiler_from(args) if args.keep_if_faster else False
     report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
                            keep_if_faster=timing)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import re
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -149,3 +150,17 @@ def parse_methods(names: str, rank) -> list[fc.Method]:
     if not methods:
         raise ValueError("no method given; choose from " + ", ".join(sorted(fc.Method.by_name)))
     return methods
+
+
+def exclude_filter(patterns: Sequence[str]) -> Optional[Callable[[nn.Module, str], bool]]:
+    """``filter_fn`` leaving dense every layer whose name fully matches one of ``--exclude``'s
+    regexes (None without patterns); a bad regex is one clear error."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as e:
+            raise ValueError(f"--exclude regex {pattern!r} is invalid: {e}") from None
+    if not compiled:
+        return None
+    return lambda module, name: not any(r.fullmatch(name) for r in compiled)

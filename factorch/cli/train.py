@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-from factorch.cli.common import parse_methods, parse_rank
+from factorch.cli.common import exclude_filter, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios
@@ -40,11 +39,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, **events) -> TrainConfig:
-    for pattern in args.exclude:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"--exclude regex {pattern!r} is invalid: {e}") from None
+    exclude_filter(args.exclude)  # validates the regexes before any work
     return TrainConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

@@ -163,13 +163,13 @@ def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposa
     with torch.device("meta"):
         empty = proposal.empty(module)
     params_after = sum(p.numel() for p in empty.parameters())
-    probe = shape if shape is not None else _nominal_shape(module)
-    before, after = layer_macs(module, probe), layer_macs(empty, probe)
+    at = shape if shape is not None else _nominal_shape(module)
+    before, after = layer_macs(module, at), layer_macs(empty, at)
     row.update(method=method, ranks=proposal.ranks, params_after=params_after)
     if row["macs_before"] is not None:
         row["macs_after"] = after
     if after >= before:
-        where = "" if shape is not None else f" (at a nominal {probe[-1]}x{probe[-1]} input)"
+        where = "" if shape is not None else f" (at a nominal {at[-1]}x{at[-1]} input)"
         return LayerReport(**row, skipped=f"ranks {proposal.ranks} do not reduce MACs{where}: "
                                           f"{before:,} -> {after:,}"), None
     new = proposal.build(module)

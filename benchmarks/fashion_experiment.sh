@@ -2,10 +2,11 @@
 # Seed 000's experiment (Elhoushi et al. 2019, Tables 1-3 / Figures 3-5) on Fashion-MNIST: 60k
 # training images, 20 epochs, the paper's schedule (lr 0.1, /10 at 50% and 75%, momentum 0.9,
 # weight decay 5e-4, batch 128), Tucker-2 with EVBMF ranks, first conv and classifier dense, and the
-# paper's scenarios scaled to 20 epochs (dec@10/dec@20 of 200 -> dec@1/dec@2; we use dec@2 and
-# dec@4, one and two tenths of the schedule, plus dec@2+rec@19 and original-then-dec+4).
+# paper's scenarios scaled to 20 epochs (dec@10/dec@20 of 200 -> dec@1/dec@2; we use dec@2 (one
+# tenth of the schedule), dec@2+rec@19 and original-then-dec+4; add dec@4 with SCENARIOS=...).
 #
-#   benchmarks/fashion_experiment.sh cpu   # vgg-small (72.7K params, 7.3M MACs), ~1 hour on 2 cores
+#   benchmarks/fashion_experiment.sh cpu   # vgg7 (1.17M params, 29.9M MACs), channels_last, ~1 hour
+#                                          # on one core (OMP_NUM_THREADS=1)
 #   benchmarks/fashion_experiment.sh gpu   # vgg19 (20M params) on CUDA
 #
 # Environment: PYTHON (default python), DATA_DIR (default: the dataset's default root,
@@ -18,12 +19,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-cpu}"
 case "$preset" in
-    cpu) model=vgg-small; device=cpu; workers=0 ;;
-    gpu) model=vgg19; device=cuda; workers=4 ;;
+    cpu) model=vgg7; device=cpu; workers=0; layout=(--channels-last) ;;
+    gpu) model=vgg19; device=cuda; workers=4; layout=(--amp --channels-last) ;;
     *) echo "error: preset must be cpu or gpu, got '$preset'" >&2; exit 2 ;;
 esac
 epochs="${EPOCHS:-20}"
-scenarios="${SCENARIOS:-original,dec@2,dec@4,dec@2+rec@19,original-then-dec+4}"
+scenarios="${SCENARIOS:-original,dec@2,dec@2+rec@19,original-then-dec+4}"
 runs="runs/fashion-$preset"
 results="benchmarks/results/fashion_$preset"
 data=()
@@ -31,7 +32,7 @@ if [ -n "${DATA_DIR:-}" ]; then data=(--data-dir "$DATA_DIR"); fi
 
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
 "${PYTHON:-python}" -m factorch experiment --model "$model" --dataset fashion-mnist "${data[@]}" \
-    --epochs "$epochs" --scenarios "$scenarios" --device "$device" --workers "$workers" \
+    --epochs "$epochs" --scenarios "$scenarios" --device "$device" --workers "$workers" "${layout[@]}" \
     --out "$runs" --resume ${EXTRA:-}
 
 mkdir -p "$results"

@@ -21,6 +21,10 @@ def test_param_counts(name, params):
     ("lenet5", 156 + 2_416 + 48_120 + 10_164 + 850),
     # 784*300+300, 300*100+100, 100*10+10 (LeNet-300-100)
     ("mlp", 235_500 + 30_100 + 1_010),
+    # 3x3 convs without bias (1->32, 32->64, 64->64, 64->128, 128->128, 128->256, 256->256), two
+    # batch-norm params per channel, linear 256*10+10
+    ("vgg7", 9 * (32 + 32 * 64 + 64 * 64 + 64 * 128 + 128 * 128 + 128 * 256 + 256 * 256)
+     + 2 * (32 + 64 + 64 + 128 + 128 + 256 + 256) + 2_570),
 ])
 def test_gray_model_param_counts(name, params):
     assert sum(p.numel() for p in fc.models.create(name, in_channels=1).parameters()) == params

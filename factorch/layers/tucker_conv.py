@@ -104,8 +104,6 @@ class TuckerConv2d(FactorizedConv):
         us = as_float64(self.last.weight)[:, :, 0, 0].chunk(g)  # g x (N/g, R_out)
         return torch.cat([tucker2_to_tensor(gc, u, v.T) for gc, u, v in zip(cores, us, vs)])
 
-
-
     def extra_repr(self) -> str:
         s = self.config
         return (f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel_size}, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import platform
 import statistics
 import sys
@@ -24,9 +25,13 @@ def environment(device: str = "cpu") -> dict[str, str]:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        name = (f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads "
+                f"on {cores} of {os.cpu_count()} cores")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
         "device": name,
+        "load average (1 min, whole machine)": f"{load:.2f}",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": dt.date.today().isoformat(),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 
 import torch
 import torch.nn.functional as F
@@ -125,9 +124,7 @@ def main() -> None:
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
     notes = [f"Batch {args.batch}, {args.steps} SGD steps per timed run, median of {args.repeats} alternating runs "
              f"after {args.warmup} warm-up run(s); AMP {'on' if args.amp else 'off'}, "
-             f"channels_last {'on' if args.channels_last else 'off'}."
-             + (f" CPU load average at the end: {os.getloadavg()[0]:.1f} (a shared machine inflates and "
-                "scatters CPU timings)." if not args.device.startswith("cuda") else ""),
+             f"channels_last {'on' if args.channels_last else 'off'}.",
              "Ranks: Tucker-2 at a uniform fraction of each kxk conv's parameters, chosen so the parameter count "
              "matches the paper's EVBMF result (first conv and classifier dense). paper_total: the paper's "
              "measured total training speedup; total_dec10_of_200: this run's ratio applied to 10 dense + 190 "

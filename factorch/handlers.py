@@ -12,7 +12,9 @@ def _spatial_conv_skip(conv: nn.Conv2d, method: str) -> NotApplicable | None:
     if conv.kernel_size == (1, 1):
         return NotApplicable(f"1x1 conv: {method} needs a kernel larger than 1x1 (SVD handles 1x1)")
     if conv.in_channels // conv.groups == 1:
-        return NotApplicable("depthwise conv: one input channel per group, nothing to factor")
+        if conv.groups > 1:
+            return NotApplicable("depthwise conv: one input channel per group, nothing to factor")
+        return NotApplicable("one input channel (e.g. a grayscale first conv): nothing to factor on the input mode")
     return None
 
 

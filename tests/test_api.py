@@ -159,3 +159,11 @@ def test_second_decompose_does_not_touch_factorized_layers():
     fc.decompose_(model, fc.Tucker2(0.5))
     report = fc.decompose_(model, fc.Tucker2(0.5))
     assert not any(r.name.startswith("features.3.") for r in report.rows)
+
+
+def test_single_input_channel_conv_is_not_called_depthwise():
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    report = fc.decompose_(model, fc.Tucker2(0.5), example_input=torch.zeros(1, 1, 8, 8))
+    rows = {r.name: r for r in report.rows}
+    assert "one input channel" in rows["0"].skipped and "depthwise" not in rows["0"].skipped
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], TuckerConv2d)

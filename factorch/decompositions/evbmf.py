@@ -76,8 +76,11 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     if l == 0 or float(y.abs().max()) == 0.0:
         return 0
     y = y / (y.norm() / math.sqrt(l * m))  # unit mean square entry: scale-free from here on
-    s = torch.linalg.svdvals(y).numpy()  # (L,), descending
-    s2 = s * s
+    # sigma_i^2 as the eigenvalues of the L x L Gram matrix (L <= M): for a 512 x 4608 unfolding
+    # several times faster than svdvals, and exact to eps * ||Y||^2, far below the noise level
+    # EVBMF thresholds at. (L,), descending.
+    s2 = torch.linalg.eigvalsh(y @ y.T).clamp_min(0.0).flip(0).numpy()
+    s = np.sqrt(s2)
     alpha = l / m
     t_bar = tau_bar(alpha)
     x_bar = (1.0 + t_bar) * (1.0 + alpha / t_bar)

@@ -20,6 +20,23 @@ def _leading_eigvecs(gram: Tensor, rank: int) -> Tensor:
     return vecs[:, -rank:].flip(-1)
 
 
+def _leading_left_vectors(y: Tensor, rank: int) -> Tensor:
+    """An orthonormal basis of the ``rank`` leading left singular vectors of ``y`` (rows, cols).
+
+    When ``y`` is tall (a HOOI step's ``Y0`` is N x kh*kw*R_in: 512 x 54 for R_in = 6), the
+    eigenvectors ``Q`` of the small ``Y^T Y`` give them as ``Y Q / sigma`` (re-orthonormalised by
+    QR), instead of an eigendecomposition of the N x N ``Y Y^T``. Falls back to that when the wanted
+    singular values come close to 0, where dividing by sigma would lose the orthogonality.
+    """
+    rows, cols = y.shape
+    if rank <= cols < rows:
+        vals, q = torch.linalg.eigh(y.T @ y)  # ascending
+        vals, q = vals[-rank:].flip(0), q[:, -rank:].flip(-1)
+        if float(vals[-1]) > 1e-8 * float(vals[0]) > 0.0:
+            return torch.linalg.qr(y @ (q / vals.sqrt())).Q
+    return _leading_eigvecs(y @ y.T, rank)
+
+
 def _unfold_out(w: Tensor) -> Tensor:
     """Mode-0 unfolding: (N, C, kh, kw) -> (N, C*kh*kw)."""
     return w.reshape(w.shape[0], -1)
@@ -83,10 +100,10 @@ def tucker2(
     for it in range(n_iter_max):
         if r_out < n:
             y0 = (w_c @ v).reshape(n, -1)  # (N, kh*kw*R_in): mode-0 unfolding of W x_1 V^T
-            u = _leading_eigvecs(y0 @ y0.T, r_out)
+            u = _leading_left_vectors(y0, r_out)
         z1 = (w_n @ u).reshape(c, -1)  # (C, kh*kw*R_out): mode-1 unfolding of W x_0 U^T
         if r_in < c:
-            v = _leading_eigvecs(z1 @ z1.T, r_in)
+            v = _leading_left_vectors(z1, r_in)
         fit = float(((v.T @ z1) ** 2).sum())  # ||G||^2, G = W x_0 U^T x_1 V^T
         err = max(1.0 - fit / norm2, 0.0) ** 0.5
         if it >= 2 and abs(prev_err - err) < tol:  # at least 3 sweeps, as TensorLy does

@@ -93,11 +93,9 @@ def main() -> None:
 
 def plot(totals: dict, path) -> None:
     """MACs against params of the whole network's convs, one line per order."""
-    import matplotlib
+    from factorch.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     dense = next(iter(totals.values()))["dense"]
     ax.scatter([dense[0] / 1e3], [dense[1] / 1e6], marker="*", s=150, color="k", label="dense", zorder=3)
@@ -112,9 +110,7 @@ def plot(totals: dict, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

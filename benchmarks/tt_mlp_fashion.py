@@ -106,12 +106,11 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from factorch.plots import pyplot, save_figure
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, style in (("TT", "s-"), ("matrix rank", "o--")):
         pts = [(r["compression"], r["test_acc"], r["rank"]) for r in rows if r["hidden"] == kind]
@@ -127,9 +126,7 @@ def plot(rows: list[dict], path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from factorch.io import CheckpointError
 MARKERS = {"decompose": ("v", "decomposed"), "reconstruct": ("^", "reconstructed")}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,8 +29,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path, plt: Any, dpi: int = 120) -> Path:
-    """Write the figure to ``path`` through a temp file (never a half-written PNG)."""
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` through a temp file (never a half-written PNG) and close it."""
+    plt, path = pyplot(), Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.savefig(tmp, dpi=dpi)
@@ -54,7 +56,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    plt = _pyplot()
+    plt = pyplot()
     longest = max((rows[-1]["time"] for rows in runs.values() if rows), default=0.0)
     scale, unit = _time_unit(longest)
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -90,7 +92,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
@@ -106,14 +108,14 @@ def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, tit
         groups.setdefault((r["layer"], r["method"]), []).append(r)
     if not groups:
         raise ValueError("nothing to plot: no swept point was decomposed")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(groups), 4, figsize=(17, 3.4 * len(groups)), squeeze=False)
     for key, ax_row in zip(groups, axes):
         _panel_row(key, sorted(groups[key], key=lambda r: r["rank"]), ax_row)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def _panel_row(key: tuple[str, str], pts: list[Mapping[str, Any]], axes: Sequence[Any]) -> None:

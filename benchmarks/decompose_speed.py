@@ -4,8 +4,8 @@ against TensorLy's ``partial_tucker`` at equal ranks (time and error side by sid
 HOOI's iteration count depends on the weights: a trained kernel (decaying spectrum) converges in
 a few sweeps, a random-init kernel (flat spectrum) creeps for many. Pass ``--weights`` (a VGG-19
 state_dict, e.g. from ``factorch train``) to measure trained weights; without it the random-init
-worst case is measured. Ranks: ``--rank`` as on the CLI (default ``evbmf``; random init gives EVBMF
-rank 0 everywhere, so use a fraction such as ``0.05`` there).
+worst case is measured. Ranks: ``--rank`` as on the CLI (default ``evbmf`` with ``--weights``;
+without, ``0.05``: random init gives EVBMF rank 0 everywhere).
 
     python benchmarks/decompose_speed.py [--weights W.pt --in-channels 1] [--rank evbmf] [--tag trained]
 """
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--weights", help="VGG-19 state_dict (or a training checkpoint holding one)")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--rank", default="evbmf")
+    p.add_argument("--rank", help="as on the CLI (default: evbmf with --weights, else 0.05)")
     p.add_argument("--tag", default=None, help="results file suffix (default: trained / random-init)")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -50,6 +50,7 @@ def main() -> None:
         load_weights(model, _state(args.weights), args.weights)
     tag = args.tag or ("trained" if args.weights else "random-init")
     example = torch.zeros(1, args.in_channels, 32, 32)
+    args.rank = args.rank or ("evbmf" if args.weights else "0.05")
     rank = parse_rank(args.rank)
 
     start = time.perf_counter()

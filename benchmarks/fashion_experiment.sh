@@ -11,10 +11,11 @@
 #
 # Environment: PYTHON (default python), DATA_DIR (default: the dataset's default root,
 # /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist), EPOCHS, SCENARIOS,
-# EXTRA (more factorch arguments, e.g. "--subset 2000" for a quick check of the script).
-# Runs and checkpoints go to runs/fashion-PRESET/ (not committed); rerunning the same command
+# EXTRA (more factorch arguments, e.g. "--rank evbmf:0.15", or "--subset 2000" for a quick check of
+# the script), TAG (a suffix naming a variant's directories, e.g. TAG=evbmf0.15).
+# Runs and checkpoints go to runs/fashion-PRESET[-TAG]/ (not committed); rerunning the same command
 # continues an interrupted experiment (--resume). The table (results.md/.csv), the figure and the
-# per-epoch metrics of every scenario are copied to benchmarks/results/fashion_PRESET/.
+# per-epoch metrics of every scenario are copied to benchmarks/results/fashion_PRESET[_TAG]/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-cpu}"
@@ -25,8 +26,8 @@ case "$preset" in
 esac
 epochs="${EPOCHS:-20}"
 scenarios="${SCENARIOS:-original,dec@2,dec@2+rec@19,original-then-dec+4}"
-runs="runs/fashion-$preset"
-results="benchmarks/results/fashion_$preset"
+runs="runs/fashion-$preset${TAG:+-$TAG}"
+results="benchmarks/results/fashion_$preset${TAG:+_$TAG}"
 data=()
 if [ -n "${DATA_DIR:-}" ]; then data=(--data-dir "$DATA_DIR"); fi
 

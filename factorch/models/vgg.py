@@ -16,7 +16,8 @@ CONFIGS: dict[str, list] = {
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
-    # six convs, 16-64 channels (72.7K params, 7.3M MACs at 28x28): the Fashion-MNIST experiment on a CPU
+    # six convs, 16-64 channels (72.7K params, 7.3M MACs at 28x28): `make demo`'s model, small enough
+    # for a couple of minutes on the bundled digits
     "vgg-small": [16, 16, "M", 32, 32, "M", 64, 64],
     # seven convs, 32-256 channels (1.17M params, 29.9M MACs at 28x28): wide enough that its convs,
     # not batch norm and ReLU, dominate a CPU training step -- the Fashion-MNIST experiment's model

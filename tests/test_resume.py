@@ -83,3 +83,17 @@ def test_train_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_decomposition_settings_do_not_bind_a_run_that_never_decomposes(tmp_path, capsys):
+    """An experiment rerun with another --rank reuses its finished original run; a run that did
+    decompose still refuses a different rank."""
+    base = ["train", "--model", "lenet5", "--subset", "64", "--epochs", "2", "--batch-size", "32"]
+    dense, dec = tmp_path / "dense", tmp_path / "dec"
+    assert run([*base, "--rank", "evbmf", "--out", str(dense)]) == 0
+    assert run([*base, "--rank", "0.25", "--out", str(dense), "--resume"]) == 0
+    assert len(_lines(dense / "metrics.jsonl")) == 2  # nothing retrained
+    assert run([*base, "--decompose-at", "1", "--rank", "0.5", "--out", str(dec)]) == 0
+    capsys.readouterr()
+    assert run([*base, "--decompose-at", "1", "--rank", "0.25", "--out", str(dec), "--resume"]) == 2
+    assert "settings differ (methods:" in capsys.readouterr().err

@@ -119,3 +119,6 @@ class TrainConfig:
 
 # Settings that do not change a run's results: a resumed run may change them.
 RUNTIME_ONLY = ("data_dir", "device", "workers")
+# Settings that only shape a decomposition: irrelevant to a run that never decomposes, so an
+# experiment with another --rank reuses its finished original run.
+DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude")

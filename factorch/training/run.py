@@ -28,7 +28,7 @@ from factorch.count import count
 from factorch.io import CheckpointError, apply_spec, atomic_write_text, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
-from factorch.training.config import RUNTIME_ONLY, TrainConfig
+from factorch.training.config import DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainConfig
 from factorch.training.distributed import Distributed
 from factorch.training.events import Event, decompose_event, reconstruct_event
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
@@ -160,15 +160,18 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool,
         raise ValueError(f"{ckpt_path.parent} already holds a run; pass --resume to continue it or choose another --out")
     if resume and ckpt_path.exists():
         state = load_run(ckpt_path)
-        diff = config_mismatch(state["config"], cfg.as_dict(), RUNTIME_ONLY)
+        dense_only = state["config"].get("decompose_at") is None and cfg.decompose_at is None
+        diff = config_mismatch(state["config"], cfg.as_dict(), RUNTIME_ONLY + (DECOMPOSITION_ONLY if dense_only else ()))
         if diff:
             raise CheckpointError(f"cannot resume {ckpt_path.parent}: settings differ ({diff})")
         return state, str(ckpt_path)
     if start_from is None:
         return None, ""
     state = load_run(start_from)
-    diff = config_mismatch(state["config"], cfg.as_dict(), RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",))
     saved = state["config"]
+    # the run started from never decomposed: how this one decomposes is its own business
+    ignore = RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",) + (DECOMPOSITION_ONLY if saved.get("decompose_at") is None else ())
+    diff = config_mismatch(saved, cfg.as_dict(), ignore)
     if diff or (saved.get("schedule_epochs") or saved["epochs"]) != (cfg.schedule_epochs or cfg.epochs):
         raise CheckpointError(f"cannot start from {start_from}: settings differ ({diff or 'LR schedule length'})")
     first_event = min([e for e in (cfg.decompose_at, cfg.reconstruct_at) if e is not None], default=cfg.epochs)

@@ -9,7 +9,7 @@ on CPU ``--amp`` is bfloat16). Each setting compares dense and decomposed under 
 Ranks: a uniform fraction of each layer's parameters (``Tucker2(f)``, ``SVD(0.5)`` for the
 classifier); EVBMF ranks need trained weights. f=0.05 gives ~1M params, f=0.037 the seed's ~750K.
 
-    python benchmarks/train_step.py [--batch 128] [--fractions 0.05,0.037] [--device cpu|cuda]
+    python benchmarks/train_step.py [--batch 128] [--fractions 0.05,0.037] [--device cpu|cuda] [--threads N]
 """
 from __future__ import annotations
 
@@ -50,7 +50,10 @@ def main() -> None:
     p.add_argument("--fractions", default="0.05,0.037", help="Tucker-2 fractions of params kept, comma-separated")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); names the results file")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.manual_seed(0)
     example = torch.zeros(1, 3, 32, 32, device=args.device)
@@ -76,6 +79,7 @@ def main() -> None:
             print(rows[-1])
     env = environment(args.device)
     stem = f"train_step_vgg19_{'gpu' if args.device.startswith('cuda') else 'cpu'}"
+    stem += f"_{args.threads}thread" if args.threads else ""
     notes = [f"One SGD step (forward + backward + update), batch {args.batch}, 3x32x32 synthetic inputs; "
              f"median of {args.repeats} alternating runs after 2 warm-up steps each. "
              "speedup_vs_dense compares with the dense model in the same setting."]

@@ -109,7 +109,6 @@ def plot(totals: dict, path) -> None:
     ax.set_title("ResNet-56 convs as tensor trains")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     print(f"wrote {save_figure(fig, path)}")
 
 

@@ -125,7 +125,6 @@ def plot(rows: list[dict], path) -> None:
     ax.set_ylabel("Fashion-MNIST test accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     print(f"wrote {save_figure(fig, path)}")
 
 

@@ -30,10 +30,12 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` through a temp file (never a half-written PNG) and close it."""
+    """Lay ``fig`` out tightly, write it to ``path`` through a temp file (never a half-written
+    PNG) and close it."""
     plt, path = pyplot(), Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
+        fig.tight_layout()
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
@@ -91,7 +93,6 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     ax_t.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -114,7 +115,6 @@ def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, tit
         _panel_row(key, sorted(groups[key], key=lambda r: r["rank"]), ax_row)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

@@ -5,8 +5,8 @@
 # paper's scenarios scaled to 20 epochs (dec@10/dec@20 of 200 -> dec@1/dec@2; we use dec@2 (one
 # tenth of the schedule), dec@2+rec@19 and original-then-dec+4; add dec@4 with SCENARIOS=...).
 #
-#   benchmarks/fashion_experiment.sh cpu   # vgg7 (1.17M params, 29.9M MACs), channels_last, ~1 hour
-#                                          # on one core (OMP_NUM_THREADS=1)
+#   benchmarks/fashion_experiment.sh cpu   # vgg7 (1.17M params, 29.9M MACs), channels_last: about
+#                                          # 35 min on 2 CPU threads, 50 min on one
 #   benchmarks/fashion_experiment.sh gpu   # vgg19 (20M params) on CUDA
 #
 # Environment: PYTHON (default python), DATA_DIR (default: the dataset's default root,

@@ -86,7 +86,7 @@ def test_train_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
 
 
 def test_decomposition_settings_do_not_bind_a_run_that_never_decomposes(tmp_path, capsys):
-    """An experiment rerun with another --rank reuses its finished original run; a run that did
+    """A finished dense run resumes under another --rank (nothing retrained); a run that did
     decompose still refuses a different rank."""
     base = ["train", "--model", "lenet5", "--subset", "64", "--epochs", "2", "--batch-size", "32"]
     dense, dec = tmp_path / "dense", tmp_path / "dec"

@@ -119,6 +119,7 @@ class TrainConfig:
 
 # Settings that do not change a run's results: a resumed run may change them.
 RUNTIME_ONLY = ("data_dir", "device", "workers")
-# Settings that only shape a decomposition: irrelevant to a run that never decomposes, so an
-# experiment with another --rank reuses its finished original run.
+# Settings that only shape a decomposition: irrelevant to a run that never decomposes, so its
+# checkpoint serves runs with other such settings (a resumed original, original-then-dec+E with
+# another --rank started from it).
 DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude")

@@ -1,10 +1,14 @@
-"""``factorch train`` and ``factorch experiment``: the decompose-during-training pipeline (seed 000)."""
+"""``factorch train`` and ``factorch experiment``: decomposition during training (seed 000) and
+low-rank ADMM training (seed 002)."""
 from __future__ import annotations
 
 import argparse
+import functools
 
+import factorch as fc
 from factorch.cli.common import exclude_filter, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
+from factorch.training.events import ADMMPhase
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios
 
@@ -22,20 +26,42 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=200, help="epochs (default 200)")
     g.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
     g.add_argument("--lr", type=float, default=0.1, help="initial LR, /10 at 50%% and 75%% of the epochs (default 0.1)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("decomposition")
-    g.add_argument("--method", default="tucker2", help="comma list, first that handles a layer wins (default tucker2)")
-    g.add_argument("--rank", default="evbmf", help="evbmf (default), evbmf:WEAKEN, energy:T, a fraction, an int or OUT,IN")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds the initialisation, data order and augmentation (default 0; same seed, same run)")
+    g = p.add_argument_group("decomposition (every event: --decompose-at, ADMM)")
+    g.add_argument("--method", default="tucker2",
+                   help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
+                        "(default tucker2)")
+    g.add_argument("--rank", default="evbmf",
+                   help="evbmf (default), evbmf:WEAKEN, energy:T, tol:EPS (relative error bound), a fraction of "
+                        "the parameters in (0,1], an int, OUT,IN (tt: one int per bond), or a whole-model budget: "
+                        "budget:macs=F or budget:params=F")
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too (the paper leaves it dense)")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave layers matching REGEX dense (repeatable)")
+    g = p.add_argument_group("ADMM low-rank training (Yin et al. 2021)")
+    g.add_argument("--admm-rho", type=float, metavar="RHO", help="penalty weight rho (default 1e-3, the official code's)")
+    g.add_argument("--admm-update-every", type=int, metavar="N",
+                   help="update Z and U every N optimizer steps (default: once per epoch, at its start)")
+    g.add_argument("--admm-rho-growth", type=float, metavar="F", help="multiply rho by F at every update (default 1)")
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     g.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the last finished epoch")
+
+
+def _admm(args: argparse.Namespace) -> functools.partial:
+    """``ADMMPhase`` with the ADMM options given (call it with the ADMM end epoch)."""
+    given = {"rho": args.admm_rho, "update_every": args.admm_update_every, "rho_growth": args.admm_rho_growth}
+    return functools.partial(ADMMPhase, **{k: v for k, v in given.items() if v is not None})
+
+
+def _admm_options_given(args: argparse.Namespace) -> list[str]:
+    return [flag for flag, v in (("--admm-rho", args.admm_rho), ("--admm-update-every", args.admm_update_every),
+                                 ("--admm-rho-growth", args.admm_rho_growth)) if v is not None]
 
 
 def _config(args: argparse.Namespace, **events) -> TrainConfig:
@@ -66,17 +92,25 @@ def _command(args: argparse.Namespace, parser_name: str, skip: tuple[str, ...] =
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model, decomposing it during training",
                        description="Train from scratch; optionally decompose at epoch K and reconstruct at M "
-                                   "(Elhoushi et al. 2019). Metrics per epoch in OUT/metrics.jsonl, a checkpoint "
-                                   "each epoch (--resume), the final model in OUT/model.pt. Under torchrun: DDP.")
+                                   "(Elhoushi et al. 2019), or train with ADMM towards the target ranks for K "
+                                   "epochs, then decompose (Yin et al. 2021). Metrics per epoch in "
+                                   "OUT/metrics.jsonl, a checkpoint each epoch (--resume), the final model in "
+                                   "OUT/model.pt. Under torchrun: DDP.")
     _add_run_args(p)
     p.add_argument("--decompose-at", type=int, metavar="K", help="decompose after K epochs")
     p.add_argument("--reconstruct-at", type=int, metavar="M", help="back to the dense architecture after M epochs")
+    p.add_argument("--admm-until", type=int, metavar="K",
+                   help="ADMM towards the --method/--rank ranks for the first K epochs, then decompose at exactly "
+                        "those ranks and train on")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = _config(args, decompose_at=args.decompose_at, reconstruct_at=args.reconstruct_at)
+    if args.admm_until is None and _admm_options_given(args):
+        raise ValueError(f"{', '.join(_admm_options_given(args))} need(s) --admm-until K")
+    events = (_admm(args)(args.admm_until),) if args.admm_until is not None else ()
+    cfg = _config(args, decompose_at=args.decompose_at, reconstruct_at=args.reconstruct_at, events=events)
     out = args.out or f"runs/{args.model}-{args.dataset}"
     history = train(cfg, out, resume=args.resume)
     if history:
@@ -108,7 +142,9 @@ def paper_scenarios(epochs: int) -> str:
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
     base = _config(args)
-    scenarios = parse_scenarios(args.scenarios or paper_scenarios(args.epochs), args.epochs)
+    scenarios = parse_scenarios(args.scenarios or paper_scenarios(args.epochs), args.epochs, admm=_admm(args))
+    if _admm_options_given(args) and not any(s.events for s in scenarios):
+        raise ValueError(f"{', '.join(_admm_options_given(args))} apply to admm@K scenarios; none given")
     out = args.out or f"runs/experiment-{args.model}-{args.dataset}"
     result = run_experiment(base, scenarios, out, resume=args.resume,
                             command=_command(args, "experiment", skip=("resume", "device", "workers")))

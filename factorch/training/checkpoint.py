@@ -4,7 +4,8 @@ Written atomically (``io.atomic_save``) after every finished epoch, so a run kil
 (even ``kill -9`` in the middle of an epoch) resumes from the last finished one. It holds plain
 data only: the run config, the factorization spec (``io.factorization_spec``; a resumed run
 rebuilds the factorized structure with ``io.apply_spec``), model/optimizer/GradScaler state, the
-metrics history, and every rank's RNG states (torch, CUDA, numpy, ``random``) so data order,
+metrics history, every event's state (``Event.state_dict``, in the run's event order; e.g.
+ADMM's Z and U), and every rank's RNG states (torch, CUDA, numpy, ``random``) so data order,
 augmentation and dropout replay identically. The epoch's data order is a function of the seed
 and the epoch (``DistributedSampler.set_epoch``), so the sampler needs no state.
 """
@@ -63,14 +64,15 @@ def seed_everything(seed: int) -> None:
 
 def save_run(path: str | os.PathLike, *, config: dict[str, Any], epoch: int, model: nn.Module,
              optimizer: torch.optim.Optimizer, scaler: Any, history: list[dict[str, Any]],
-             rng: list[dict[str, Any]]) -> None:
-    """Write the state after ``epoch`` finished epochs (``rng``: one entry per rank)."""
+             rng: list[dict[str, Any]], events: Optional[list[dict[str, Any]]] = None) -> None:
+    """Write the state after ``epoch`` finished epochs (``rng``: one entry per rank; ``events``:
+    each event's ``state_dict()``)."""
     atomic_save({
         "format": FORMAT, "version": VERSION, "config": config, "epoch": epoch,
         "arch": getattr(model, "factorch_arch", None), "factorized": factorization_spec(model),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "history": history, "rng": rng,
+        "history": history, "rng": rng, "events": list(events or []),
     }, path)
 
 

@@ -1,6 +1,7 @@
 """The configuration of one training run (frozen, validated on construction)."""
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -8,6 +9,7 @@ from typing import Any, Optional
 
 from factorch.methods import Method, Tucker2
 from factorch.rank import EVBMF
+from factorch.training.events import Decompose, Event, Reconstruct
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,16 @@ class Schedule:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One run: model, data, optimizer (SGD, the paper's defaults) and the decomposition events.
+    """One run: model, data, optimizer (SGD, the paper's defaults) and the training events.
 
     ``epochs`` is the number of epochs run; ``schedule_epochs`` (default ``epochs``) the length the
     LR milestones are fractions of: "original-then-dec+E" runs ``epochs + E`` epochs on the
     original's schedule. ``decompose_at=k``: train k epochs dense, then decompose (before epoch
-    k + 1); ``reconstruct_at=m``: back to dense layers before epoch m + 1. ``first_conv``:
-    decompose the first conv too (the paper leaves it dense: EVBMF on 3 input channels is noise);
-    ``exclude``: regexes (full match) of layer names left dense.
+    k + 1); ``reconstruct_at=m``: back to dense layers before epoch m + 1 (both build their event,
+    ``events.Decompose``/``events.Reconstruct``). ``events``: more event objects, e.g.
+    ``(events.ADMMPhase(until=20),)``. ``methods``, ``first_conv`` (decompose the first conv too;
+    the paper leaves it dense: EVBMF on 3 input channels is noise) and ``exclude`` (regexes, full
+    match, of layer names left dense) say how every event decomposes.
     """
 
     model: str = "vgg19"
@@ -73,6 +77,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     seed: int = 0
+    events: tuple[Event, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -84,15 +89,18 @@ class TrainConfig:
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError(f"momentum must be in [0, 1) and weight decay >= 0, got {self.momentum}, {self.weight_decay}")
         self.schedule  # validates lr and milestones
-        k, m = self.decompose_at, self.reconstruct_at
-        if k is not None and not (isinstance(k, int) and 0 <= k < self.epochs):
-            raise ValueError(f"decompose_at must be an epoch in [0, {self.epochs - 1}], got {k!r}")
-        if m is not None:
-            if k is None:
-                raise ValueError("reconstruct_at needs decompose_at (nothing to reconstruct otherwise)")
-            if not (isinstance(m, int) and k < m < self.epochs):
-                raise ValueError(f"reconstruct_at must be an epoch in [{k + 1}, {self.epochs - 1}] "
-                                 f"(after decompose_at={k}), got {m!r}")
+        if not isinstance(self.events, tuple) or not all(isinstance(e, Event) for e in self.events):
+            raise ValueError(f"events must be a tuple of training events, got {self.events!r}")
+        events = self.build_events()
+        for event in events:
+            event.validate(self, events)
+        at: dict[int, str] = {}
+        for event in events:
+            for epoch, _ in event.changes():
+                if epoch in at:
+                    raise ValueError(f"{at[epoch]} and {event.label} both change the architecture before epoch "
+                                     f"{epoch + 1}; one change per epoch")
+                at[epoch] = event.label
         if not self.methods or not all(isinstance(x, Method) for x in self.methods):
             raise ValueError(f"methods must be a non-empty tuple of method configs, got {self.methods!r}")
         for pattern in self.exclude:
@@ -105,6 +113,16 @@ class TrainConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
+    def build_events(self) -> tuple[Event, ...]:
+        """Fresh event objects for one run: ``decompose_at``'s, ``reconstruct_at``'s, then copies of
+        ``events`` (a run's events hold its state; the config's stay untouched)."""
+        built: list[Event] = []
+        if self.decompose_at is not None:
+            built.append(Decompose(self.decompose_at))
+        if self.reconstruct_at is not None:
+            built.append(Reconstruct(self.reconstruct_at))
+        return tuple(built) + copy.deepcopy(self.events)
+
     @property
     def schedule(self) -> Schedule:
         return Schedule(self.lr, self.schedule_epochs or self.epochs, tuple(self.milestones))
@@ -114,6 +132,9 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["methods"] = [repr(m) for m in self.methods]
         out["milestones"], out["exclude"] = list(self.milestones), list(self.exclude)
+        del out["events"]
+        if self.events:  # absent when empty: checkpoints from before events resume unchanged
+            out["events"] = [e.describe() for e in self.events]
         return out
 
 
@@ -123,3 +144,16 @@ RUNTIME_ONLY = ("data_dir", "device", "workers")
 # checkpoint serves runs with other such settings (a resumed original, original-then-dec+E with
 # another --rank started from it).
 DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude")
+
+
+def uses_methods(config: dict[str, Any]) -> bool:
+    """Whether a run (its ``as_dict()``, e.g. from a checkpoint) has an event that decomposes with
+    the decomposition settings."""
+    return config.get("decompose_at") is not None or any(e.get("uses_methods") for e in config.get("events", []))
+
+
+def first_event_epoch(config: dict[str, Any]) -> Optional[int]:
+    """The first epoch before which a run (its ``as_dict()``) has an event act; None without events."""
+    epochs = [config.get("decompose_at"), config.get("reconstruct_at")] + \
+        [e.get("first_epoch") for e in config.get("events", [])]
+    return min((e for e in epochs if e is not None), default=None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +33,17 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 device: Optional[torch.device | str] = None, scaler: Optional[Any] = None,
                 scheduler: Optional[Any] = None, *, amp: bool = False, channels_last: bool = False,
-                desc: str = "train") -> dict[str, float]:
+                desc: str = "train", extra_loss: Optional[Callable[[], Optional[Tensor]]] = None,
+                after_step: Optional[Callable[[], None]] = None) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader`` with cross-entropy; returns
     ``{"loss", "acc", "seconds", "samples"}`` (mean loss and top-1 accuracy over the epoch).
 
     ``scaler``: a ``torch.amp.GradScaler`` (float16 AMP); ``scheduler``: stepped after every
     optimizer step (per-batch schedules; an epoch schedule is the caller's); ``device``: default
-    the model's. Loss and accuracy are summed on the device and read once (no per-batch sync).
+    the model's. ``extra_loss()``: a term added to every batch's loss before the backward pass
+    (e.g. ``fc.ADMM.penalty``; None: nothing); the reported loss is the cross-entropy alone.
+    ``after_step()``: called after every optimizer step. Loss and accuracy are summed on the
+    device and read once (no per-batch sync).
     """
     device = torch.device(device) if device is not None else model_device(model)
     use_scaler = scaler is not None and scaler.is_enabled()
@@ -53,16 +57,20 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         with autocast(device, amp):
             out = model(x)                                   # (B, classes)
             loss = F.cross_entropy(out, y)
+        term = extra_loss() if extra_loss is not None else None
+        total = loss if term is None else loss + term
         optimizer.zero_grad(set_to_none=True)
         if use_scaler:
-            scaler.scale(loss).backward()
+            scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            total.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach().double() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
         samples += len(y)

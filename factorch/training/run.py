@@ -1,15 +1,18 @@
-"""One training run, epoch by epoch: the seed-000 pipeline (Elhoushi et al. 2019).
+"""One training run, epoch by epoch, calling its events (``training/events``) at fixed points.
 
-Train dense from scratch; at ``decompose_at`` decompose in place (Tucker-2, EVBMF ranks by
-default), hand the optimizer over and keep training the small model on the same LR schedule;
-optionally ``reconstruct_at`` the dense architecture and finish. After every epoch: a JSON line in
-``RUN_DIR/metrics.jsonl`` and an atomic checkpoint ``RUN_DIR/checkpoint.pt``; at the end the final
-model as a factorch checkpoint ``RUN_DIR/model.pt`` (``factorch count RUN_DIR/model.pt``).
+Train from scratch; every event acts when it says: the seed-000 pipeline (Elhoushi et al. 2019)
+decomposes at ``decompose_at`` (Tucker-2, EVBMF ranks by default) and optionally reconstructs
+at ``reconstruct_at``; ADMM (seed 002) adds its penalty to the loss and decomposes at its end.
+After a change of architecture the optimizer is handed over and training goes on with the same
+LR schedule. After every epoch: a JSON line in ``RUN_DIR/metrics.jsonl`` (with each event's
+metrics) and an atomic checkpoint ``RUN_DIR/checkpoint.pt`` (with each event's state); at the end
+the final model as a factorch checkpoint ``RUN_DIR/model.pt`` (``factorch count RUN_DIR/model.pt``).
+The loop knows no event by name.
 
-Times: ``train_seconds`` is the training pass, ``event_seconds`` the decomposition or
-reconstruction, ``time`` their running total (the training time of the paper's tables; test
-evaluation is measured apart, as ``eval_seconds``). A resumed run continues the total from its
-checkpoint: the part of an epoch lost to a kill is not counted.
+Times: ``train_seconds`` is the training pass, ``event_seconds`` the events' work before it
+(a decomposition, a reconstruction, an ADMM update), ``time`` their running total (the training
+time of the paper's tables; test evaluation is measured apart, as ``eval_seconds``). A resumed
+run continues the total from its checkpoint: the part of an epoch lost to a kill is not counted.
 """
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ from factorch.count import count
 from factorch.io import CheckpointError, apply_spec, atomic_write_text, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
-from factorch.training.config import DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainConfig
+from factorch.training.config import (DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainConfig, first_event_epoch,
+                                      uses_methods)
 from factorch.training.distributed import Distributed
-from factorch.training.events import Event, decompose_event, reconstruct_event
+from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
 from factorch.training.loop import count_correct, train_epoch
+
 
 def print_line(line: str) -> None:
     """The default log: stdout, flushed per line so piped or redirected logs follow the run."""
@@ -41,7 +46,7 @@ def print_line(line: str) -> None:
 
 CHECKPOINT, METRICS, FINAL = "checkpoint.pt", "metrics.jsonl", "model.pt"
 # settings a run started from another run's checkpoint may change (see ``train(start_from=...)``)
-EXTENDABLE = ("epochs", "decompose_at", "reconstruct_at")
+EXTENDABLE = ("epochs", "decompose_at", "reconstruct_at", "events")
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
@@ -65,7 +70,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
 def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str | os.PathLike],
            log: Callable[[str], None], dist: Distributed) -> list[dict[str, Any]]:
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    state, source = _initial_state(cfg, ckpt_path, resume, start_from)
+    state, source, same_run = _initial_state(cfg, ckpt_path, resume, start_from)
     if dist.world > 1 and cfg.batch_size % dist.world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {dist.world} processes")
     seed_everything(cfg.seed)
@@ -75,8 +80,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     device = dist.device
     model = fmodels.create(cfg.model, meta.num_classes, meta.in_channels).to(device)
     example = torch.zeros((1, meta.in_channels, *_input_size(test_set, meta)), device=device)
-    if dist.is_main:  # after the data and the model: bad input leaves no directory behind
-        out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     if state is not None:
         apply_spec(model, state["factorized"])
@@ -84,6 +87,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         history = list(state["history"])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    events = cfg.build_events()
+    run = RunContext(cfg, model, example, dist, log)
+    for event in events:  # before the directory exists: an event's bad input leaves nothing behind
+        event.begin(run, len(history))
+    if same_run:
+        _load_event_states(events, state, source)
+    if dist.is_main:  # after the data, the model and the events: bad input leaves no directory behind
+        out.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     if state is not None:
@@ -112,22 +123,24 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     elapsed = history[-1]["time"] if history else 0.0
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        event = _event_at(epoch, cfg, model, example, dist)
+        changes = [c for c in (event.before_epoch(epoch, run) for event in events) if c is not None]
         event_seconds = time.perf_counter() - t0
         event_acc = None
-        if event is not None:
+        if changes:  # a new architecture: new parameters for the optimizer, DDP and the counts
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             optimizer = rebuild_optimizer(optimizer, model)
             net = dist.wrap(model)
             counts = count(model, example)
             event_acc = _accuracy(model, test_loader, dist, cfg)
-            _log_event(log, epoch, event, event_acc, counts.params)
+            for change in changes:
+                _log_change(log, epoch, change, event_acc, counts.params)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr_at(epoch)
         sampler.set_epoch(epoch)
         stats = train_epoch(net, loader, optimizer, device, scaler, amp=cfg.amp, channels_last=cfg.channels_last,
-                            desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                            desc=f"epoch {epoch + 1}/{cfg.epochs}", extra_loss=lambda: _loss_terms(events),
+                            after_step=lambda: [event.after_step() for event in events])
         loss_sum, correct, samples = dist.sum([stats["loss"] * stats["samples"], stats["acc"] * stats["samples"],
                                                stats["samples"]])
         t1 = time.perf_counter()
@@ -136,62 +149,74 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         row = {"epoch": epoch + 1, "lr": schedule.lr_at(epoch), "train_loss": loss_sum / max(samples, 1),
                "train_acc": correct / max(samples, 1), "test_acc": test_acc,
                "epoch_seconds": event_seconds + stats["seconds"], "train_seconds": stats["seconds"],
-               "event_seconds": event_seconds if event else 0.0, "eval_seconds": time.perf_counter() - t1,
+               "event_seconds": event_seconds, "eval_seconds": time.perf_counter() - t1,
                "time": elapsed, "params": counts.params, "macs": counts.macs,
-               "event": event.record() if event else None, "event_test_acc": event_acc}
+               "event": changes[0].record() if changes else None, "event_test_acc": event_acc}
+        extra = [event.metrics() for event in events]
+        for entries in extra:
+            row.update(entries)
         history.append(row)
         rngs = dist.gather_object(rng_state())
         if dist.is_main:
             save_run(ckpt_path, config=cfg.as_dict(), epoch=epoch + 1, model=model, optimizer=optimizer,
-                     scaler=scaler, history=history, rng=rngs)
+                     scaler=scaler, history=history, rng=rngs, events=[event.state_dict() for event in events])
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         dist.barrier()
-        log(_epoch_line(row, cfg.epochs))
+        log(_epoch_line(row, cfg.epochs) + "".join(event.summary(e) for event, e in zip(events, extra)))
     if dist.is_main:
         save(model, out / FINAL, meta={"input_shape": list(example.shape[1:]), "config": cfg.as_dict()})
     return history
 
 
-def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool,
-                   start_from: Optional[str | os.PathLike]) -> tuple[Optional[dict[str, Any]], str]:
-    """The checkpoint to continue from (validated against ``cfg``) and its path; None for a fresh run."""
+def _loss_terms(events: tuple[Event, ...]) -> Optional[torch.Tensor]:
+    """The sum of the events' loss terms for this batch (None when no event adds one)."""
+    terms = [t for t in (event.loss() for event in events) if t is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def _load_event_states(events: tuple[Event, ...], state: dict[str, Any], source: str) -> None:
+    saved = state.get("events")
+    if saved is None:  # a checkpoint written before events had state
+        saved = [{} for _ in events]
+    if len(saved) != len(events):
+        raise CheckpointError(f"{source!r} holds the state of {len(saved)} event(s); this run has {len(events)}")
+    for event, entry in zip(events, saved):
+        event.load_state_dict(entry)
+
+
+def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: Optional[str | os.PathLike]
+                   ) -> tuple[Optional[dict[str, Any]], str, bool]:
+    """The checkpoint to continue from (validated against ``cfg``), its path, and whether it is
+    this run's own (a resume: the events' states continue too); None for a fresh run."""
     if ckpt_path.exists() and not resume:
         raise ValueError(f"{ckpt_path.parent} already holds a run; pass --resume to continue it or choose another --out")
+    current = cfg.as_dict()
     if resume and ckpt_path.exists():
         state = load_run(ckpt_path)
-        dense_only = state["config"].get("decompose_at") is None and cfg.decompose_at is None
-        diff = config_mismatch(state["config"], cfg.as_dict(), RUNTIME_ONLY + (DECOMPOSITION_ONLY if dense_only else ()))
+        dense_only = not uses_methods(state["config"]) and not uses_methods(current)
+        diff = config_mismatch(state["config"], current, RUNTIME_ONLY + (DECOMPOSITION_ONLY if dense_only else ()))
         if diff:
             raise CheckpointError(f"cannot resume {ckpt_path.parent}: settings differ ({diff})")
-        return state, str(ckpt_path)
+        return state, str(ckpt_path), True
     if start_from is None:
-        return None, ""
+        return None, "", False
     state = load_run(start_from)
     saved = state["config"]
     # the run started from never decomposed: how this one decomposes is its own business
-    ignore = RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",) + (DECOMPOSITION_ONLY if saved.get("decompose_at") is None else ())
-    diff = config_mismatch(saved, cfg.as_dict(), ignore)
+    ignore = RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",) + (DECOMPOSITION_ONLY if not uses_methods(saved) else ())
+    diff = config_mismatch(saved, current, ignore)
     if diff or (saved.get("schedule_epochs") or saved["epochs"]) != (cfg.schedule_epochs or cfg.epochs):
         raise CheckpointError(f"cannot start from {start_from}: settings differ ({diff or 'LR schedule length'})")
-    first_event = min([e for e in (cfg.decompose_at, cfg.reconstruct_at) if e is not None], default=cfg.epochs)
-    if saved.get("decompose_at") is not None and saved["decompose_at"] < state["epoch"] or state["epoch"] > first_event:
+    own_first, first = first_event_epoch(saved), first_event_epoch(current)
+    if own_first is not None and own_first < state["epoch"] or state["epoch"] > (cfg.epochs if first is None else first):
         raise CheckpointError(f"cannot start from {start_from}: it has passed this run's first event")
-    return state, str(start_from)
+    return state, str(start_from), False
 
 
 def _input_size(dataset: Any, meta: fdata.DatasetInfo) -> tuple[int, int]:
     """(H, W) of the examples (the test split: no augmentation draws from the RNG)."""
     return tuple(dataset[0][0].shape[-2:]) if len(dataset) else meta.input_size
-
-
-def _event_at(epoch: int, cfg: TrainConfig, model: torch.nn.Module, example: torch.Tensor,
-              dist: Distributed) -> Optional[Event]:
-    if epoch == cfg.decompose_at:
-        return decompose_event(model, cfg.methods, example, dist, cfg.first_conv, cfg.exclude)
-    if epoch == cfg.reconstruct_at:
-        return reconstruct_event(model, dist)
-    return None
 
 
 def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg: TrainConfig) -> float:
@@ -200,14 +225,13 @@ def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg
     return correct / max(total, 1)
 
 
-def _log_event(log: Callable[[str], None], epoch: int, event: Event, acc: float, params: int) -> None:
-    if event.report is not None:  # names every layer left dense, with the reason
-        log(str(event.report))
-    log(f"{event.kind} before epoch {epoch + 1}: {len(event.changed)} layer(s) changed, "
-        f"{len(event.skipped)} left dense; test acc right after {acc:.2%}, {params:,} params")
-    if event.kind == "decompose" and not event.changed:
-        log("warning: no layer was decomposed (EVBMF gives rank 0 on barely-trained weights); "
-            "decompose later or use --rank evbmf:W / a fraction")
+def _log_change(log: Callable[[str], None], epoch: int, change: Change, acc: float, params: int) -> None:
+    if change.report is not None:  # names every layer left dense, with the reason
+        log(str(change.report))
+    log(f"{change.kind} before epoch {epoch + 1}: {len(change.changed)} layer(s) changed, "
+        f"{len(change.skipped)} left dense; test acc right after {acc:.2%}, {params:,} params")
+    if change.note:
+        log(change.note)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -6,10 +6,12 @@
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
     fc.reconstruct_(model)
+    admm = fc.ADMM(model, fc.Tucker2(rank=0.25))   # low-rank training: see factorch.admm
 
 Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where they are used.
 """
 from factorch import layers, models
+from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
 from factorch.io import CheckpointError, load, save
@@ -21,6 +23,7 @@ from factorch.report import BudgetResult, LayerReport, Report
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADMM",
     "Budget",
     "BudgetResult",
     "CP",

@@ -1,7 +1,8 @@
 """Figures as PNG files (matplotlib, imported when a figure is drawn; the Agg backend, no display).
 
 ``training_curves``: the figure of seed 000 (Elhoushi et al., Figures 3-6): test accuracy against
-wall-clock training time, one curve per scenario, decompositions and reconstructions marked.
+wall-clock training time, one curve per scenario, decompositions and reconstructions marked; with
+ADMM runs (seed 002) a third panel: ``||W - Z|| / ||W||`` (mean over the layers) per epoch.
 
 ``sweep_panels``: the four panels of seed 004 (Cao 2022) per swept layer and method: parameter
 reduction, speed-up (measured, with the theoretical MAC reduction), approximation error (Eq. 14)
@@ -54,14 +55,21 @@ def _time_unit(seconds: float) -> tuple[float, str]:
 def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
                     title: str = "") -> Path:
     """Plot per-epoch metrics rows (``time``, ``test_acc``, ``epoch``, ``event``) of each run:
-    accuracy vs cumulative training time (left) and vs epoch (right). Returns the PNG path."""
+    accuracy vs cumulative training time (left) and vs epoch (middle); where rows carry
+    ``admm_distance``, ADMM's mean ``||W - Z|| / ||W||`` vs epoch (right). Returns the PNG path."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     plt = pyplot()
     longest = max((rows[-1]["time"] for rows in runs.values() if rows), default=0.0)
     scale, unit = _time_unit(longest)
-    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    distances = {name: [(r["epoch"], r["admm_distance"]["mean"]) for r in rows if r.get("admm_distance")]
+                 for name, rows in runs.items()}
+    if any(distances.values()):
+        fig, (ax_t, ax_e, ax_d) = plt.subplots(1, 3, figsize=(17, 4.5))
+        ax_e.sharey(ax_t)
+    else:
+        fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     labelled: set[str] = set()
     for i, (name, rows) in enumerate(runs.items()):
         if not rows:
@@ -74,6 +82,8 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         style = dict(color=color, label=name, lw=2.2 if name == "original" else 1.4, zorder=3 if name == "original" else 2)
         ax_t.plot(times, accs, **style)
         ax_e.plot(epochs, accs, **style)
+        if distances.get(name):
+            ax_d.plot(*zip(*distances[name]), "o-", color=color, label=name, ms=3)
         for j, r in enumerate(rows):
             if not r.get("event"):
                 continue
@@ -91,6 +101,12 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     for ax in (ax_t, ax_e):
         ax.grid(alpha=0.3)
     ax_t.legend(loc="lower right", fontsize=8)
+    if any(distances.values()):
+        ax_d.set_yscale("log")
+        ax_d.set_xlabel("epoch")
+        ax_d.set_ylabel("ADMM ||W - Z|| / ||W|| (mean over layers)")
+        ax_d.grid(alpha=0.3, which="both")
+        ax_d.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

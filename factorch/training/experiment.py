@@ -3,8 +3,9 @@
 ``run_experiment`` trains each scenario into ``OUT/<scenario>/`` (``original`` first: the
 "original-then-dec+E" run starts from its final checkpoint instead of training it again, which the
 same seed makes identical) and writes ``OUT/results.md`` and ``OUT/results.csv`` (best and final
-test accuracy, params, MACs, training time and speedup vs the original; Tables 1-4) and
-``OUT/figure.png`` (accuracy against training time; Figures 3-6).
+test accuracy, the accuracy just before and just after the decomposition, params, MACs, training
+time and speedup vs the original; Tables 1-4) and ``OUT/figure.png`` (accuracy against training
+time and epoch, Figures 3-6; with ADMM scenarios, ``||W - Z|| / ||W||`` per epoch too).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from factorch.training.distributed import Distributed
 from factorch.training.run import CHECKPOINT, print_line, train
 from factorch.training.scenarios import Scenario
 
-COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "params", "params_decomposed", "macs",
+COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "acc_before_dec", "acc_after_dec", "params",
+           "params_decomposed", "macs",
            "macs_decomposed", "train_seconds", "speedup", "decomposed_layers", "dense_layers"]
 
 
@@ -66,7 +68,7 @@ def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: st
     rows = summarize(histories, {s.name: s for s in scenarios})
     table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
     if dist.is_main:
-        atomic_write_text(_header(base, command) + "\n" + markdown_table(rows) + "\n", table)
+        atomic_write_text(_header(base, command, scenarios) + "\n" + markdown_table(rows) + "\n", table)
         atomic_write_text(csv_text(rows), table_csv)
         training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     return Experiment(histories, rows, table, table_csv, figure)
@@ -86,6 +88,9 @@ def summarize(histories: dict[str, list[dict[str, Any]]], scenarios: dict[str, S
             # original-then-dec: the accuracy of the decomposed model, as in Table 1's last row
             "best_acc": max(r["test_acc"] for r in (h[first_dec:] if scenarios[name].after_original and dec else h)),
             "final_acc": h[-1]["test_acc"],
+            # the decomposition's cost: the last epoch before it, the model right after it
+            "acc_before_dec": h[first_dec - 1]["test_acc"] if dec and first_dec else None,
+            "acc_after_dec": h[first_dec]["event_test_acc"] if dec else None,
             "params": h[-1]["params"], "macs": h[-1]["macs"],
             "params_decomposed": h[first_dec]["params"] if dec else None,
             "macs_decomposed": h[first_dec]["macs"] if dec else None,
@@ -116,8 +121,8 @@ def _duration(seconds: float) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["Scenario", "Best acc", "Final acc", "Params", "Params (decomposed)", "MACs", "Training time",
-            "Speedup", "Layers decomposed / left dense"]
+    head = ["Scenario", "Best acc", "Final acc", "Acc before -> after decomposition", "Params",
+            "Params (decomposed)", "MACs", "Training time", "Speedup", "Layers decomposed / left dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t = _duration(r["train_seconds"])
@@ -125,8 +130,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             t = f"{_duration(r['seconds_before'])} + {_duration(r['train_seconds'] - r['seconds_before'])}"
         layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        before, after = r["acc_before_dec"], r["acc_after_dec"]
+        drop = "-" if after is None else \
+            f"{100 * after:.2f}%" if before is None else f"{100 * before:.2f}% -> {100 * after:.2f}%"
         lines.append("| " + " | ".join([r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%",
-                                        _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
+                                        drop, _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
                                         layers]) + " |")
     return "\n".join(lines)
 
@@ -140,7 +148,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _header(cfg: TrainConfig, command: str) -> str:
+def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = ()) -> str:
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,7 +161,11 @@ def _header(cfg: TrainConfig, command: str) -> str:
              f"{', '.join(f'{m:g}' for m in cfg.milestones)} of the epochs), momentum {cfg.momentum}, "
              f"weight decay {cfg.weight_decay}, methods {', '.join(repr(m) for m in cfg.methods)}, "
              f"first conv {'decomposed' if cfg.first_conv else 'left dense'}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
-             "- training time: training passes plus the decomposition/reconstruction, without test evaluation"]
+             "- training time: training passes plus the events (decomposition, reconstruction, ADMM updates), "
+             "without test evaluation"]
+    for s in scenarios:
+        if s.events:
+            lines.append(f"- {s.name}: {', '.join(repr(e) for e in s.events)}")
     if command:
         lines.append(f"- command: `{command}`")
     return "\n".join(lines) + "\n"

@@ -92,8 +92,8 @@ class Event:
     @property
     def first_epoch(self) -> int:
         """The first epoch before which it acts (a run started from another run's checkpoint must
-        not have passed it)."""
-        return min(epoch for epoch, _ in self.changes())
+        not have passed it); by default its first change, or 0."""
+        return min((epoch for epoch, _ in self.changes()), default=0)
 
     @property
     def label(self) -> str:

@@ -1,0 +1,246 @@
+"""ADMM as a training event: --admm-until, admm@K, exact resume (in process at every epoch
+boundary, and after kill -9), events' validation, and the event contract for a new event."""
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+import factorch as fc
+import factorch.training.run as run_module
+from factorch.cli.main import run
+from factorch.training import TrainConfig, train
+from factorch.training.checkpoint import load_run
+from factorch.training.events import ADMMPhase, Event
+from factorch.training.scenarios import Scenario, parse_scenarios
+
+TIMES = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
+METHODS = (fc.Tucker2(0.5), fc.SVD(0.5))
+
+
+def _rows(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _results(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in _rows(run_dir)]
+
+
+def _same_weights(a, b):
+    sa, sb = fc.load(a / "model.pt").state_dict(), fc.load(b / "model.pt").state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _keep_checkpoints(monkeypatch, into):
+    """Copy every epoch's checkpoint aside while a run writes them."""
+    save_run = run_module.save_run
+
+    def saving(path, **kw):
+        save_run(path, **kw)
+        shutil.copy(path, into / f"epoch{kw['epoch']}.pt")
+
+    into.mkdir()
+    monkeypatch.setattr(run_module, "save_run", saving)
+
+
+BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05, methods=METHODS)
+
+
+def test_admm_run_penalty_then_decomposition_at_the_fixed_ranks(tmp_path):
+    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05),))
+    history = train(cfg, tmp_path / "run", log=lambda s: None)
+    expected = {r.name: r.ranks for r in fc.plan(fc.models.create("lenet5", 10, 1), list(METHODS),
+                                                 filter_fn=lambda m, n: n != "conv1").decomposed}
+    assert [set(r.get("admm_distance", {})) for r in history] == [{"mean", *expected}] * 2 + [set()] * 2
+    assert all(r["admm_rho"] == 0.05 for r in history[:2])
+    assert [r["event"]["kind"] if r["event"] else None for r in history] == [None, None, "decompose", None]
+    assert history[2]["event"]["layers"] == list(expected) and history[2]["params"] < history[1]["params"]
+    model = fc.load(tmp_path / "run" / "model.pt")
+    assert {n: m.ranks for n, m in model.named_modules() if isinstance(m, fc.layers.base.FactorizedLayer)} == expected
+    # the penalty acted: the same run without ADMM trains differently from its first epoch on
+    dense = train(TrainConfig(**BASE, epochs=1), tmp_path / "dense", log=lambda s: None)
+    assert dense[0]["test_acc"] == history[0]["test_acc"] or dense[0]["train_loss"] != history[0]["train_loss"]
+    assert dense[0]["train_loss"] != history[0]["train_loss"]
+    saved = load_run(tmp_path / "run" / "checkpoint.pt")["config"]
+    assert saved["events"] == [{"kind": "admm", "until": 2, "rho": 0.05, "update_every": None, "rho_growth": 1.0,
+                                "first_epoch": 0, "uses_methods": True}]
+
+
+def test_resume_at_every_epoch_boundary_is_exact(tmp_path, monkeypatch):
+    """Resumed from the checkpoint of each epoch (in the ADMM phase, at its end, after the
+    decomposition), the run gives the uninterrupted run's metrics and weights, bit for bit; here
+    with updates every 3 steps and a growing rho (step count and rho are state too; the per-epoch
+    update resumes in the kill -9 test below)."""
+    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05, update_every=3, rho_growth=1.5),))
+    _keep_checkpoints(monkeypatch, tmp_path / "ckpts")
+    clean = tmp_path / "clean"
+    train(cfg, clean, log=lambda s: None)
+    monkeypatch.undo()
+    for k in (1, 2, 3):
+        d = tmp_path / f"from{k}"
+        d.mkdir()
+        shutil.copy(tmp_path / "ckpts" / f"epoch{k}.pt", d / "checkpoint.pt")
+        train(cfg, d, resume=True, log=lambda s: None)
+        assert _results(d) == _results(clean), k
+        assert _same_weights(d, clean), k
+
+
+ARGS = ["train", "--model", "lenet5", "--dataset", "digits", "--subset", "600", "--epochs", "3", "--batch-size", "16",
+        "--lr", "0.05", "--admm-until", "2", "--admm-rho", "0.05", "--method", "tucker2,svd", "--rank", "0.5"]
+
+
+def test_kill_during_admm_then_resume_equals_uninterrupted(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-m", "factorch", *ARGS, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        # one finished ADMM epoch in the checkpoint (Z, U), the second under way
+        while len(_rows(killed)) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done = load_run(killed / "checkpoint.pt")["epoch"]
+    assert 1 <= done < 2, "killed outside the ADMM phase: the machine is too fast for this test's timing"
+    assert load_run(killed / "checkpoint.pt")["events"][0]["admm"]["layers"]
+    assert run([*ARGS, "--out", str(killed), "--resume"]) == 0  # through the rest of ADMM and the decomposition
+    assert run([*ARGS, "--out", str(clean)]) == 0
+    assert _results(killed) == _results(clean)
+    assert [r["event"]["kind"] if r["event"] else None for r in _results(clean)] == [None, None, "decompose"]
+    assert _same_weights(killed, clean)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--admm-until", "2", "--admm-rho", "0"], "ADMM rho must be a positive number, got 0.0"),
+    (["--admm-until", "2", "--admm-rho", "-1"], "ADMM rho must be a positive number"),
+    (["--admm-until", "3"], r"ADMM until epoch 3 is outside the run: it must be in \[1, 2\]"),
+    (["--admm-until", "0"], r"ADMM until epoch 0 is outside the run"),
+    (["--admm-until", "2", "--method", "svd", "--exclude", "fc.*"], r"fc\.ADMM: SVD\(rank=0\.5\) handles no layer of LeNet5 \(conv2: 5x5 conv: SVD handles 1x1"),
+    (["--admm-until", "2", "--decompose-at", "1"], r"decompose_at=1 comes before the ADMM end \(admm_until=2\)"),
+    (["--admm-until", "2", "--decompose-at", "2"], "decompose_at=2 comes before the ADMM end"),
+    (["--admm-rho", "0.1"], r"--admm-rho need\(s\) --admm-until K"),
+    (["--admm-until", "1", "--admm-update-every", "0"], "update_every must be a number of steps >= 1"),
+])
+def test_admm_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
+    base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "3", "--rank", "0.5", "--out", str(tmp_path / "r")]
+    assert run(base + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(match, err[0]), err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_event_rules_in_the_config():
+    admm = ADMMPhase(until=2)
+    TrainConfig(epochs=5, events=(admm,), reconstruct_at=3)  # ADMM's decomposition can be reconstructed
+    TrainConfig(epochs=5, events=(admm,), decompose_at=3)    # later: the layers ADMM left dense
+    with pytest.raises(ValueError, match=r"reconstruct_at must be an epoch in \[3, 4\]"):
+        TrainConfig(epochs=5, events=(admm,), reconstruct_at=2)
+    with pytest.raises(ValueError, match="events must be a tuple of training events"):
+        TrainConfig(events=[admm])
+    cfg = TrainConfig(epochs=5, events=(admm,))
+    a, b = cfg.build_events()[0], cfg.build_events()[0]
+    assert a == admm and a is not admm and a is not b  # a run's events are fresh copies
+
+
+def test_resume_refuses_other_admm_settings(tmp_path, capsys):
+    base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "2", "--batch-size", "16", "--rank", "0.5",
+            "--admm-until", "1", "--out", str(tmp_path / "r")]
+    assert run(base) == 0
+    capsys.readouterr()
+    assert run([*base, "--admm-rho", "0.01", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "settings differ (events:" in err and "'rho': 0.001" in err and "'rho': 0.01" in err
+
+
+def test_admm_scenarios():
+    got = parse_scenarios("original,dec@3,admm@3", 5)
+    assert got[2] == Scenario("admm@3", events=(ADMMPhase(3),))
+    cfg = got[2].config(TrainConfig(epochs=5, decompose_at=1))
+    assert cfg.decompose_at is None and cfg.events == (ADMMPhase(3),)
+    for text, match in (("admm@0", r"ADMM end epoch 0 must be in \[1, 4\]"), ("admm@5", "ADMM end epoch 5"),
+                        ("admm@", "not understood; use original, dec@K, dec@K\\+rec@M, admm@K")):
+        with pytest.raises(ValueError, match=match):
+            parse_scenarios(text, 5)
+
+
+def test_experiment_with_admm_table_and_figure(tmp_path, capsys):
+    out = tmp_path / "exp"
+    argv = ["experiment", "--model", "lenet5", "--subset", "96", "--epochs", "3", "--batch-size", "32",
+            "--method", "tucker2,svd", "--rank", "0.5", "--admm-rho", "0.01",
+            "--scenarios", "dec@2,admm@2", "--out", str(out)]
+    assert run(argv) == 0
+    rows = {r["scenario"]: r for r in csv.DictReader((out / "results.csv").open())}
+    dec, admm = rows["dec@2"], rows["admm@2"]
+    history = {name: _rows(out / name) for name in ("dec2", "admm2")}
+    for row, h in ((dec, history["dec2"]), (admm, history["admm2"])):
+        assert float(row["acc_before_dec"]) == h[1]["test_acc"] and float(row["acc_after_dec"]) == h[2]["event_test_acc"]
+    assert admm["params"] == dec["params"] and admm["decomposed_layers"] == dec["decomposed_layers"] == "4"
+    md = (out / "results.md").read_text()
+    assert "admm@2: ADMMPhase(until=2, rho=0.01, update_every=None, rho_growth=1.0)" in md
+    assert "| admm@2 | " in md and "% -> " in md
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert run(["experiment", "--model", "lenet5", "--epochs", "3", "--admm-rho", "0.1", "--scenarios",
+                "original,dec@1", "--out", str(tmp_path / "x")]) == 2
+    assert "--admm-rho apply to admm@K scenarios; none given" in capsys.readouterr().err
+
+
+@dataclass
+class CountSteps(Event):
+    """A new event, defined outside factorch: state, a loss term, metrics -- no change elsewhere."""
+
+    weight: float = 0.0
+    kind: ClassVar[str] = "count"
+
+    def __post_init__(self):
+        self._steps, self._model = 0, None
+
+    def begin(self, run, first_epoch):
+        self._model = run.model
+
+    def loss(self):
+        return self.weight * sum(p.square().sum() for p in self._model.parameters())
+
+    def after_step(self):
+        self._steps += 1
+
+    def metrics(self):
+        return {"steps": self._steps}
+
+    def state_dict(self):
+        return {"steps": self._steps}
+
+    def load_state_dict(self, state):
+        self._steps = state["steps"]
+
+
+def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch):
+    cfg = TrainConfig(**BASE, epochs=3, events=(CountSteps(weight=1e-3),))
+    _keep_checkpoints(monkeypatch, tmp_path / "ckpts")
+    history = train(cfg, tmp_path / "clean", log=lambda s: None)
+    monkeypatch.undo()
+    assert [r["steps"] for r in history] == [5, 10, 15]  # 160 examples, batch 32
+    plain = train(TrainConfig(**BASE, epochs=1), tmp_path / "plain", log=lambda s: None)
+    assert plain[0]["train_loss"] != history[0]["train_loss"]  # its loss term acted
+    d = tmp_path / "resumed"
+    d.mkdir()
+    shutil.copy(tmp_path / "ckpts" / "epoch1.pt", d / "checkpoint.pt")
+    assert load_run(d / "checkpoint.pt")["events"] == [{"steps": 5}]
+    train(cfg, d, resume=True, log=lambda s: None)
+    assert _results(d) == _results(tmp_path / "clean")

@@ -1,14 +1,13 @@
 """fc.ADMM under DDP (Gloo, 2 CPU processes under torchrun): rank 0 decides the ranks, Z, U and
 the decomposition; every rank holds the same Z, U and weights."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 import factorch as fc
+from tests.test_distributed import _torchrun
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available")
@@ -47,11 +46,6 @@ WORKER = textwrap.dedent(f'''
                 "decomposed": [(r.name, r.ranks) for r in report.decomposed]}}, f"{{sys.argv[1]}}/rank{{dist.rank}}.pt")
     dist.close()
 ''')
-
-
-def _torchrun(args, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
 def _equal(a, b):

@@ -244,3 +244,17 @@ def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch):
     assert load_run(d / "checkpoint.pt")["events"] == [{"steps": 5}]
     train(cfg, d, resume=True, log=lambda s: None)
     assert _results(d) == _results(tmp_path / "clean")
+
+
+@pytest.mark.parametrize("command", ["train", "experiment"])
+def test_help_names_every_rank_form_method_and_option(command, capsys):
+    with pytest.raises(SystemExit):
+        run([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for form in ("evbmf:WEAKEN", "energy:T", "tol:EPS", "budget:macs=F", "budget:params=F", "OUT,IN"):
+        assert form in text
+    assert "from " + ", ".join(sorted(fc.Method.by_name)) in text  # every registered method
+    for option in ("--momentum MOMENTUM SGD momentum", "--weight-decay WEIGHT_DECAY SGD weight decay",
+                   "--seed SEED seeds", "--admm-rho RHO penalty weight"):
+        assert option in text
+    assert ("--admm-until K" in text) == (command == "train")

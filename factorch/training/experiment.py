@@ -28,8 +28,8 @@ from factorch.training.run import CHECKPOINT, print_line, train
 from factorch.training.scenarios import Scenario
 
 COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "acc_before_dec", "acc_after_dec", "params",
-           "params_decomposed", "macs",
-           "macs_decomposed", "train_seconds", "speedup", "decomposed_layers", "dense_layers"]
+           "params_decomposed", "macs", "macs_decomposed", "train_seconds", "speedup", "decomposed_layers",
+           "dense_layers"]
 
 
 @dataclass
@@ -131,8 +131,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         before, after = r["acc_before_dec"], r["acc_after_dec"]
-        drop = "-" if after is None else \
-            f"{100 * after:.2f}%" if before is None else f"{100 * before:.2f}% -> {100 * after:.2f}%"
+        drop = "-" if after is None else f"{100 * after:.2f}%" if before is None else \
+            f"{100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f})"
         lines.append("| " + " | ".join([r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%",
                                         drop, _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
                                         layers]) + " |")

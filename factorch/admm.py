@@ -25,9 +25,11 @@ per epoch, and ``decompose_`` decomposes the trained ``W`` (not ``Z``). The rank
 rank rule (a fraction, ``EVBMF`` on the weights at construction, ``Budget``...), resolved once at
 construction by ``fc.plan`` and fixed after: ``Z`` always has exactly those ranks.
 
-Under ``torch.distributed`` (DDP), the projection runs on rank 0 and ``Z`` and ``U`` are
-broadcast, so every rank holds the same; ``decompose_`` gives every rank rank 0's factors. Pass
-the unwrapped model (``ddp.module``). Everything stays on the weights' device and dtype.
+Under ``torch.distributed`` (DDP), the ranks and the projection are computed on rank 0 and
+broadcast (ranks, ``Z`` and ``U``), so every rank holds the same; ``decompose_`` gives every rank
+rank 0's factors. Every rank makes the same calls (construction, ``update``, ``decompose_``, as
+with any collective); pass the unwrapped model (``ddp.module``). Z and U live on the weights'
+device, in their dtype.
 """
 from __future__ import annotations
 

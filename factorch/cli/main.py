@@ -5,12 +5,14 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from factorch import __version__
 from factorch.cli import results
 from factorch.cli.commands import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factorch", description="Compress PyTorch models with tensor decompositions.")
+    parser.add_argument("--version", action="version", version=f"factorch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

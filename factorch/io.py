@@ -48,14 +48,40 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. a read-only directory: name the file asked for, not the temp
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error(e)
+        if cause is None or isinstance(e, KeyboardInterrupt):
+            raise
+        raise _write_error(path, cause) from e
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind ``e``: torch.save reports a failed write of its file object as
+    ``RuntimeError: [enforce fail at inline_container.cc:...]`` with the OSError as context."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_error(path: Path, cause: OSError) -> OSError:
+    """One line naming the file and what the system said (e.g. "no space left on device")."""
+    reason = cause.strerror or str(cause)
+    error = OSError(f"cannot write {str(path)!r}: {reason[:1].lower()}{reason[1:]}")
+    error.errno = cause.errno
+    return error
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -45,11 +45,12 @@ demo: $(STAMP)
 	$(PY) -m factorch experiment --model vgg-small --dataset digits --epochs 12 --batch-size 32 \
 		--lr 0.05 --scenarios original,dec@3,dec@3+rec@10 --out demo-out
 
-# the test suite, then the smoke test in the extras-free environment (run from outside the
-# checkout's import path: it must import the installed package)
+# the test suite, then the smoke test in the extras-free environment (the script's directory, not
+# the checkout, is on its import path: it imports the installed package); byte code is cached
+# there even where PYTHONDONTWRITEBYTECODE is set, as torch was installed without it
 test: $(STAMP) $(PLAIN_STAMP)
 	$(PY) -m pytest -q
-	$(PLAIN_PY) tests/plain_install_smoke.py --installed $(PLAIN)/bin/factorch
+	env -u PYTHONDONTWRITEBYTECODE $(PLAIN_PY) tests/plain_install_smoke.py --installed $(PLAIN)/bin/factorch
 
 bench: $(STAMP)
 	$(PY) benchmarks/decompose_speed.py

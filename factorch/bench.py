@@ -15,6 +15,7 @@ Forward is timed in eval mode without grad; forward+backward in train mode (a tr
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence
 
@@ -28,7 +29,7 @@ from factorch.report import Report
 from factorch.selection import Config
 from factorch.surgery import FilterFn, get_module
 
-__all__ = ["BenchRow", "bench", "format_table"]
+__all__ = ["BenchRow", "bench", "format_table", "require_decomposed"]
 
 MODEL = "(whole model)"
 
@@ -76,10 +77,7 @@ def bench(model: nn.Module, methods: Config, example_input: Any, profiler: Profi
     """
     small = copy.deepcopy(model)
     report = decompose_(small, methods, filter_fn=filter_fn, example_input=example_input)
-    if not report.decomposed:
-        reasons = sorted({r.skipped for r in report.skipped})[:2]
-        raise ValueError(f"no layer was decomposed ({'; '.join(reasons)}), so there is nothing to time; "
-                         "random-init weights give EVBMF rank 0: load trained weights or use a fixed rank (e.g. 0.25)")
+    require_decomposed(report, "there is nothing to time")
     rebuilt = copy.deepcopy(small)
     reconstruct_(rebuilt)
     x = example_input[0] if isinstance(example_input, tuple) else example_input
@@ -95,6 +93,18 @@ def bench(model: nn.Module, methods: Config, example_input: Any, profiler: Profi
     macs = (count(model, example_input).macs, count(small, example_input).macs)
     rows.append(_row(MODEL, type(model).__name__, "", batch, macs, t))
     return report, rows
+
+
+def require_decomposed(report: Report, consequence: str) -> None:
+    """``ValueError`` when ``report`` decomposed no layer: the reasons with their counts, what
+    that means here (``consequence``), and the usual cure for rank 0 on random-init weights."""
+    if report.decomposed:
+        return
+    reasons = Counter(r.skipped for r in report.skipped).most_common()
+    said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    hint = "; random-init weights give EVBMF rank 0: load trained weights or use a fixed rank (e.g. 0.25)" \
+        if any(reason.startswith("rank 0") for reason, _ in reasons) else ""
+    raise ValueError(f"no layer was decomposed ({said or 'the model has no layer a method handles'}), so {consequence}{hint}")
 
 
 def format_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:

@@ -44,10 +44,16 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if its directory exists (callers check before long work)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    path = check_writable(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # e.g. a read-only directory: name the file asked for, not the temp

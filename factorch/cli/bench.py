@@ -36,7 +36,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from factorch.models import entry
 
     methods = parse_methods(args.method, parse_rank(args.rank))
-    keep = exclude_filter(args.exclude)
+    exclude_filter(args.exclude)  # a bad regex fails before any work
     if args.output:
         check_output_dir(args.output)
     profiler = profiler_from(args, backward=not args.forward_only)
@@ -44,6 +44,7 @@ def run_bench(args: argparse.Namespace) -> int:
     arch = getattr(model, "factorch_arch", None) or {}
     shape = args.input_shape or (arch.get("in_channels", args.in_channels), *entry(arch.get("name", args.model)).input_size)
     model = model.to(args.device).eval()
+    keep = exclude_filter(args.exclude, model)
     report, rows = bench.bench(model, methods, torch.zeros((1, *shape), device=args.device), profiler, keep)
     print(report)
     print()

@@ -28,13 +28,19 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
 
 
 def run_decompose(args: argparse.Namespace) -> int:
+    from factorch.bench import require_decomposed
+    from factorch.io import check_writable
+
     methods = parse_methods(args.method, parse_rank(args.rank))
-    keep = exclude_filter(args.exclude)
+    exclude_filter(args.exclude)  # a bad regex or output directory fails before any work
+    check_writable(args.output)
     loaded = load_model(args)
+    keep = exclude_filter(args.exclude, loaded.model)
     timing = profiler_from(args) if args.keep_if_faster else False
     report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
                            keep_if_faster=timing)
     print(report)
+    require_decomposed(report, f"nothing was written to {args.output}")  # an unchanged copy is no result
     fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})
     print(f"wrote {args.output}")
     return 0

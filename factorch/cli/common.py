@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import re
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -11,6 +10,7 @@ from torch import nn
 import factorch as fc
 from factorch.io import load_weights, read_checkpoint
 from factorch.models import entry
+from factorch.surgery import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
 
 
 class Loaded:
@@ -150,17 +150,3 @@ def parse_methods(names: str, rank) -> list[fc.Method]:
     if not methods:
         raise ValueError("no method given; choose from " + ", ".join(sorted(fc.Method.by_name)))
     return methods
-
-
-def exclude_filter(patterns: Sequence[str]) -> Optional[Callable[[nn.Module, str], bool]]:
-    """``filter_fn`` leaving dense every layer whose name fully matches one of ``--exclude``'s
-    regexes (None without patterns); a bad regex is one clear error."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as e:
-            raise ValueError(f"--exclude regex {pattern!r} is invalid: {e}") from None
-    if not compiled:
-        return None
-    return lambda module, name: not any(r.fullmatch(name) for r in compiled)

@@ -28,6 +28,7 @@ from factorch.layers.base import FactorizedLayer
 from factorch.surgery import get_module, swap, walk
 
 FORMAT, VERSION = "factorch", 1
+MAX_SIZE = 1 << 24  # the largest class or channel count a checkpoint may declare
 
 
 class CheckpointError(ValueError):
@@ -147,17 +148,24 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
         except ValueError:
             raise CheckpointError(f"the checkpoint factorizes layer {name!r}, which this model does not have") from None
         ref = next(dense.parameters(), None)
+        if not isinstance(rank, (list, tuple)) or not rank:
+            raise CheckpointError(f"malformed ranks {rank!r} for layer {name!r} in the checkpoint")
         rank_spec = tuple(rank) if len(rank) > 1 else rank[0]
         try:
-            with torch.device("meta"):  # what this model's layer would give: must be the stored config
+            # what this model's layer would give (on meta: no memory) must be the stored config,
+            # before anything of the stored config's size is allocated
+            with torch.device("meta"):
                 expected = cls.empty_like(dense, rank_spec, **cls.options(config)).spec()["config"]
-            layer = cls(**config, rank=rank_spec)
-        except (TypeError, ValueError, AttributeError) as e:
+            if expected != config:
+                raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
+                                      f"(model: {expected}, checkpoint: {config})")
+            with torch.device(ref.device if ref is not None else "cpu"):
+                layer = cls(**config, rank=rank_spec)
+        except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"cannot rebuild {cls_name} at {name!r}: {e}") from None
-        if expected != config:
-            raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
-                                  f"(model: {expected}, checkpoint: {config})")
-        replacements[name] = layer.to(device=ref.device, dtype=ref.dtype) if ref is not None else layer
+        replacements[name] = layer.to(dtype=ref.dtype) if ref is not None else layer
     swap(model, replacements)
 
 
@@ -174,23 +182,56 @@ def load(path: str | os.PathLike, model: Optional[nn.Module] = None) -> nn.Modul
                               "load it into a model with model.load_state_dict, or use the CLI's --model NAME --weights FILE)")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has factorch checkpoint version {ckpt.get('version')!r}; this factorch reads {VERSION}")
+    spec, state = ckpt.get("factorized", []), ckpt.get("state_dict")
     if model is None:
-        arch = ckpt.get("arch")
-        if not arch:
-            raise CheckpointError(f"{str(path)!r} stores no architecture name; pass a fresh model: load(path, model=...)")
-        from factorch.models import create
-
-        model = create(arch["name"], arch["num_classes"], arch["in_channels"])
+        build = _architecture(ckpt.get("arch"), str(path))
+        with torch.device("meta"):  # the declared structure, without memory, must fit the tensors present
+            skeleton = build()
+            apply_spec(skeleton, spec)
+        check_weights(skeleton, state, str(path))
+        model = build()
     else:
         model = copy.deepcopy(model)
-    apply_spec(model, ckpt.get("factorized", []))
-    load_weights(model, ckpt.get("state_dict"), str(path))
+    apply_spec(model, spec)
+    load_weights(model, state, str(path))
     return model
+
+
+def _architecture(arch: Any, source: str) -> Callable[[], nn.Module]:
+    """A builder for the registry model a checkpoint names (its fields checked: a crafted file
+    must not reach a constructor with a string or a float)."""
+    if not arch:
+        raise CheckpointError(f"{source!r} stores no architecture name; pass a fresh model: load(path, model=...)")
+    from factorch.models import create
+
+    try:
+        name, num_classes, in_channels = arch["name"], arch["num_classes"], arch["in_channels"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{source!r}: malformed architecture entry {arch!r}") from None
+    if not isinstance(name, str) or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE
+                                        for v in (num_classes, in_channels)):
+        raise CheckpointError(f"{source!r}: architecture {arch!r} is not a model name with class and channel "
+                              f"counts in 1..{MAX_SIZE}")
+
+    def build() -> nn.Module:
+        try:
+            return create(name, num_classes, in_channels)
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{source!r}: cannot build architecture {arch!r}: {e}") from None
+
+    return build
 
 
 def load_weights(model: nn.Module, state: Any, source: str) -> None:
     """``model.load_state_dict(state)`` after checking names and shapes, so a mismatch is one line
     naming the first offending keys (and the model is not touched)."""
+    check_weights(model, state, source)
+    model.load_state_dict(state)
+
+
+def check_weights(model: nn.Module, state: Any, source: str) -> None:
+    """``state`` (from ``source``) has exactly ``model``'s tensor names and shapes; else one
+    ``CheckpointError`` naming the first offending keys. ``model`` may be on the meta device."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source!r} holds no state_dict (a dict of tensors)")
     own = model.state_dict()
@@ -202,4 +243,3 @@ def load_weights(model: nn.Module, state: Any, source: str) -> None:
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys]
     if problems:
         raise CheckpointError(f"weights in {source!r} do not fit {type(model).__name__}: {'; '.join(problems)}")
-    model.load_state_dict(state)

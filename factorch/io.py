@@ -6,20 +6,24 @@ The file is a plain ``torch.save`` of a dict of tensors, strings, numbers, lists
      "factorized": [{"name", "class", "config", "rank"}, ...], "state_dict": {...}, "meta": {...}}
 
 Loading uses ``torch.load(weights_only=True)``: no pickled code is ever executed, and a file that
-needs code to load (e.g. a whole pickled ``nn.Module``) is refused with a clear error. Writing goes
-to a temporary file in the same directory, renamed into place, so a crash never leaves a
-half-written checkpoint.
+needs code to load (e.g. a whole pickled ``nn.Module``) is refused with a clear error; the declared
+structure is checked against the tensors present before anything is allocated. Writing goes to a
+temporary file in the same directory, renamed into place, so a crash never leaves a half-written
+checkpoint (``_atomic_write``: the umask's mode, temps of killed writers removed);
+``lock_dir`` keeps a second process from writing into the same run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -54,14 +58,19 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """``write(f)`` into a temp file next to ``path`` (named with this process's pid, so temps of
+    killed writers can be told apart and removed), then rename it into place with the mode a
+    plain ``open(path, "w")`` gives: an existing file's mode, else 0666 less the umask."""
     path = check_writable(path)
+    remove_stale_temps(path.parent, path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # e.g. a read-only directory: name the file asked for, not the temp
         raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, _mode_for(path))  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -69,6 +78,108 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
         if cause is None or isinstance(e, KeyboardInterrupt):
             raise
         raise _write_error(path, cause) from e
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# .NAME.pid<PID>.<mkstemp's 8 random characters>.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: Optional[str] = None) -> list[Path]:
+    """Remove the temp files that writers killed mid-write left in ``directory`` (those of
+    ``name`` only, if given): only those whose writer process is gone, never a live writer's.
+    Returns the paths removed."""
+    if os.name != "posix":  # process liveness by os.kill(pid, 0) is POSIX
+        return []
+    removed = []
+    for entry in Path(directory).iterdir():
+        found = _TEMP.match(entry.name)
+        if found and (name is None or found["name"] == name) and not _alive(int(found["pid"])):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: exists? (no signal is sent)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+class DirectoryLocked(RuntimeError):
+    """Another process is writing into the directory (``lock_dir``)."""
+
+
+LOCK_FILE = ".factorch.lock"
+
+
+@contextlib.contextmanager
+def lock_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the directory ``path`` (created if needed) for this process while writing into it.
+
+    An exclusive ``flock`` on ``path/.factorch.lock``, which holds the holder's pid: a second
+    process gets ``DirectoryLocked("another factorch process (pid N) is writing into DIR")``. The
+    OS drops the lock when the holder exits, however it dies (kill -9 included), so no stale
+    lock survives a crash. Once held, temp files of killed writers in the directory are removed.
+    POSIX only (fcntl); elsewhere the directory is not locked.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield directory
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise DirectoryLocked(f"another factorch process (pid {holder}) is writing into {str(directory)!r}; "
+                                  "wait for it to finish or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        remove_stale_temps(directory)
+        try:
+            yield directory
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _os_error(e: BaseException) -> Optional[OSError]:

@@ -4,20 +4,14 @@ from __future__ import annotations
 import argparse
 
 import factorch as fc
-from factorch.cli.common import add_model_args, add_timing_args, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
+from factorch.cli.common import add_decomposition_args, add_model_args, add_timing_args, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decompose", help="factorize a model's layers and write a factorch checkpoint",
                        description="Decompose CHECKPOINT (or --model NAME) and write the small model to -o.")
     add_model_args(p)
-    p.add_argument("--method", default="tucker2,svd",
-                   help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
-                        "(default tucker2,svd)")
-    p.add_argument("--rank", default="evbmf",
-                   help="int, OUT,IN (tt: one int per bond), fraction in (0,1], evbmf, evbmf:WEAKEN, "
-                        "energy:T, tol:EPS, or a whole-model budget: budget:macs=F or budget:params=F "
-                        "(default evbmf)")
+    add_decomposition_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="leave layers whose name fully matches REGEX dense (repeatable)")
     p.add_argument("--keep-if-faster", action="store_true",

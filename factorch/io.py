@@ -46,7 +46,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file (a table, a CSV, a log) the same way: whole or not at all."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` (e.g. an exported model) the same way: whole or not at all."""
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -49,16 +49,16 @@ def check_methods(tmp: Path) -> None:
         print(f"method {name}: {len(report.decomposed)} layer(s) decomposed, save/load exact")
 
 
-def cli(*argv: str) -> str:
-    """``factorch ARGV`` in this process; its stdout (a non-zero exit is a failure)."""
+def cli(*argv: str, expect: int = 0) -> str:
+    """``factorch ARGV`` in this process; its stdout (and stderr), the exit code as expected."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = run(list(argv))
         except SystemExit as e:  # argparse's --version/--help
             code = e.code
-    assert code == 0, f"factorch {' '.join(argv)} exited {code}: {err.getvalue().strip()}"
-    return out.getvalue()
+    assert code == expect, f"factorch {' '.join(argv)} exited {code}: {err.getvalue().strip()}"
+    return out.getvalue() + err.getvalue()
 
 
 def check_cli(tmp: Path) -> None:
@@ -70,6 +70,11 @@ def check_cli(tmp: Path) -> None:
         assert out.is_file(), name
         assert "params" in cli("count", str(out), "--total")
         print(f"cli decompose/count --method {name}: ok")
+    for form in ("torchscript", "exported-program"):  # export without extras
+        assert "outputs match eager" in cli("export", str(out), "--format", form, "-o", str(tmp / f"m.{form}"))
+    onnx = cli("export", str(out), "--format", "onnx", "-o", str(tmp / "m.onnx"), expect=2)
+    assert "pip install 'factorch[export]'" in onnx and not (tmp / "m.onnx").exists(), onnx
+    print("cli export: torchscript and exported-program ok; onnx asks for the [export] extra")
 
 
 def check_entry_point(executable: str) -> None:

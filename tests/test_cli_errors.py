@@ -15,6 +15,8 @@ import factorch as fc
 import factorch.data as data
 from factorch.cli.main import error_message, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # decompositions: LAPACK on a shared machine
+
 
 def _write_idx(path, array):
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)

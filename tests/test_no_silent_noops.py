@@ -9,6 +9,8 @@ from factorch.cli.main import run
 from factorch.profile import compare, measure
 from factorch.surgery import exclude_filter
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # decompositions: LAPACK on a shared machine
+
 
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()

@@ -92,7 +92,7 @@ def traced_for_script(layer: nn.Module, example: Tensor) -> Traced:
     shapes only, never on values, and its reshapes are recorded as functions of the input's
     size, so the trace holds for every batch and spatial size (tests/test_export.py checks it)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarning (shapes become constants: not here), deprecation
+        warnings.simplefilter("ignore")  # TracerWarnings on ints read from shapes (recorded as sizes), deprecation
         return Traced(torch.jit.trace(layer, example, check_trace=False))
 
 

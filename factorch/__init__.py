@@ -5,6 +5,7 @@
     fc.decompose_(model, fc.TT(rank=fc.Tolerance(0.05)))   # tensor-train layers
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
+    fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
     fc.reconstruct_(model)
     admm = fc.ADMM(model, fc.Tucker2(rank=0.25))   # low-rank training: see factorch.admm
 
@@ -14,6 +15,7 @@ from factorch import layers, models
 from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
+from factorch.export import export
 from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, TT, Method, Tucker2
 from factorch.profile import Latency, Profiler
@@ -44,6 +46,7 @@ __all__ = [
     "count",
     "decompose_",
     "evbmf",
+    "export",
     "layers",
     "load",
     "models",

@@ -135,6 +135,8 @@ def test_kill_during_admm_then_resume_equals_uninterrupted(tmp_path):
     (["--admm-until", "2", "--decompose-at", "2"], "decompose_at=2 comes before the ADMM end"),
     (["--admm-rho", "0.1"], r"--admm-rho need\(s\) --admm-until K"),
     (["--admm-until", "1", "--admm-update-every", "0"], "update_every must be a number of steps >= 1"),
+    (["--admm-until", "1", "--exclude", "fcx"], "exclude regex 'fcx' matches no layer of the model"),
+    (["--decompose-at", "1", "--exclude", "fcx"], "exclude regex 'fcx' matches no layer of the model"),
 ])
 def test_admm_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "3", "--rank", "0.5", "--out", str(tmp_path / "r")]
@@ -253,7 +255,7 @@ def test_help_names_every_rank_form_method_and_option(command, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for form in ("evbmf:WEAKEN", "energy:T", "tol:EPS", "budget:macs=F", "budget:params=F", "OUT,IN"):
         assert form in text
-    assert "from " + ", ".join(sorted(fc.Method.by_name)) in text  # every registered method
+    assert "choices: " + ", ".join(sorted(fc.Method.by_name)) in text  # every registered method
     for option in ("--momentum MOMENTUM SGD momentum", "--weight-decay WEIGHT_DECAY SGD weight decay",
                    "--seed SEED seeds", "--admm-rho RHO penalty weight"):
         assert option in text

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-import factorch as fc
-from factorch.cli.common import exclude_filter, parse_methods, parse_rank
+from factorch.cli.common import add_decomposition_args, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
 from factorch.training.events import ADMMPhase
 from factorch.training.experiment import run_experiment
@@ -31,13 +30,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the initialisation, data order and augmentation (default 0; same seed, same run)")
     g = p.add_argument_group("decomposition (every event: --decompose-at, ADMM)")
-    g.add_argument("--method", default="tucker2",
-                   help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
-                        "(default tucker2)")
-    g.add_argument("--rank", default="evbmf",
-                   help="evbmf (default), evbmf:WEAKEN, energy:T, tol:EPS (relative error bound), a fraction of "
-                        "the parameters in (0,1], an int, OUT,IN (tt: one int per bond), or a whole-model budget: "
-                        "budget:macs=F or budget:params=F")
+    add_decomposition_args(g, method="tucker2", rank="evbmf")
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too (the paper leaves it dense)")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave layers matching REGEX dense (repeatable)")
     g = p.add_argument_group("ADMM low-rank training (Yin et al. 2021)")
@@ -65,7 +58,6 @@ def _admm_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def _config(args: argparse.Namespace, **events) -> TrainConfig:
-    exclude_filter(args.exclude)  # validates the regexes before any work
     return TrainConfig(
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

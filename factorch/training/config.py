@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from factorch.methods import Method, Tucker2
 from factorch.rank import EVBMF
+from factorch.surgery import exclude_filter
 from factorch.training.events import Decompose, Event, Reconstruct
 
 
@@ -103,11 +103,7 @@ class TrainConfig:
                 at[epoch] = event.label
         if not self.methods or not all(isinstance(x, Method) for x in self.methods):
             raise ValueError(f"methods must be a non-empty tuple of method configs, got {self.methods!r}")
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"exclude regex {pattern!r} is invalid: {e}") from None
+        exclude_filter(self.exclude)  # a bad regex is one error now; one matching no layer when the run starts
         if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
             raise ValueError(f"subset must be a positive int, got {self.subset!r}")
         if self.workers < 0:

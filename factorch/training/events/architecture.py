@@ -9,7 +9,6 @@ barely-trained weights, methods.md 2.1 issue 2).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Sequence
 
@@ -21,7 +20,7 @@ from factorch.io import apply_spec, factorization_spec
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.report import Report
-from factorch.surgery import walk
+from factorch.surgery import exclude_filter, walk
 from factorch.training.distributed import Distributed
 from factorch.training.events.base import Change, Event, RunContext
 
@@ -33,13 +32,14 @@ NOTHING_DECOMPOSED = ("warning: no layer was decomposed (EVBMF gives rank 0 on b
 
 
 def layer_filter(first_conv: bool, exclude: Sequence[str], model: nn.Module) -> Callable[[nn.Module, str], bool]:
-    """``filter_fn`` for ``decompose_``: drop layers matching an ``exclude`` regex and, unless
+    """``filter_fn`` for ``decompose_``: drop layers matching an ``exclude`` regex (a regex that
+    matches no layer of ``model`` is an error: ``surgery.exclude_filter``) and, unless
     ``first_conv``, the model's first Conv2d (the paper leaves it dense)."""
-    patterns = [re.compile(p) for p in exclude]
+    excluded = exclude_filter(exclude, model)
     first = None if first_conv else next((n for n, m in walk(model) if isinstance(m, nn.Conv2d)), None)
 
     def keep(module: nn.Module, name: str) -> bool:
-        return name != first and not any(p.fullmatch(name) for p in patterns)
+        return name != first and (excluded is None or excluded(module, name))
 
     return keep
 
@@ -101,6 +101,10 @@ class Decompose(Event):
     def validate(self, cfg: "TrainConfig", events: Sequence[Event]) -> None:
         if not _epoch_in(self.at, 0, cfg.epochs - 1):
             raise ValueError(f"decompose_at must be an epoch in [0, {cfg.epochs - 1}], got {self.at!r}")
+
+    def begin(self, run: RunContext, first_epoch: int) -> None:
+        if first_epoch <= self.at:
+            run.filter_fn()  # an --exclude that matches no layer fails now, not after `at` epochs
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         if epoch != self.at:

@@ -34,7 +34,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too (the paper leaves it dense)")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave layers matching REGEX dense (repeatable)")
     g = p.add_argument_group("ADMM low-rank training (Yin et al. 2021)")
-    g.add_argument("--admm-rho", type=float, metavar="RHO", help="penalty weight rho (default 1e-3, the official code's)")
+    g.add_argument("--admm-rho", type=float, metavar="RHO",
+                   help="penalty weight rho (default 1e-3, the official code's)")
     g.add_argument("--admm-update-every", type=int, metavar="N",
                    help="update Z and U every N optimizer steps (default: once per epoch, at its start)")
     g.add_argument("--admm-rho-growth", type=float, metavar="F", help="multiply rho by F at every update (default 1)")

@@ -209,7 +209,8 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: 
     if diff or (saved.get("schedule_epochs") or saved["epochs"]) != (cfg.schedule_epochs or cfg.epochs):
         raise CheckpointError(f"cannot start from {start_from}: settings differ ({diff or 'LR schedule length'})")
     own_first, first = first_event_epoch(saved), first_event_epoch(current)
-    if own_first is not None and own_first < state["epoch"] or state["epoch"] > (cfg.epochs if first is None else first):
+    passed_own = own_first is not None and own_first < state["epoch"]  # no longer the dense trajectory
+    if passed_own or state["epoch"] > (cfg.epochs if first is None else first):
         raise CheckpointError(f"cannot start from {start_from}: it has passed this run's first event")
     return state, str(start_from), False
 

@@ -82,7 +82,8 @@ class ADMMPhase(Event):
                               example_input=run.example, rho_growth=self.rho_growth)
             if first_epoch == 0:
                 ranks = ", ".join(f"{n} {'x'.join(map(str, r))}" for n, r in self._admm.ranks.items())
-                run.log(f"ADMM until epoch {self.until} on {len(self._admm.ranks)} layer(s), rho {self.rho:g}: {ranks}")
+                run.log(f"ADMM until epoch {self.until} on {len(self._admm.ranks)} layer(s), "
+                        f"rho {self.rho:g}: {ranks}")
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         self._epoch = epoch

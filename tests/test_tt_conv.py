@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import factorch as fc
-from factorch.layers import TTConv2d
+from factorch.layers import ConvSpec, TTConv2d
+from factorch.rank import resolve
 from tests.conftest import conv_reference
 
 ORDERS = ["efficient", "conventional"]
@@ -22,7 +23,9 @@ C_IN, C_OUT = 12, 8  # 12 = 4 x 3 and 8 = 4 x 2: unequal, non-square factors
 
 
 def _random(order, kernel, stride=1, padding=0, dilation=1, bias=True, rank=3, padding_mode="zeros", **kw):
-    layer = TTConv2d(C_IN, C_OUT, kernel, rank, stride, padding, dilation, bias=bias,
+    spec = ConvSpec.create(C_IN, C_OUT, kernel, stride, padding, dilation, 1, bias, padding_mode)
+    ranks = resolve(rank, TTConv2d.space(spec, order=order, **kw)).ranks  # an int: capped per bond
+    layer = TTConv2d(C_IN, C_OUT, kernel, ranks, stride, padding, dilation, bias=bias,
                      padding_mode=padding_mode, order=order, **kw).double()
     with torch.no_grad():  # random cores and bias, not a decomposition
         for p in layer.parameters():
@@ -98,7 +101,7 @@ def test_tolerance_bound(order, eps):
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_gradients_reach_every_core(order):
-    layer = TTConv2d(8, 12, 3, rank=3, padding=1, order=order)
+    layer = TTConv2d(8, 12, 3, rank=2, padding=1, order=order)
     layer(torch.randn(2, 8, 7, 7)).pow(2).sum().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -150,7 +153,7 @@ def test_methods_md_256_channel_examples():
     assert c.macs == 14 * 14 * (9 * 256 * 9 + 16 * 16 * 9 * 16 * 27 + 16 * 16 * 27 * 16) == 220_824_576
     assert e.macs == 14 * 14 * (256 * 16 + 16 * 16 * 96 + 9 * 96 * 96 + 96 * 16 * 16 + 256 * 16) == 27_496_448
     assert round(d.params / c.params, 2) == 8.52 and round(d.params / e.params, 2) == 4.45
-    with pytest.raises(ValueError, match="exceeds the full TT-ranks"):
+    with pytest.raises(ValueError, match="exceeds the full rank"):
         TTConv2d(256, 256, 3, (27, 27), order="conventional")
 
 

@@ -152,7 +152,9 @@ def test_constructor_shapes_and_repr():
     assert layer.in_shape == layer.out_shape == (8, 8, 8, 8) and layer.ranks == (4, 4, 4)
     text = repr(TTLinear(1009, 10, rank=2))
     assert "padded=" in text and "ranks=" in text and "in_shape=" in text
-    assert TTLinear(100, 100, rank=0.1).ranks  # a fraction of the dense parameters
+    assert TTLinear.empty_like(nn.Linear(100, 100), 0.1).ranks  # a fraction of the dense parameters
+    with pytest.raises(ValueError, match="takes int ranks"):
+        TTLinear(100, 100, rank=0.1)  # a constructor takes resolved ints
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -26,7 +26,10 @@ class Method:
             Method.by_name[cls.name] = cls
 
     def __post_init__(self) -> None:
-        validate_rank(self.rank, self.n_modes)
+        try:
+            validate_rank(self.rank, self.n_modes)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
 
     @classmethod
     def from_name(cls, name: str, rank: RankSpec) -> "Method":

@@ -48,6 +48,11 @@ class FactorizedLayer(nn.Module):
     def ranks(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """The from-scratch init: the implied kernel has the variance of PyTorch's default init of
+        the dense layer, ``1 / (3 fan_in)`` (``default_variance``), the bias its default too."""
+        raise NotImplementedError
+
     @classmethod
     def space(cls, config: Any, **options: Any) -> RankSpace:
         """The rank space of a layer with this geometry (no spectra)."""
@@ -130,6 +135,15 @@ def default_variance(fan_in: int) -> float:
     """The weight variance of PyTorch's default ``nn.Conv2d``/``nn.Linear`` init:
     ``kaiming_uniform_(a=sqrt(5))`` is uniform on ``+-1/sqrt(fan_in)``, variance ``1 / (3 fan_in)``."""
     return 1.0 / (3.0 * fan_in)
+
+
+def init_uniform_(t: Tensor, variance: float) -> None:
+    """Fill ``t`` uniformly on ``+-sqrt(3 variance)`` (zero mean, that variance): PyTorch's default
+    layers are initialised uniformly too, and a product of uniform factors has far lighter tails
+    than one of Gaussians."""
+    bound = math.sqrt(3.0 * variance)
+    with torch.no_grad():
+        t.uniform_(-bound, bound)
 
 
 def init_bias(bias: Optional[Tensor], fan_in: int) -> None:

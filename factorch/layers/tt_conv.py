@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks
 from factorch.rank import Mode, RankSpace, RankSpec
@@ -145,16 +145,16 @@ class TTConv2d(FactorizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """From scratch: every core ~ N(0, s^2) with ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
+        """From scratch: every core entry zero-mean uniform with variance ``s^2``,
+        ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
         kernel entry is a sum of ``prod r_k`` products of D independent entries, so it has the
         variance of PyTorch's default conv init, and entries are uncorrelated."""
         n_cores = len(self.tt_ranks) + 1
         target = default_variance(math.prod(self.config.weight_shape()[1:]))
-        std = (target / math.prod(self.tt_ranks)) ** (0.5 / n_cores)
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name != "bias":
-                    p.normal_(0.0, std)
+        variance = (target / math.prod(self.tt_ranks)) ** (1.0 / n_cores)
+        for name, p in self.named_parameters():
+            if name != "bias":
+                init_uniform_(p, variance)
         init_bias(self.bias, math.prod(self.config.weight_shape()[1:]))
 
     @property

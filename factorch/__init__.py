@@ -13,7 +13,7 @@ from factorch import layers, models
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
 from factorch.io import CheckpointError, load, save
-from factorch.methods import CP, SVD, TT, Method, Tucker2
+from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
 from factorch.profile import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
@@ -38,6 +38,7 @@ __all__ = [
     "TT",
     "Tolerance",
     "Tucker2",
+    "Tucker3",
     "count",
     "decompose_",
     "evbmf",

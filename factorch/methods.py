@@ -52,6 +52,18 @@ class Tucker2(Method):
 
 
 @dataclass(frozen=True)
+class Tucker3(Method):
+    """Tucker-3 (seed 001): Conv2d with a kernel larger than 1x1 -> ``Tucker3Conv2d``: the two
+    channel modes and the flattened spatial mode (kh kw) factorized, by HOOI.
+
+    ``rank``: int (every mode), ``(out_rank, in_rank, spatial_rank)``, a fraction of parameters, or
+    a rule (EVBMF, Energy, Tolerance: on each mode's singular values)."""
+
+    name: ClassVar[str] = "tucker3"
+    n_modes: ClassVar[int] = 3
+
+
+@dataclass(frozen=True)
 class CP(Method):
     """CP (ALS): Conv2d with a kernel larger than 1x1 -> ``CPConv2d``. ``restarts``: ALS runs kept
     by best fit (the first from the SVD init, the others from seeded random starts)."""

@@ -46,7 +46,7 @@ def test_rules_are_refused_from_scratch_with_the_reason(rule):
     assert [type(m) for m in model.modules()] == types
 
 
-@pytest.mark.parametrize("method", [fc.Tucker2, fc.CP, fc.TT])
+@pytest.mark.parametrize("method", [fc.Tucker2, fc.Tucker3, fc.CP, fc.TT])
 def test_a_budget_from_scratch_meets_its_target(method):
     torch.manual_seed(0)
     model = _model()

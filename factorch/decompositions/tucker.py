@@ -221,3 +221,17 @@ def tucker2_to_tensor(core: Tensor, u: Tensor, v: Tensor) -> Tensor:
     Works for any factors (also non-orthogonal ones after training)."""
     return torch.einsum("abij,na,cb->ncij", core, u, v)
 
+
+def tucker3(tensor: Tensor, ranks: tuple[int, int, int], n_iter_max: int = 100, tol: Optional[float] = None,
+            stop: str = "residual") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tucker-3 of a conv kernel as the 3-way (N, C, kh kw) tensor (seed 001) by HOOI:
+    ``(G, W_N, W_C, W_D)``, G (N', C', D'), float64. ``ranks = (N', C', D')``."""
+    if tensor.dim() != 3:
+        raise ValueError(f"Tucker-3 takes the kernel as a 3-way (N, C, kh kw) tensor, got shape {tuple(tensor.shape)}")
+    core, (w_n, w_c, w_d) = hooi(tensor, ranks, n_iter_max, tol, stop)
+    return core, w_n, w_c, w_d
+
+
+def tucker3_to_tensor(core: Tensor, w_n: Tensor, w_c: Tensor, w_d: Tensor) -> Tensor:
+    """Rebuild ``W = G x_0 W_N x_1 W_C x_2 W_D``: (N', C', D') -> (N, C, D); any factors."""
+    return torch.einsum("abr,na,cb,dr->ncd", core, w_n, w_c, w_d)

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks
 from factorch.rank import Mode, RankSpace, RankSpec
@@ -316,6 +317,11 @@ class TTConv2d(FactorizedConv):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "efficient")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``) on an input just large enough for
+        the kernel, the padding and the stride."""
+        return traced_for_script(self, self.config.smallest_input(self.spatial.weight))
 
     def extra_repr(self) -> str:
         s = self.config

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from factorch.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
     tt_params, tt_svd
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_
-from factorch.layers.conv_spec import LinearSpec
 from factorch.decompositions.svd import singular_values
+from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
+from factorch.layers.conv_spec import LinearSpec
 from factorch.rank import Mode, RankRule, RankSpace, RankSpec, Spectrum
 
 ORDERS = ("auto", "ltr", "rtl", "dense")
@@ -255,6 +256,11 @@ class TTLinear(FactorizedLayer):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "auto")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``), taking the route ``order`` picks
+        for batch 1 (pin ``order`` to choose another)."""
+        return traced_for_script(self, self.core0.new_zeros(1, self.in_features))
 
     def extra_repr(self) -> str:
         m_pad, n_pad = self.padded

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tucker import tucker3, tucker3_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace, RankSpec
 
@@ -47,6 +48,11 @@ class SpatialCoreConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.config.conv(x, self.kernel())  # (B, gC', H, W) -> (B, gN', H', W')
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``): the conv geometry lives in a
+        ``ConvSpec``, which TorchScript cannot compile; the forward branches on nothing."""
+        return traced_for_script(self, self.config.smallest_input(self.core))
 
     def extra_repr(self) -> str:
         s = self.config

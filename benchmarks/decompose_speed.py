@@ -63,7 +63,11 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--rank", help="as on the CLI (default: evbmf with --weights, else 0.05)")
     p.add_argument("--tag", default=None, help="results file suffix (default: MODEL_trained / MODEL_random-init)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads (default 1: on a shared machine a multi-threaded LAPACK call waits for "
+                        "descheduled threads)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     def model() -> torch.nn.Module:

@@ -101,7 +101,7 @@ def main() -> None:
         ratios = [e / b for e, b in zip(errors[k], errors[base])]
         rows.append({"what": f"HOOI of the {len(jobs)} decomposed kxk convs, stop rule {k}", "ranks": args.rank,
                      "seconds": round(seconds[k], 3), "speedup_vs_earlier": round(seconds[base] / seconds[k], 2),
-                     "worst_err_ratio": round(max(ratios), 6), "mean_err_ratio": round(statistics.mean(ratios), 6)})
+                     "worst_err_ratio": f"{max(ratios):.6f}", "mean_err_ratio": f"{statistics.mean(ratios):.6f}"})
 
     # the whole model through the public API, default rule, twice: the first call in a process also
     # pays PyTorch's one-time import of its meta-device kernels, which factorch's MAC costing uses

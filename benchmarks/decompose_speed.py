@@ -21,6 +21,7 @@ case is measured.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -125,7 +126,8 @@ def main() -> None:
         print(r)
     notes = [f"Weights: {'trained (' + args.weights.split('/')[-1] + ')' if args.weights else 'random init (worst case for HOOI)'}. "
              f"Error ratios: each layer's relative error under the rule over its error under the earlier rule "
-             f"(1.001 = 0.1 % worse). TensorLy/factorch time on {name}: {tl_s / ours_s:.1f}x."]
+             f"(1.001 = 0.1 % worse). TensorLy/factorch time on {name}: {tl_s / ours_s:.1f}x (TensorLy on NumPy, "
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})."]
     for path in write_results(f"decompose_speed_{tag}", rows, environment("cpu"), notes):
         print(f"wrote {path}")
 

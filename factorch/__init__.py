@@ -17,7 +17,7 @@ from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
 from factorch.export import export
 from factorch.io import CheckpointError, load, save
-from factorch.methods import CP, SVD, TT, Method, Tucker2
+from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
 from factorch.profile import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
@@ -43,6 +43,7 @@ __all__ = [
     "TT",
     "Tolerance",
     "Tucker2",
+    "Tucker3",
     "count",
     "decompose_",
     "evbmf",

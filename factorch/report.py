@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+from factorch.rank import Pool
 
 
 @dataclass(frozen=True)
@@ -12,7 +14,9 @@ class LayerReport:
     ``macs_*`` are per example at the layer's real input size, None where that size is unknown
     (no ``example_input`` was given for a conv); ``error`` is ``||W - W_hat|| / ||W||``.
     ``latency_*`` (seconds, median per call) are set when ``keep_if_faster`` timed the layer: the
-    dense and the factorized form at the same batch, input size, dtype and device.
+    dense and the factorized form at the same batch, input size, dtype and device. ``note``: what
+    to know about a decomposed layer's ranks (capped at full rank, a fraction below rank 1, the
+    methods of a list passed over and why).
     """
 
     name: str
@@ -27,6 +31,7 @@ class LayerReport:
     skipped: Optional[str] = None
     latency_dense: Optional[float] = None
     latency_factorized: Optional[float] = None
+    note: Optional[str] = None
 
     @property
     def decomposed(self) -> bool:
@@ -56,6 +61,16 @@ class BudgetResult:
     before: int
     after: int
     left_dense: int = 0
+
+    @classmethod
+    def of(cls, pool: Pool, rows: Sequence[LayerReport]) -> "BudgetResult":
+        """The pool's achieved fraction from the final report rows (a layer left dense counts as dense)."""
+        kind, names = pool.budget.kind, set(pool.names)
+        mine = [r for r in rows if r.name in names]
+        before = sum(getattr(r, f"{kind}_before") for r in mine)
+        after = sum(getattr(r, f"{kind}_after" if r.decomposed else f"{kind}_before") for r in mine)
+        return cls(str(pool.budget), kind, pool.budget.fraction, len(mine), before, after,
+                   sum(not r.decomposed for r in mine))
 
     @property
     def fraction(self) -> float:
@@ -125,6 +140,8 @@ class Report:
                 note, err = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs", f"{r.error:.4f}"
                 if r.speedup is not None:
                     note += f", kept factorized: {r.speedup:.2f}x faster"
+                if r.note:
+                    note += f"; {r.note}"
             else:
                 params, macs, err, note = _num(r.params_before), _num(r.macs_before), "-", f"skipped: {r.skipped}"
             latency = [f"{_ms(r.latency_dense)} -> {_ms(r.latency_factorized)}" if r.speedup else "-"] if timed else []

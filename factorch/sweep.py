@@ -26,7 +26,7 @@ from factorch.count import count
 from factorch.methods import Method
 from factorch.profile import Profiler, compare
 from factorch.progress import track
-from factorch.registry import NotApplicable, Skip, handler_for
+from factorch.registry import Context, decide, nominal_shape
 from factorch.surgery import get_module
 
 __all__ = ["SweepRow", "check_sweep", "sweep"]
@@ -113,14 +113,13 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
 
 
 def _check_point(name: str, module: nn.Module, method: Method) -> None:
-    handler = handler_for(method, module)
-    try:
-        decision = handler(method, module) if handler is not None else \
-            NotApplicable(f"{method.name} does not handle {type(module).__name__}")
-    except ValueError as e:
-        raise ValueError(f"layer {name!r}, {method.name} rank {method.rank}: {e}") from None
-    if isinstance(decision, (NotApplicable, Skip)):
-        raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.reason}")
+    """The decision path on this point: the method must apply and its int rank be within full rank."""
+    decision = decide(name, module, [method], Context(nominal_shape(module), nominal=True))
+    if decision.method is None:
+        raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.skipped}")
+    if decision.capped:
+        raise ValueError(f"{method.name} rank {method.rank} exceeds the full ranks {decision.space.describe()} "
+                         f"of layer {name!r}")
 
 
 def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Ranks, *,

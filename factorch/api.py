@@ -173,7 +173,7 @@ def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposa
         return LayerReport(**row, skipped=f"ranks {proposal.ranks} do not reduce MACs{where}: "
                                           f"{before:,} -> {after:,}"), None
     new = proposal.build(module)
-    w = module.weight.detach().to(torch.float64).cpu()
+    w = module.weight.detach().to(torch.float64)  # on its device, as dense_weight()
     row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
     if timing is not None and shape is not None:
         return _keep_faster(row, module, new, shape, *timing)

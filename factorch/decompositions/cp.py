@@ -60,7 +60,7 @@ def cp_als(
         raise ValueError(f"CP needs a 4-way tensor, got shape {tuple(tensor.shape)}")
     if rank < 1 or restarts < 1:
         raise ValueError(f"CP rank and restarts must be >= 1, got rank={rank}, restarts={restarts}")
-    x = tensor.detach().to(device="cpu", dtype=torch.float64)
+    x = tensor.detach().to(dtype=torch.float64)  # on its own device: TensorLy's pytorch backend keeps it
     norm = float(x.norm())
     if norm == 0.0 or not math.isfinite(norm):
         raise ValueError(f"CP needs a finite, non-zero tensor (norm {norm})")

@@ -65,7 +65,7 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     Invariant to scaling and transposing the matrix; 0 for pure Gaussian noise; never more than
     ``min(L, M)``. Callers must handle 0 (the matrix looks like noise).
     """
-    y = torch.as_tensor(matrix).detach().to(device="cpu", dtype=torch.float64)
+    y = torch.as_tensor(matrix).detach().to(dtype=torch.float64)  # on its device until the Gram's eigenvalues
     if y.dim() != 2:
         raise ValueError(f"evbmf needs a 2-D matrix, got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
@@ -79,7 +79,7 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     # sigma_i^2 as the eigenvalues of the L x L Gram matrix (L <= M): for a 512 x 4608 unfolding
     # several times faster than svdvals, and exact to eps * ||Y||^2, far below the noise level
     # EVBMF thresholds at. (L,), descending.
-    s2 = torch.linalg.eigvalsh(y @ y.T).clamp_min(0.0).flip(0).numpy()
+    s2 = torch.linalg.eigvalsh(y @ y.T).clamp_min(0.0).flip(0).cpu().numpy()
     s = np.sqrt(s2)
     alpha = l / m
     t_bar = tau_bar(alpha)

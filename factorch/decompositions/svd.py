@@ -9,10 +9,10 @@ def balanced_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Best rank-``rank`` factors ``(A, B)`` with ``matrix ~= A @ B`` (Eckart-Young).
 
     ``matrix`` is (N, C); returns ``A = U_R sqrt(S_R)`` (N, R) and ``B = sqrt(S_R) V_R^T`` (R, C) in
-    float64. Splitting sqrt(Sigma) to both sides keeps the two factors equally scaled, which
+    float64 on its device. Splitting sqrt(Sigma) to both sides keeps the two factors equally scaled, which
     conditions fine-tuning better than putting Sigma on one side.
     """
-    m = matrix.detach().to(device="cpu", dtype=torch.float64)
+    m = matrix.detach().to(dtype=torch.float64)
     if not 1 <= rank <= min(m.shape):
         raise ValueError(f"SVD rank {rank} is outside [1, {min(m.shape)}] for a {tuple(m.shape)} matrix")
     u, s, vh = torch.linalg.svd(m, full_matrices=False)

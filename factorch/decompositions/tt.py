@@ -9,7 +9,7 @@ column indices interleaved to ``(m_1 n_1, ..., m_d n_d)``.
 
 Our own torch code rather than TensorLy's ``tensor_train``, which takes fixed ranks only: TT-SVD
 here also truncates to a relative error ``eps`` (with Oseledets' guarantee) or by a rank rule
-applied to each sequential unfolding. Everything is float64 on the CPU.
+applied to each sequential unfolding. Everything is float64 on the input's device.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     """
     if sum(v is not None for v in (rank, eps, rule)) != 1:
         raise ValueError("tt_svd takes exactly one of rank, eps or rule")
-    x = tensor.detach().to(device="cpu", dtype=torch.float64)
+    x = tensor.detach().to(dtype=torch.float64)
     shape, d = tuple(x.shape), x.dim()
     if d == 0 or min(shape, default=0) < 1:
         raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
@@ -123,7 +123,7 @@ def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[i
     """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
     tensor (methods.md 4.2; without the interleave the result is an order-2d TT, not a TT-matrix).
     The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
-    m64 = matrix.detach().to(device="cpu", dtype=torch.float64)
+    m64 = matrix.detach().to(dtype=torch.float64)
     cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)
     return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape)]
 

@@ -54,7 +54,7 @@ def _check(weight: Tensor, ranks: tuple[int, int]) -> Tensor:
     n, c = weight.shape[:2]
     if not (1 <= r_out <= n and 1 <= r_in <= c):
         raise ValueError(f"Tucker-2 ranks (out={r_out}, in={r_in}) are outside [1, {n}] x [1, {c}]")
-    return weight.detach().to(device="cpu", dtype=torch.float64)
+    return weight.detach().to(dtype=torch.float64)
 
 
 def _core(w: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -87,7 +87,7 @@ def tucker2(
     flat spectrum (random init) take many.
     """
     core, u, v = hosvd2(weight, ranks)
-    w = weight.detach().to(device="cpu", dtype=torch.float64)
+    w = weight.detach().to(dtype=torch.float64)
     n, c, kh, kw = w.shape
     r_out, r_in = ranks
     norm2 = float((w * w).sum())

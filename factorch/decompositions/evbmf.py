@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from factorch.decompositions.svd import singular_values
+
 
 def _phi(z: float) -> float:
     return math.log1p(z) / z - 0.5
@@ -76,11 +78,10 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     if l == 0 or float(y.abs().max()) == 0.0:
         return 0
     y = y / (y.norm() / math.sqrt(l * m))  # unit mean square entry: scale-free from here on
-    # sigma_i^2 as the eigenvalues of the L x L Gram matrix (L <= M): for a 512 x 4608 unfolding
-    # several times faster than svdvals, and exact to eps * ||Y||^2, far below the noise level
-    # EVBMF thresholds at. (L,), descending.
-    s2 = torch.linalg.eigvalsh(y @ y.T).clamp_min(0.0).flip(0).cpu().numpy()
-    s = np.sqrt(s2)
+    # sigma_i through the L x L Gram matrix (L <= M): exact to eps * ||Y||^2 in sigma^2, far below
+    # the noise level EVBMF thresholds at. (L,), descending; the search runs on the CPU.
+    s = singular_values(y).cpu().numpy()
+    s2 = s * s
     alpha = l / m
     t_bar = tau_bar(alpha)
     x_bar = (1.0 + t_bar) * (1.0 + alpha / t_bar)

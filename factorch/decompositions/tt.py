@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import tolerance_rank
+from factorch.decompositions.svd import tolerance_rank, truncated_svd
 
 RankArg = Union[int, Sequence[int], None]
 
@@ -44,7 +44,9 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
 
     * ``rank``: an int for every inner rank (capped at each bond's full rank, ``max_tt_ranks``) or one
       int per bond. A rank above what the unfolding supports (its neighbours were truncated) is
-      padded with zero columns, so the cores always have the requested shapes;
+      padded with zero columns, so the cores always have the requested shapes. Each step is a
+      ``truncated_svd`` (randomized where the rank is small: within its ``tol`` of the best
+      rank-r_k step, so ``||A - A_hat|| <= (1 + tol) sqrt(d - 1) best``);
     * ``eps``: Oseledets' rule: each step keeps the smallest ``r_k`` whose discarded tail
       ``(sum_{i > r_k} sigma_i^2)^(1/2) <= delta = eps ||A|| / sqrt(d - 1)``; then
       ``||A - A_hat|| <= eps ||A||``;
@@ -64,14 +66,14 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     cores, z, r_prev = [], x, 1
     for k in range(d - 1):
         z = z.reshape(r_prev * shape[k], -1)  # (r_{k-1} n_k, n_{k+1} ... n_d)
-        u, s, vh = torch.linalg.svd(z, full_matrices=False)
-        if ranks is not None:
+        if ranks is not None:  # a fixed rank needs no spectrum: the cheapest truncated SVD
             r = ranks[k]
-        elif eps is not None:
-            r = max(tolerance_rank(s, delta), 1)
+            keep = min(r, min(z.shape))
+            u, s, vh = truncated_svd(z, keep)
         else:
-            r = max(int(rule(z)), 1)
-        keep = min(r, s.shape[0])
+            u, s, vh = torch.linalg.svd(z, full_matrices=False)
+            r = max(tolerance_rank(s, delta), 1) if eps is not None else max(int(rule(z)), 1)
+            keep = min(r, s.shape[0])
         u, v = u[:, :keep], s[:keep, None] * vh[:keep]  # (r_{k-1} n_k, keep), (keep, rest)
         if keep < r:  # requested rank above this unfolding's rank: zero-pad (exact, shapes as asked)
             u = torch.cat([u, u.new_zeros(u.shape[0], r - keep)], dim=1)

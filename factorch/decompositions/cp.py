@@ -17,8 +17,8 @@
 * ``"tensorly"``: TensorLy's ``parafac`` (100 sweeps from its SVD init; the code before this one,
   kept to measure against). TensorLy is imported lazily, so ``import factorch`` stays cheap.
 
-Both start from the SVD init (leading singular vectors per mode, random columns where a mode is
-smaller than the rank); restarts from random factors keep the best fit.
+Both start from the same SVD init (leading singular vectors per mode, TensorLy's random columns
+where a mode is smaller than the rank); restarts from random factors keep the best fit.
 """
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ import math
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 CP_ALGORITHMS = ("als", "tensorly")
-# Sweeps: on the full kernel without compression, on the compressed core, and polishing after it.
-_SWEEPS, _CORE_SWEEPS, _POLISH_SWEEPS = 300, 1000, 30
+# Sweeps: on the full kernel without compression, on the compressed core (the first _PROBE_SWEEPS
+# of them decide early whether it is worth it), and polishing on the kernel after it.
+_SWEEPS, _CORE_SWEEPS, _PROBE_SWEEPS, _POLISH_SWEEPS = 300, 1000, 20, 30
 # Compression is tried when it keeps at least 90 % of the energy, and kept when the energy it
 # discards is at most half the compressed fit's squared error (measured: the polish recovers little
 # of it, but the core's cheaper sweeps buy more than that back -- benchmarks/cp_speed.py).
@@ -157,9 +159,11 @@ def _leading(x: Tensor, mode: int, count: int) -> tuple[Tensor, Tensor]:
     return vecs[:, -count:].flip(-1), vals.flip(0).clamp_min(0.0)
 
 
-def _svd_init(x: Tensor, rank: int, gen: torch.Generator) -> list[Tensor]:
-    """TensorLy's SVD init: per mode the leading left singular vectors (the first mode scaled by
-    the singular values), padded with uniform random columns where the mode is smaller than R."""
+def _svd_init(x: Tensor, rank: int, rng: np.random.RandomState) -> list[Tensor]:
+    """TensorLy's SVD init, the same numbers: per mode the leading left singular vectors (the first
+    mode scaled by the singular values), padded with uniform random columns from ``rng`` (mode by
+    mode, as TensorLy draws them) where the mode is smaller than R. Which local minimum ALS ends
+    in depends on those columns; drawing TensorLy's makes the two algorithms comparable."""
     factors = []
     for mode in range(4):
         k = min(rank, x.shape[mode])
@@ -167,22 +171,22 @@ def _svd_init(x: Tensor, rank: int, gen: torch.Generator) -> list[Tensor]:
         if mode == 0:
             vecs = vecs * vals[:k].sqrt()
         if k < rank:
-            pad = torch.rand(x.shape[mode], rank - k, generator=gen, device=x.device, dtype=x.dtype)
+            pad = torch.from_numpy(rng.random_sample((x.shape[mode], rank - k))).to(vecs)
             vecs = torch.cat([vecs, pad], dim=1)
         factors.append(vecs)
     return factors
 
 
-def _random_init(shape: tuple[int, ...], rank: int, gen: torch.Generator, like: Tensor) -> list[Tensor]:
-    return [torch.randn(d, rank, generator=gen, device=like.device, dtype=like.dtype) / math.sqrt(d) for d in shape]
+def _random_init(x: Tensor, rank: int, rng: np.random.RandomState) -> list[Tensor]:
+    """TensorLy's random init: uniform [0, 1) factors."""
+    return [torch.from_numpy(rng.random_sample((d, rank))).to(x) for d in x.shape]
 
 
 def _factorch_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, attempt: int, seed: int,
                   compress: bool) -> list[Tensor]:
     """Our ALS on the unit-norm ``x``, through the compressed core where that loses little."""
-    gen = torch.Generator(device=x.device).manual_seed(seed + attempt)
-    init = (lambda t: _svd_init(t, rank, gen)) if attempt == 0 else \
-        (lambda t: _random_init(tuple(t.shape), rank, gen, t))
+    start = _svd_init if attempt == 0 else _random_init
+    init = lambda t: start(t, rank, np.random.RandomState(seed + attempt))  # noqa: E731
     n, c = x.shape[:2]
     if compress and (rank < n or rank < c):
         u, v = _leading(x, 0, min(rank, n))[0], _leading(x, 1, min(rank, c))[0]  # (N, N'), (C, C')
@@ -190,11 +194,16 @@ def _factorch_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, a
         lost2 = max(1.0 - float((core * core).sum()), 0.0)  # ||X - X x_0 UU^T x_1 VV^T||^2, ||X|| = 1
         if lost2 > _COMPRESS_TRY:  # a flat spectrum (random init): the CP factors live elsewhere
             return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
-        factors, core_err = _als(core, init(core), n_iter_max or _CORE_SWEEPS, tol)
-        err2 = lost2 + core_err ** 2 * (1.0 - lost2)  # the two parts are orthogonal
-        if lost2 <= _COMPRESS_SHARE * err2:
-            factors = [u @ factors[0], v @ factors[1], factors[2], factors[3]]
-            return _als(x, factors, _POLISH_SWEEPS, tol)[0]
+        factors, sweeps = init(core), n_iter_max or _CORE_SWEEPS
+        probe = min(_PROBE_SWEEPS, sweeps)
+        for budget in (probe, sweeps - probe):  # decide after a few sweeps, and again at the end
+            if budget:
+                factors, core_err = _als(core, factors, budget, tol)
+            err2 = lost2 + core_err ** 2 * (1.0 - lost2)  # the two parts are orthogonal
+            if lost2 > _COMPRESS_SHARE * err2:  # the error only falls: give up as early as possible
+                return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
+        factors = [u @ factors[0], v @ factors[1], factors[2], factors[3]]
+        return _als(x, factors, _POLISH_SWEEPS, tol)[0]
     return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
 
 
@@ -202,7 +211,6 @@ def _factorch_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, a
 def _tensorly_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, attempt: int, seed: int,
                   compress: bool) -> list[Tensor]:
     """TensorLy's ``parafac`` on the pytorch backend (works on CUDA tensors too)."""
-    import numpy as np
     import tensorly as tl
     from tensorly.decomposition import parafac
 

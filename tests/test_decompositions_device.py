@@ -10,6 +10,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 # name -> call on an (8, 6, 3, 3) float32 kernel; every tensor returned is checked
 DECOMPOSITIONS = {
     "balanced_svd": lambda w: dec.balanced_svd(w.reshape(8, -1), 4),
+    "singular_values": lambda w: dec.singular_values(w.reshape(48, 9)),
+    "truncated_svd gram": lambda w: dec.truncated_svd(w.reshape(48, 9), 3, "gram"),
+    "truncated_svd randomized": lambda w: dec.truncated_svd(w.reshape(48, 9), 3, "randomized"),
+    "cp_als compressed": lambda w: dec.cp_als(  # an exact rank-2 kernel: ALS on its 2x2x3x3 core
+        dec.cp_to_tensor([w[:, 0, 0, :2], w[0, :, 0, :2], w[0, 0, :, :2], w[1, 0, :, :2]]), 2),
     "hosvd2": lambda w: dec.hosvd2(w, (4, 3)),
     "tucker2": lambda w: dec.tucker2(w, (4, 3)),
     "cp_als": lambda w: dec.cp_als(w, 4),

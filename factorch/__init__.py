@@ -5,6 +5,7 @@
     fc.decompose_(model, fc.TT(rank=fc.Tolerance(0.05)))   # tensor-train layers
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
+    fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
     fc.reconstruct_(model)
 
 Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where they are used.
@@ -12,6 +13,7 @@ Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where th
 from factorch import layers, models
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.count import Counts, LayerCount, count
+from factorch.export import export
 from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, TT, Method, Tucker2
 from factorch.profile import Latency, Profiler
@@ -41,6 +43,7 @@ __all__ = [
     "count",
     "decompose_",
     "evbmf",
+    "export",
     "layers",
     "load",
     "models",

@@ -68,7 +68,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     check_output_dir(args.output)
-    info = data.info(args.dataset)
+    info = data.info(args.dataset, args.data_dir)
     shape = (info.in_channels, *info.input_size)
     model = load_architecture(args.model, args.checkpoint, info.num_classes, info.in_channels)
     grid = _rank_grid(args.ranks, args.method)

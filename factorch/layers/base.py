@@ -1,6 +1,7 @@
 """What every factorized layer is: a chain of real modules that can rebuild its dense layer."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -72,6 +73,28 @@ def as_float64(t: Tensor) -> Tensor:
     """Detached float64 copy on ``t``'s device, where all factor math happens (a CUDA layer is
     decomposed on its GPU)."""
     return t.detach().to(dtype=torch.float64)
+
+
+class Traced(nn.Module):
+    """A module running a trace: ``torch.jit.script`` compiles this forward, and the trace is
+    taken as it is (also when it is the top-level module, which a bare trace cannot be)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.traced(x)
+
+
+def traced_for_script(layer: nn.Module, example: Tensor) -> Traced:
+    """What ``torch.jit.script`` compiles in place of a layer whose forward TorchScript cannot
+    (its ``__prepare_scriptable__``): a trace of it. The forward of such a layer branches on
+    shapes only, never on values, and its reshapes are recorded as functions of the input's
+    size, so the trace holds for every batch and spatial size (tests/test_export.py checks it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on ints read from shapes (recorded as sizes), deprecation
+        return Traced(torch.jit.trace(layer, example, check_trace=False))
 
 
 def check_finite(name: str, t: Tensor) -> None:

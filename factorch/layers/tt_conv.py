@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, traced_for_script
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
 
@@ -255,6 +255,14 @@ class TTConv2d(FactorizedConv):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "efficient")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``) on an input just large enough for
+        the kernel, the padding and the stride."""
+        s = self.config
+        pads = [0, 0] if isinstance(s.padding, str) else list(s.padding)
+        side = max(d * (k - 1) + 1 for d, k in zip(s.dilation, s.kernel_size)) + 2 * max(pads) + max(s.stride)
+        return traced_for_script(self, self.spatial.weight.new_zeros(1, s.in_channels, side, side))
 
     def extra_repr(self) -> str:
         s = self.config

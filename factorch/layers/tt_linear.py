@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
     tt_params
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
+from factorch.layers.base import FactorizedLayer, as_float64, check_finite, traced_for_script
 from factorch.layers.tt_contract import chain_macs, contract_ltr, contract_rtl, group, plan_groups, plan_macs
 from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
 
@@ -241,6 +241,11 @@ class TTLinear(FactorizedLayer):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "auto")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``), taking the route ``order`` picks
+        for batch 1 (pin ``order`` to choose another)."""
+        return traced_for_script(self, self.core0.new_zeros(1, self.in_features))
 
     def extra_repr(self) -> str:
         m_pad, n_pad = self.padded

@@ -162,8 +162,8 @@ def _row(name: str, module: nn.Module, decision: Optional[Decision], shape: Opti
         new = proposal.build(module)
     except ValueError as e:
         raise ValueError(f"layer {name!r} ({layer_label(module)}): {e}") from None
-    w = module.weight.detach().to(torch.float64).cpu()
-    row["error"] = float((new.dense_weight().cpu().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
+    w = module.weight.detach().to(torch.float64)  # on its device, as dense_weight()
+    row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
     if timing is not None and shape is not None:
         return _keep_faster(row, module, new, shape, *timing)
     return LayerReport(**row), new

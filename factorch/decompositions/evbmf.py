@@ -67,7 +67,7 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     Invariant to scaling and transposing the matrix; 0 for pure Gaussian noise; never more than
     ``min(L, M)``. Callers must handle 0 (the matrix looks like noise).
     """
-    y = torch.as_tensor(matrix).detach().to(dtype=torch.float64)
+    y = torch.as_tensor(matrix).detach().to(dtype=torch.float64)  # on its device until the Gram's eigenvalues
     if y.dim() != 2:
         raise ValueError(f"evbmf needs a 2-D matrix, got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):

@@ -30,7 +30,7 @@ class FactorizedLayer(nn.Module):
     * ``from_dense(dense, rank)``: decompose a trained layer (math in float64, result in the dense
       layer's dtype and device); ``empty_like(dense, rank)``: the same structure, freshly initialised
       (used on the ``meta`` device to cost a candidate, and to train from scratch);
-    * ``dense_weight()``: the kernel the factors represent, in float64;
+    * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
     * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
       ``options(config)`` for structure choices that the dense layer does not determine).
@@ -122,8 +122,9 @@ class FactorizedLayer(nn.Module):
 
 
 def as_float64(t: Tensor) -> Tensor:
-    """Detached float64 CPU copy, where all factor math happens."""
-    return t.detach().to(device="cpu", dtype=torch.float64)
+    """Detached float64 copy on ``t``'s device, where all factor math happens (a CUDA layer is
+    decomposed on its GPU)."""
+    return t.detach().to(dtype=torch.float64)
 
 
 class Traced(nn.Module):

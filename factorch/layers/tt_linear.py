@@ -7,15 +7,17 @@ the input gets zeros in the padded columns and the padded output rows are droppe
 never changes the result.
 
 The forward pass absorbs one core at a time and never builds ``W``, in the cheaper of two orders
-(per example, with ``P``/``Q`` the products of the modes not yet absorbed/already produced):
+(per example):
 
 * ``rtl`` (core d first): step k costs ``(prod_{j<k} n_j) (prod_{j>k} m_j) n_k r_k r_{k-1} m_k``;
 * ``ltr`` (core 1 first): step k costs ``(prod_{j<k} m_j) (prod_{j>k} n_j) r_{k-1} n_k m_k r_k``.
 
-Each step is one GEMM (never one multi-operand einsum without a contraction path).
+Each step is one matrix product on the state as it lies, never a permuted copy of it
+(``tt_contract``). Under ``order="auto"`` a per-batch plan may also merge neighbouring cores
+first, fewer and larger products for a few more multiply-adds (``tt_contract.plan_groups``).
 
-Only when both exceed building ``W`` once plus a dense product (high ranks, large batches) does
-the ``dense`` route build it. ``count_macs`` reports the route actually taken.
+Only when both orders exceed building ``W`` once plus a dense product (high ranks, large batches)
+does the ``dense`` route build it. ``count_macs`` reports the route and plan actually taken.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from factorch.layers.base import FactorizedLayer, as_float64, check_finite, defa
     traced_for_script
 from factorch.layers.conv_spec import LinearSpec
 from factorch.rank import Mode, RankRule, RankSpace, RankSpec, Spectrum
+from factorch.layers.tt_contract import chain_macs, contract_ltr, contract_rtl, group, plan_groups, plan_macs
 
 ORDERS = ("auto", "ltr", "rtl", "dense")
 
@@ -124,41 +127,58 @@ class TTLinear(FactorizedLayer):
 
     # ---- costs and forward -------------------------------------------------------------------
     def _costs(self) -> dict[str, tuple[int, int]]:
-        """Per route: (fixed MACs per call, MACs per example), methods.md 4.2."""
+        """Per route: (fixed MACs per call, MACs per example) of the plain chains, methods.md 4.2."""
         m, n, d = self.out_shape, self.in_shape, len(self.in_shape)
         r = (1, *self.tt_ranks, 1)
-        rtl = sum(math.prod(n[:k]) * math.prod(m[k + 1:]) * n[k] * r[k + 1] * r[k] * m[k] for k in range(d))
-        ltr = sum(math.prod(m[:k]) * math.prod(n[k + 1:]) * r[k] * n[k] * m[k] * r[k + 1] for k in range(d))
         # building W left to right: step k makes (m_1..m_k, n_1..n_k, r_k) from r_{k-1}
         build = sum(math.prod(m[:k + 1]) * math.prod(n[:k + 1]) * r[k] * r[k + 1] for k in range(d))
-        return {"ltr": (0, ltr), "rtl": (0, rtl), "dense": (build, self.in_features * self.out_features)}
+        return {"ltr": (0, chain_macs(m, n, self.tt_ranks, rtl=False)),
+                "rtl": (0, chain_macs(m, n, self.tt_ranks, rtl=True)),
+                "dense": (build, self.in_features * self.out_features)}
 
     def route(self, batch: int) -> str:
-        """The contraction order used for ``batch`` examples."""
+        """The contraction order used for ``batch`` examples: the fewest MACs of the plain chains."""
         if self.order != "auto":
             return self.order
         return min(self._route_costs, key=lambda k: self._route_costs[k][0] + batch * self._route_costs[k][1])
 
+    def plan(self, batch: int) -> tuple[str, tuple[int, ...]]:
+        """``(route, merge)`` for ``batch`` examples: the merge gives the run lengths of cores
+        multiplied into one before the chain (all ones: the plain chain, which the explicit
+        orders ``ltr``/``rtl`` always run); ``()`` for the dense route."""
+        how = self.route(batch)
+        if how == "dense":
+            return how, ()
+        if self.order != "auto":
+            return how, (1,) * len(self.in_shape)
+        return how, plan_groups(self.out_shape, self.in_shape, self.tt_ranks, how == "rtl", batch)
+
     def count_macs(self, input: Tensor, output: Tensor) -> int:
         """MACs of one call for the whole batch (``factorch.count`` protocol); bias adds excluded."""
         batch = input.numel() // self.in_features
-        fixed, per_example = self._route_costs[self.route(batch)]
+        how, sizes = self.plan(batch)
+        fixed, per_example = self._route_costs[how] if how == "dense" else \
+            plan_macs(self.out_shape, self.in_shape, self.tt_ranks, sizes, how == "rtl")
         return fixed + batch * per_example
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)  # (B, N)
-        how = self.route(x.shape[0])
+        how, sizes = self.plan(x.shape[0])
         if how == "dense":
             return F.linear(x, self._weight(), self.bias).reshape(*lead, self.out_features)
         m_pad, n_pad = self.padded
         if n_pad > self.in_features:
             x = F.pad(x, (0, n_pad - self.in_features))  # zero inputs: the padded columns do nothing
-        y = _rtl(x, self.cores) if how == "rtl" else _ltr(x, self.cores)  # (B, M')
+        cores = self.cores
+        if not torch.is_grad_enabled():  # plain tensors: ops on parameters cost ~10 us more each
+            cores = [c.detach() for c in cores]
+        cores = group(cores, sizes)
+        y = contract_rtl(x, cores) if how == "rtl" else contract_ltr(x, cores)  # (B, M')
         if m_pad > self.out_features:
             y = y[:, :self.out_features]
         if self.bias is not None:
-            y = y + self.bias
+            y = y + (self.bias if torch.is_grad_enabled() else self.bias.detach())
         return y.reshape(*lead, self.out_features)
 
     def _weight(self) -> Tensor:
@@ -301,33 +321,3 @@ def _padded_weight(linear: nn.Linear, out_shape: Sequence[int], in_shape: Sequen
     """``linear.weight`` in float64, zero-padded to (prod out_shape, prod in_shape)."""
     w = as_float64(linear.weight)
     return F.pad(w, (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0]))
-
-
-def _rtl(x: Tensor, cores: Sequence[Tensor]) -> Tensor:
-    """``y = W x`` absorbing core d first (Novikov et al.'s order).
-
-    State ``(B, P, Q, r, m)``: ``P`` = the input modes not yet absorbed (n_1..n_k), ``r`` the open
-    rank, the produced output modes in significance order ``(m, Q)``. Each step is one permute
-    copy of the state and one GEMM ``(B P' m Q, n_k r_k) x (n_k r_k, r_{k-1} m_k)`` against a
-    transposed view of the core: one copy per step (a two-operand einsum made two).
-    """
-    b = x.shape[0]
-    t = x.reshape(b, -1, 1, 1, 1)  # (B, N', Q = 1, r_d = 1, m = 1)
-    for core in reversed(cores):
-        r0, m_k, n, r1 = core.shape
-        _, p, q, _, m = t.shape
-        t = t.reshape(b, p // n, n, q, r1, m).permute(0, 1, 5, 3, 2, 4)  # (B, P', m, Q, n_k, r_k)
-        t = t.reshape(-1, n * r1) @ core.reshape(r0 * m_k, n * r1).T     # (B P' m Q, r_{k-1} m_k)
-        t = t.reshape(b, p // n, m * q, r0, m_k)                         # produced modes (m_k, m, Q)
-    return t.permute(0, 1, 3, 4, 2).reshape(b, -1)  # (B, 1, Q, 1, m_1) -> (B, M')
-
-
-def _ltr(x: Tensor, cores: Sequence[Tensor]) -> Tensor:
-    """``y = W x`` absorbing core 1 first: ``_rtl`` on the mirrored train. Reversing the mode order
-    of x and y and transposing the chain (``H_k = G_{d+1-k}`` with its rank axes swapped) gives the
-    same W, so core 1 is absorbed first at the cost of two extra copies (x and y)."""
-    b, d = x.shape[0], len(cores)
-    n_s, m_s = [c.shape[2] for c in cores], [c.shape[1] for c in cores]
-    x = x.reshape(b, *n_s).permute(0, *range(d, 0, -1)).reshape(b, -1)  # (B, n_d..n_1)
-    y = _rtl(x, [c.permute(3, 1, 2, 0) for c in reversed(cores)])     # (B, m_d..m_1)
-    return y.reshape(b, *reversed(m_s)).permute(0, *range(d, 0, -1)).reshape(b, -1)

@@ -179,12 +179,13 @@ class Report:
         fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
         sep = "  ".join("-" * w for w in widths)
         lines = [fmt(head), sep] + [fmt(row) for row in body[:-1]] + [sep, fmt(body[-1])]
-        spectra = sorted({r.rank_spectra for r in self.decomposed if r.rank_spectra})
         tail = [str(b) for b in self.budgets] + ([self.calibration] if self.calibration else [])
-        if spectra:
-            tail.append("rank rules read the spectra of the " + " and the ".join(
-                {"whitened": "whitened weights (output energy on the calibration inputs)",
-                 "weights": "weights"}[s] for s in spectra))
+        read = {kind: sum(r.rank_spectra == kind for r in self.decomposed) for kind in ("whitened", "weights")}
+        parts = [f"{n} layer(s) the {what}" for kind, what in (
+            ("whitened", "whitened spectra (output energy on the calibration inputs)"),
+            ("weights", "spectra of the weights")) if (n := read[kind])]
+        if parts:
+            tail.append("rank rules read for " + " and for ".join(parts))
         if calibrated:
             tail.append("out.err: relative error of the model's output on the held-out calibration batches with "
                         "that layer's factors in place (the layers before it as kept)")

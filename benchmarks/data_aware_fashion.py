@@ -6,14 +6,20 @@ layers it governs (vgg7: Tucker-2 for every 3x3 conv but the first, which has on
 and stays dense, and SVD for the classifier; mlp: SVD for all three layers), in these variants:
 
 * ``weight-only``: ranks from the weights' spectra, factors fitted to the weights;
-* ``data-aware``: ``calibration=`` batches: ranks from the whitened spectra, data-aware factors,
-  the held-out safety rule (``factorch.data_aware``);
-* ``data-aware factors``: data-aware factors at exactly the weight-only variant's ranks (separates
-  the factors' effect from the ranks');
-* ``data-aware sequential``: as ``data-aware`` with ``fc.Calibration(sequential=True)``.
+* ``data-aware``: ``fc.Calibration(batches, sequential=False)``: ranks from the whitened spectra,
+  data-aware factors fitted to the dense model's inputs, the held-out safety rule
+  (``factorch.data_aware``);
+* ``data-aware sequential``: as ``data-aware``, each layer fitted to the inputs the already
+  decomposed layers produce (``calibration=batches``: the default);
 
-For each: test accuracy right after the decomposition and after one fine-tuning epoch (SGD,
-momentum 0.9, weight decay 5e-4, lr ``--ft-lr``), the MACs kept and which factors each layer kept.
+and two diagnostics that separate the ranks' effect from the factors' (no fine-tuning):
+
+* ``weight-only factors, data-aware ranks``: the ``data-aware`` variant's ranks, weight-only factors;
+* ``data-aware factors, weight-only ranks``: the ``weight-only`` variant's ranks, data-aware factors.
+
+For each: test accuracy right after the decomposition and (not the diagnostics) after one
+fine-tuning pass over ``--ft-subset`` training images (SGD, momentum 0.9, weight decay 5e-4, lr
+``--ft-lr``), the MACs kept and which factors each layer kept.
 Calibration batches: ``--calibration-batches`` seeded batches of ``--batch`` training images (no
 labels used); the last quarter is the safety rule's held-out part.
 
@@ -40,7 +46,8 @@ from factorch.training.checkpoint import seed_everything
 from common import RESULTS, environment, write_results
 
 LEVELS = (0.5, 0.3, 0.15)
-VARIANTS = ("weight-only", "data-aware", "data-aware factors", "data-aware sequential")
+VARIANTS = ("weight-only", "data-aware", "data-aware sequential")
+DIAGNOSTICS = ("weight-only factors, data-aware ranks", "data-aware factors, weight-only ranks")
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "data_aware"
 
 
@@ -104,25 +111,30 @@ def at_ranks(report: fc.Report) -> dict:
             for r in report.decomposed} | {"_default": None}
 
 
-def run_variant(name, dense, variant, level, calib, example, test_loader, ft_loader, args, base_report=None):
+def run_variant(name, dense, variant, level, calib, example, test_loader, ft_loader, args, reports):
     model = copy.deepcopy(dense)
-    config = at_ranks(base_report) if variant == "data-aware factors" else methods(name, level)
-    calibration = None if variant == "weight-only" else \
-        fc.Calibration(calib, damping=args.damping, sequential=variant == "data-aware sequential")
+    config = methods(name, level)
+    if variant in DIAGNOSTICS:  # the other variant's ranks, exactly
+        config = at_ranks(reports["data-aware" if variant.endswith("data-aware ranks") else "weight-only"])
+    aware = variant.startswith("data-aware")
+    calibration = fc.Calibration(calib, damping=args.damping, sequential=variant != "data-aware") \
+        if aware else None
     start = time.perf_counter()
     report = fc.decompose_(model, config, example_input=example, calibration=calibration)
     seconds = time.perf_counter() - start
     acc = evaluate(model, test_loader)
-    optimizer = make_optimizer(model, args.ft_lr)
-    train_epoch(model, ft_loader, optimizer, desc=f"{name} {variant} {level} fine-tune")
-    acc_ft = evaluate(model, test_loader)
+    acc_ft = None
+    if variant not in DIAGNOSTICS:
+        optimizer = make_optimizer(model, args.ft_lr)
+        train_epoch(model, ft_loader, optimizer, desc=f"{name} {variant} {level} fine-tune")
+        acc_ft = evaluate(model, test_loader)
     counts = fc.count(model, example)
     kept = [r.factors for r in report.decomposed if r.factors]
     out_err = report.decomposed[-1].output_error if kept else None
     return report, {
         "model": name, "macs_budget": level, "variant": variant,
         "macs_kept": round(counts.macs / fc.count(dense, example).macs, 4),
-        "params": counts.params, "acc": round(acc, 4), "acc_finetuned": round(acc_ft, 4),
+        "params": counts.params, "acc": round(acc, 4), "acc_finetuned": round(acc_ft, 4) if acc_ft is not None else "",
         "layers_data_aware": kept.count("data-aware"), "layers_weight_only": kept.count("weight-only"),
         "heldout_output_error": round(out_err, 4) if out_err is not None else "",
         "ranks": " ".join("x".join(map(str, r.ranks)) for r in report.decomposed),
@@ -138,7 +150,8 @@ def main() -> None:
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--damping", type=float, default=fc.Calibration([torch.zeros(2, 1)]).damping)
     p.add_argument("--models", default="vgg7,mlp")
-    p.add_argument("--train-subset", type=int, default=None, help="train and fine-tune on N images (default all)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on N images (default all)")
+    p.add_argument("--ft-subset", type=int, default=10000, help="fine-tune on N seeded training images (default 10000)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: the Debian package's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -153,6 +166,8 @@ def main() -> None:
     picks = torch.randperm(len(train), generator=g)[:args.calibration_batches * args.batch]
     calib = list(train.tensors[0][picks].split(args.batch))  # inputs only: no labels
     example = train.tensors[0][:1]
+    keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + 3))[:args.ft_subset]
+    ft_set = TensorDataset(*(t[keep] for t in train.tensors))
     rows = []
     for name in args.models.split(","):
         dense = trained(name, train, args).eval()
@@ -163,15 +178,14 @@ def main() -> None:
                      "heldout_output_error": "", "ranks": "", "decompose_s": ""})
         print(rows[-1], flush=True)
         for level in LEVELS:
-            base_report = None
-            for variant in VARIANTS:
+            reports = {}
+            for variant in VARIANTS + DIAGNOSTICS:
                 seed_everything(args.seed)  # the same fine-tuning data order for every variant
-                ft_loader = Batches(train, args.batch, torch.Generator().manual_seed(args.seed + 2))
-                report, row = run_variant(name, dense, variant, level, calib, example, test_loader, ft_loader,
-                                          args, base_report)
-                base_report = base_report or report
+                ft_loader = Batches(ft_set, args.batch, torch.Generator().manual_seed(args.seed + 2))
+                reports[variant], row = run_variant(name, dense, variant, level, calib, example, test_loader,
+                                                    ft_loader, args, reports)
                 row["drop"] = round(base - row["acc"], 4)
-                row["drop_finetuned"] = round(base - row["acc_finetuned"], 4)
+                row["drop_finetuned"] = round(base - row["acc_finetuned"], 4) if row["acc_finetuned"] != "" else ""
                 rows.append(row)
                 print(row, flush=True)
     for r in rows:
@@ -182,7 +196,8 @@ def main() -> None:
     notes = [
         f"Training: {args.epochs} epochs, SGD lr {args.lr:g} (x0.1 for the last epoch), momentum 0.9, weight decay "
         f"5e-4, batch {args.batch}, seed {args.seed}, {len(train)} training / {len(test)} test images. "
-        f"Fine-tuning: one epoch, SGD lr {args.ft_lr:g}, same data order for every variant.",
+        f"Fine-tuning: one pass over {len(ft_set)} seeded training images, SGD lr {args.ft_lr:g}, momentum 0.9, "
+        "weight decay 5e-4, the same data order for every variant (the diagnostics are not fine-tuned).",
         f"Calibration: {args.calibration_batches} seeded batches of {args.batch} training images (inputs only); the "
         f"last quarter held out for the safety rule; damping {args.damping:g}.",
         "macs_budget: fc.Budget(macs=...) over the governed layers; macs_kept: MACs of the whole model (the "
@@ -205,8 +220,11 @@ def plot(rows: list[dict], path) -> None:
         dense = next(r["acc"] for r in rows if r["model"] == name and r["variant"] == "dense")
         for i, key in enumerate(("acc", "acc_finetuned")):
             ax = axes[i][j]
-            for variant, style in zip(VARIANTS, ("o-", "s-", "^--", "d-")):
-                pts = [(r["macs_kept"], r[key]) for r in rows if r["model"] == name and r["variant"] == variant]
+            for variant, style in zip(VARIANTS + DIAGNOSTICS, ("o-", "s-", "d-", "x:", "+:")):
+                pts = [(r["macs_kept"], r[key]) for r in rows if r["model"] == name and r["variant"] == variant
+                       and r[key] != ""]
+                if not pts:
+                    continue
                 ax.plot([m for m, _ in pts], [100 * a for _, a in pts], style, label=variant)
             ax.axhline(100 * dense, color="gray", lw=0.8, ls=":", label="dense")
             ax.set_xlabel("MACs kept (whole model)")

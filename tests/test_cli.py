@@ -52,7 +52,6 @@ def test_model_with_weights(tmp_path, capsys):
     (["decompose", "--model", "vgg-small", "--calibration", "nope", "-o", "{tmp}/x.pt"], "unknown dataset 'nope'"),
     (["decompose", "--model", "vgg-small", "--calibration", "digits", "--calibration-batches", "0", "-o", "{tmp}/x.pt"],
      "--calibration-batches must be >= 1, got 0"),
-    (["decompose", "--model", "vgg-small", "--sequential", "-o", "{tmp}/x.pt"], "--sequential needs --calibration"),
     (["decompose", "--model", "vgg-small", "--calibration", "digits", "--in-channels", "3", "-o", "{tmp}/x.pt"],
      "calibration batch 0 has shape (128, 1, 16, 16); expected (B, 3, 16, 16) like example_input"),
 ])
@@ -73,7 +72,7 @@ def test_decompose_with_calibration_data(tmp_path, capsys):
     out = tmp_path / "small.pt"
     assert run(["decompose", "--model", "vgg-small", "--method", "tucker2,svd", "--rank", "0.25",
                 "--calibration", "digits", "--calibration-batches", "4", "--calibration-batch-size", "16",
-                "--sequential", "-o", str(out)]) == 0
+                "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "out.err data-aware/weight-only" in text and "calibration: 3 batch(es) (48 samples) fitted, 1 (16) held out, " \
         "sequential" in text

@@ -37,8 +37,6 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
 def run_decompose(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method, parse_rank(args.rank))
     keep = exclude_filter(args.exclude)
-    if args.sequential and not args.calibration:
-        raise ValueError("--sequential needs --calibration DATASET")
     if args.calibration and args.model:  # the model takes the data set's images unless told otherwise
         import factorch.data as data
 

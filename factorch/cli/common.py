@@ -127,14 +127,15 @@ def parse_rank(text: str):
 
 
 def add_calibration_args(p: argparse.ArgumentParser, batches: int) -> None:
-    """--calibration-batches, --calibration-batch-size, --sequential: data-aware factors (``fc.Calibration``)."""
+    """--calibration-batches, --calibration-batch-size, --[no-]sequential: data-aware factors (``fc.Calibration``)."""
     p.add_argument("--calibration-batches", type=int, default=batches, metavar="N",
                    help=f"calibration batches drawn (seeded) from the data set's training split, inputs only; the "
                         f"last quarter is held out to check the data-aware factors (default {batches})")
     p.add_argument("--calibration-batch-size", type=int, default=128, metavar="B",
                    help="examples per calibration batch (default 128)")
-    p.add_argument("--sequential", action="store_true",
-                   help="fit each layer to the inputs the already decomposed layers produce (Zhang et al. 2016)")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit each layer to the inputs the already decomposed layers produce (Zhang et al. 2016; "
+                        "default); --no-sequential fits every layer to the dense model's inputs")
 
 
 def calibration_from(args: argparse.Namespace, dataset: str) -> fc.Calibration:

@@ -5,6 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# A second environment with the package alone (`pip install .`, no extras): proves that a plain
+# install runs every method and the CLI (tests/plain_install_smoke.py). Rebuilt from nothing
+# when the dependencies change; the package is reinstalled when its sources change. torch goes in
+# without byte-compiling its thousands of modules (the few imported compile on first use).
+PLAIN       := .venv-plain
+PLAIN_PY    := $(PLAIN)/bin/python
+PLAIN_BASE  := $(PLAIN)/.torch-stamp
+PLAIN_STAMP := $(PLAIN)/.installed-stamp
+SOURCES     := $(shell find factorch -name '*.py')
 
 .PHONY: venv demo test bench clean
 
@@ -16,6 +25,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(PLAIN_BASE): pyproject.toml Makefile
+	rm -rf $(PLAIN)
+	$(PYTHON) -m venv $(PLAIN)
+	$(PLAIN_PY) -m pip install --quiet --no-compile "$(TORCH)"
+	touch $(PLAIN_BASE)
+
+$(PLAIN_STAMP): $(PLAIN_BASE) $(SOURCES) README.md
+	$(PLAIN_PY) -m pip uninstall --quiet --yes factorch
+	$(PLAIN_PY) -m pip install --quiet .
+	rm -rf build
+	touch $(PLAIN_STAMP)
+
 # seed 000's experiment, small: train on the bundled digits (original / decompose at epoch 3 /
 # decompose at 3 and reconstruct at 10), print the table and the figure's path. (API example:
 # examples/demo.py.)
@@ -24,8 +45,12 @@ demo: $(STAMP)
 	$(PY) -m factorch experiment --model vgg-small --dataset digits --epochs 12 --batch-size 32 \
 		--lr 0.05 --scenarios original,dec@3,dec@3+rec@10 --out demo-out
 
-test: $(STAMP)
+# the test suite, then the smoke test in the extras-free environment (the script's directory, not
+# the checkout, is on its import path: it imports the installed package); byte code is cached
+# there even where PYTHONDONTWRITEBYTECODE is set, as torch was installed without it
+test: $(STAMP) $(PLAIN_STAMP)
 	$(PY) -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(PLAIN_PY) tests/plain_install_smoke.py --installed $(PLAIN)/bin/factorch
 
 bench: $(STAMP)
 	$(PY) benchmarks/decompose_speed.py
@@ -35,4 +60,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/tt_conv_costs.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PLAIN) build *.egg-info .pytest_cache

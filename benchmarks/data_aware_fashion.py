@@ -229,7 +229,7 @@ def plot(rows: list[dict], path) -> None:
             ax.axhline(100 * dense, color="gray", lw=0.8, ls=":", label="dense")
             ax.set_xlabel("MACs kept (whole model)")
             ax.set_ylabel("test accuracy %")
-            ax.set_title(f"{name}: {'right after decomposition' if i == 0 else 'after 1 fine-tuning epoch'}")
+            ax.set_title(f"{name}: {'right after decomposition' if i == 0 else 'after one fine-tuning pass'}")
             ax.legend(fontsize=8)
     save_figure(fig, path)
     print(f"wrote {path}")

@@ -6,6 +6,7 @@
     fc.decompose_(model, fc.SVD(rank=fc.Energy(0.95)), calibration=[x1, x2, x3, x4])  # data-aware
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
+    fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
     fc.reconstruct_(model)
 
 Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where they are used.
@@ -14,8 +15,9 @@ from factorch import layers, models
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.calibration import Calibration
 from factorch.count import Counts, LayerCount, count
+from factorch.export import export
 from factorch.io import CheckpointError, load, save
-from factorch.methods import CP, SVD, TT, Method, Tucker2
+from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
 from factorch.profile import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
@@ -41,9 +43,11 @@ __all__ = [
     "TT",
     "Tolerance",
     "Tucker2",
+    "Tucker3",
     "count",
     "decompose_",
     "evbmf",
+    "export",
     "layers",
     "load",
     "models",

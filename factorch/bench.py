@@ -15,8 +15,9 @@ Forward is timed in eval mode without grad; forward+backward in train mode (a tr
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from torch import nn
 
@@ -28,7 +29,7 @@ from factorch.report import Report
 from factorch.selection import Config
 from factorch.surgery import FilterFn, get_module
 
-__all__ = ["BenchRow", "bench", "format_table"]
+__all__ = ["Bench", "BenchRow", "TextTable", "bench", "format_table", "require_decomposed"]
 
 MODEL = "(whole model)"
 
@@ -65,59 +66,116 @@ def _row(layer: str, kind: str, ranks: str, batch: int, macs: tuple[int, int], t
                     d.forward_backward / f.forward_backward if train else None)
 
 
+class Bench:
+    """A model decomposed for timing: ``report`` (what ``decompose_`` did to a copy) is known at
+    once; ``rows(profiler)`` then times layer after layer, yielding each row when it is
+    measured, so a long benchmark shows its results as they come (``factorch bench``).
+
+    Raises ``ValueError`` when no layer gets decomposed (e.g. EVBMF on random-init weights gives
+    rank 0). ``model`` is not changed.
+    """
+
+    def __init__(self, model: nn.Module, methods: Config, example_input: Any,
+                 filter_fn: Optional[FilterFn] = None) -> None:
+        self.model, self.example_input = model, example_input
+        self.small = copy.deepcopy(model)
+        self.report = decompose_(self.small, methods, filter_fn=filter_fn, example_input=example_input)
+        require_decomposed(self.report, "there is nothing to time")
+        self.rebuilt = copy.deepcopy(self.small)
+        reconstruct_(self.rebuilt)
+
+    def labels(self) -> list[tuple[str, str, str]]:
+        """(layer, type, ranks) of the rows ``rows`` yields, in order: the table's first columns."""
+        return [(r.name, r.layer, "x".join(map(str, r.ranks))) for r in self.report.decomposed] + \
+            [(MODEL, type(self.model).__name__, "")]
+
+    def rows(self, profiler: Profiler = Profiler(backward=True)) -> Iterator[BenchRow]:
+        """Time the dense, factorized and rebuilt form of every decomposed layer, then of the whole
+        model; the batch is ``profiler.batch`` (default: ``example_input``'s)."""
+        x = self.example_input[0] if isinstance(self.example_input, tuple) else self.example_input
+        batch = profiler.batch or int(x.shape[0])
+        shapes = {r.name: r.input_shape for r in count(self.model, self.example_input).layers}
+        for r, (name, kind, ranks) in zip(track(self.report.decomposed, desc="bench"), self.labels()):
+            variants = {"dense": get_module(self.model, name), "factorized": get_module(self.small, name),
+                        "rebuilt": get_module(self.rebuilt, name)}
+            yield _row(name, kind, ranks, batch, (r.macs_before, r.macs_after),
+                       compare(variants, shapes[name], profiler, batch))
+        t = compare({"dense": self.model, "factorized": self.small, "rebuilt": self.rebuilt},
+                    tuple(x.shape[1:]), profiler, batch)
+        macs = (count(self.model, self.example_input).macs, count(self.small, self.example_input).macs)
+        yield _row(*self.labels()[-1], batch, macs, t)
+
+
 def bench(model: nn.Module, methods: Config, example_input: Any, profiler: Profiler = Profiler(backward=True),
           filter_fn: Optional[FilterFn] = None) -> tuple[Report, list[BenchRow]]:
     """Decompose a copy of ``model`` with ``methods``, rebuild a dense copy from it, and time the
-    three variants of every decomposed layer and of the whole model; ``model`` is not changed.
+    three variants of every decomposed layer and of the whole model (``Bench``, all rows at once).
 
     ``example_input``: one example with its batch dim (gives each layer's input size); the timing
-    batch is ``profiler.batch`` (default: ``example_input``'s). Raises ``ValueError`` when no
-    layer gets decomposed (e.g. EVBMF on random-init weights gives rank 0).
+    batch is ``profiler.batch`` (default: ``example_input``'s).
     """
-    small = copy.deepcopy(model)
-    report = decompose_(small, methods, filter_fn=filter_fn, example_input=example_input)
-    if not report.decomposed:
-        reasons = sorted({r.skipped for r in report.skipped})[:2]
-        raise ValueError(f"no layer was decomposed ({'; '.join(reasons)}), so there is nothing to time; "
-                         "random-init weights give EVBMF rank 0: load trained weights or use a fixed rank (e.g. 0.25)")
-    rebuilt = copy.deepcopy(small)
-    reconstruct_(rebuilt)
-    x = example_input[0] if isinstance(example_input, tuple) else example_input
-    batch = profiler.batch or int(x.shape[0])
-    shapes = {r.name: r.input_shape for r in count(model, example_input).layers}
-    rows = []
-    for r in track(report.decomposed, desc="bench"):
-        variants = {"dense": get_module(model, r.name), "factorized": get_module(small, r.name),
-                    "rebuilt": get_module(rebuilt, r.name)}
-        t = compare(variants, shapes[r.name], profiler, batch)
-        rows.append(_row(r.name, r.layer, "x".join(map(str, r.ranks)), batch, (r.macs_before, r.macs_after), t))
-    t = compare({"dense": model, "factorized": small, "rebuilt": rebuilt}, tuple(x.shape[1:]), profiler, batch)
-    macs = (count(model, example_input).macs, count(small, example_input).macs)
-    rows.append(_row(MODEL, type(model).__name__, "", batch, macs, t))
-    return report, rows
+    measured = Bench(model, methods, example_input, filter_fn)
+    return measured.report, list(measured.rows(profiler))
+
+
+def require_decomposed(report: Report, consequence: str) -> None:
+    """``ValueError`` when ``report`` decomposed no layer: the reasons with their counts, what
+    that means here (``consequence``), and the usual cure for rank 0 on random-init weights."""
+    if report.decomposed:
+        return
+    reasons = Counter(r.skipped for r in report.skipped).most_common()
+    said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    hint = "; random-init weights give EVBMF rank 0: load trained weights or use a fixed rank (e.g. 0.25)" \
+        if any(reason.startswith("rank 0") for reason, _ in reasons) else ""
+    raise ValueError(f"no layer was decomposed ({said or 'the model has no layer a method handles'}), so {consequence}{hint}")
+
+
+HEAD = ["layer", "type", "ranks", "MACs x", "fwd dense ms", "fwd fact. ms", "fwd rebuilt ms", "fwd x"]
+TRAIN_HEAD = ["train dense ms", "train fact. ms", "train rebuilt ms", "train x"]
+
+
+def _cells(r: BenchRow, train: bool) -> list[str]:
+    line = [r.layer, r.kind, r.ranks, f"{r.mac_speedup:.2f}", f"{r.dense_ms:.3f}", f"{r.factorized_ms:.3f}",
+            f"{r.rebuilt_ms:.3f}", f"{r.speedup:.2f}"]
+    if train:
+        line += [f"{r.dense_train_ms:.3f}", f"{r.factorized_train_ms:.3f}", f"{r.rebuilt_train_ms:.3f}",
+                 f"{r.train_speedup:.2f}"]
+    return line
+
+
+class TextTable:
+    """The text table, printable a row at a time: widths come from the rows' labels (known
+    before any timing, ``Bench.labels``) and the headers; the whole-model row follows a rule."""
+
+    def __init__(self, labels: Sequence[tuple[str, str, str]], train: bool) -> None:
+        self.head = HEAD + (TRAIN_HEAD if train else [])
+        self.train = train
+        self.widths = [max([len(h)] + [len(label[i]) for label in labels]) if i < 3 else max(len(h), 8)
+                       for i, h in enumerate(self.head)]
+
+    def _format(self, cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, self.widths)))
+
+    def rule(self) -> str:
+        return "  ".join("-" * w for w in self.widths)
+
+    def header(self) -> str:
+        return self._format(self.head) + "\n" + self.rule()
+
+    def line(self, row: BenchRow) -> str:
+        text = self._format(_cells(row, self.train))
+        return self.rule() + "\n" + text if row.layer == MODEL else text
 
 
 def format_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:
     """A text (or Markdown) table: theoretical vs measured speed-up, forward and forward+backward."""
     train = any(r.train_speedup is not None for r in rows)
-    head = ["layer", "type", "ranks", "MACs x", "fwd dense ms", "fwd fact. ms", "fwd rebuilt ms", "fwd x"]
-    if train:
-        head += ["train dense ms", "train fact. ms", "train rebuilt ms", "train x"]
-    body = []
-    for r in rows:
-        line = [r.layer, r.kind, r.ranks, f"{r.mac_speedup:.2f}", f"{r.dense_ms:.3f}", f"{r.factorized_ms:.3f}",
-                f"{r.rebuilt_ms:.3f}", f"{r.speedup:.2f}"]
-        if train:
-            line += [f"{r.dense_train_ms:.3f}", f"{r.factorized_train_ms:.3f}", f"{r.rebuilt_train_ms:.3f}",
-                     f"{r.train_speedup:.2f}"]
-        body.append(line)
     if markdown:
+        head = HEAD + (TRAIN_HEAD if train else [])
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                         ["| " + " | ".join(line) + " |" for line in body])
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    fmt = lambda row: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(head), sep] + [fmt(line) for line in body[:-1]] + [sep, fmt(body[-1])])
+                         ["| " + " | ".join(_cells(r, train)) + " |" for r in rows])
+    table = TextTable([(r.layer, r.kind, r.ranks) for r in rows], train)
+    return "\n".join([table.header()] + [table.line(r) for r in rows])
 
 
 def columns() -> list[str]:

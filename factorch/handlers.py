@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, TTConv2d, TTLinear, TuckerConv2d
-from factorch.methods import CP, SVD, TT, Tucker2
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, Tucker3Conv2d, TTConv2d, TTLinear, TuckerConv2d
+from factorch.methods import CP, SVD, TT, Tucker2, Tucker3
 from factorch.registry import Candidate, NotApplicable, register
 
 
@@ -26,6 +26,11 @@ def spatial_conv_skip(conv: nn.Conv2d, method: str) -> NotApplicable | None:
 @register(Tucker2, nn.Conv2d)
 def tucker2_conv(method: Tucker2, conv: nn.Conv2d) -> Candidate | NotApplicable:
     return spatial_conv_skip(conv, "Tucker-2") or Candidate(TuckerConv2d)
+
+
+@register(Tucker3, nn.Conv2d)
+def tucker3_conv(method: Tucker3, conv: nn.Conv2d) -> Candidate | NotApplicable:
+    return spatial_conv_skip(conv, "Tucker-3") or Candidate(Tucker3Conv2d)
 
 
 @register(CP, nn.Conv2d)

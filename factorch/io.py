@@ -6,20 +6,24 @@ The file is a plain ``torch.save`` of a dict of tensors, strings, numbers, lists
      "factorized": [{"name", "class", "config", "rank"}, ...], "state_dict": {...}, "meta": {...}}
 
 Loading uses ``torch.load(weights_only=True)``: no pickled code is ever executed, and a file that
-needs code to load (e.g. a whole pickled ``nn.Module``) is refused with a clear error. Writing goes
-to a temporary file in the same directory, renamed into place, so a crash never leaves a
-half-written checkpoint.
+needs code to load (e.g. a whole pickled ``nn.Module``) is refused with a clear error; the declared
+structure is checked against the tensors present before anything is allocated. Writing goes to a
+temporary file in the same directory, renamed into place, so a crash never leaves a half-written
+checkpoint (``_atomic_write``: the umask's mode, temps of killed writers removed);
+``lock_dir`` keeps a second process from writing into the same run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -28,6 +32,7 @@ from factorch.layers.base import FactorizedLayer
 from factorch.surgery import get_module, swap, walk
 
 FORMAT, VERSION = "factorch", 1
+MAX_SIZE = 1 << 24  # the largest class or channel count a checkpoint may declare
 
 
 class CheckpointError(ValueError):
@@ -41,21 +46,165 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file (a table, a CSV, a log) the same way: whole or not at all."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(text.encode("utf-8"), path)
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` (e.g. an exported model) the same way: whole or not at all."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if its directory exists (callers check before long work)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return path
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """``write(f)`` into a temp file next to ``path`` (named with this process's pid, so temps of
+    killed writers can be told apart and removed), then rename it into place with the mode a
+    plain ``open(path, "w")`` gives: an existing file's mode, else 0666 less the umask."""
+    path = check_writable(path)
+    remove_stale_temps(path.parent, path.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. a read-only directory: name the file asked for, not the temp
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, _mode_for(path))  # mkstemp made it 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error(e)
+        if cause is None or isinstance(e, KeyboardInterrupt):
+            raise
+        raise _write_error(path, cause) from e
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# .NAME.pid<PID>.<mkstemp's 8 random characters>.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: Optional[str] = None) -> list[Path]:
+    """Remove the temp files that writers killed mid-write left in ``directory`` (those of
+    ``name`` only, if given): only those whose writer process is gone, never a live writer's.
+    Returns the paths removed."""
+    if os.name != "posix":  # process liveness by os.kill(pid, 0) is POSIX
+        return []
+    removed = []
+    for entry in Path(directory).iterdir():
+        found = _TEMP.match(entry.name)
+        if found and (name is None or found["name"] == name) and not _alive(int(found["pid"])):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: exists? (no signal is sent)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+class DirectoryLocked(RuntimeError):
+    """Another process is writing into the directory (``lock_dir``)."""
+
+
+LOCK_FILE = ".factorch.lock"
+
+
+@contextlib.contextmanager
+def lock_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the directory ``path`` (created if needed) for this process while writing into it.
+
+    An exclusive ``flock`` on ``path/.factorch.lock``, which holds the holder's pid: a second
+    process gets ``DirectoryLocked("another factorch process (pid N) is writing into DIR")``. The
+    OS drops the lock when the holder exits, however it dies (kill -9 included), so no stale
+    lock survives a crash. Once held, temp files of killed writers in the directory are removed.
+    POSIX only (fcntl); elsewhere the directory is not locked.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield directory
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise DirectoryLocked(f"another factorch process (pid {holder}) is writing into {str(directory)!r}; "
+                                  "wait for it to finish or choose another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        remove_stale_temps(directory)
+        try:
+            yield directory
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind ``e``: torch.save reports a failed write of its file object as
+    ``RuntimeError: [enforce fail at inline_container.cc:...]`` with the OSError as context."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_error(path: Path, cause: OSError) -> OSError:
+    """One line naming the file and what the system said (e.g. "no space left on device")."""
+    reason = cause.strerror or str(cause)
+    error = OSError(f"cannot write {str(path)!r}: {reason[:1].lower()}{reason[1:]}")
+    error.errno = cause.errno
+    return error
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -115,17 +264,24 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
         except ValueError:
             raise CheckpointError(f"the checkpoint factorizes layer {name!r}, which this model does not have") from None
         ref = next(dense.parameters(), None)
+        if not isinstance(rank, (list, tuple)) or not rank:
+            raise CheckpointError(f"malformed ranks {rank!r} for layer {name!r} in the checkpoint")
         rank_spec = tuple(rank) if len(rank) > 1 else rank[0]
         try:
-            with torch.device("meta"):  # what this model's layer would give: must be the stored config
+            # what this model's layer would give (on meta: no memory) must be the stored config,
+            # before anything of the stored config's size is allocated
+            with torch.device("meta"):
                 expected = cls.empty_like(dense, rank_spec, **cls.options(config)).spec()["config"]
-            layer = cls(**config, rank=rank_spec)
-        except (TypeError, ValueError, AttributeError) as e:
+            if expected != config:
+                raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
+                                      f"(model: {expected}, checkpoint: {config})")
+            with torch.device(ref.device if ref is not None else "cpu"):
+                layer = cls(**config, rank=rank_spec)
+        except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"cannot rebuild {cls_name} at {name!r}: {e}") from None
-        if expected != config:
-            raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
-                                  f"(model: {expected}, checkpoint: {config})")
-        replacements[name] = layer.to(device=ref.device, dtype=ref.dtype) if ref is not None else layer
+        replacements[name] = layer.to(dtype=ref.dtype) if ref is not None else layer
     swap(model, replacements)
 
 
@@ -142,23 +298,56 @@ def load(path: str | os.PathLike, model: Optional[nn.Module] = None) -> nn.Modul
                               "load it into a model with model.load_state_dict, or use the CLI's --model NAME --weights FILE)")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has factorch checkpoint version {ckpt.get('version')!r}; this factorch reads {VERSION}")
+    spec, state = ckpt.get("factorized", []), ckpt.get("state_dict")
     if model is None:
-        arch = ckpt.get("arch")
-        if not arch:
-            raise CheckpointError(f"{str(path)!r} stores no architecture name; pass a fresh model: load(path, model=...)")
-        from factorch.models import create
-
-        model = create(arch["name"], arch["num_classes"], arch["in_channels"])
+        build = _architecture(ckpt.get("arch"), str(path))
+        with torch.device("meta"):  # the declared structure, without memory, must fit the tensors present
+            skeleton = build()
+            apply_spec(skeleton, spec)
+        check_weights(skeleton, state, str(path))
+        model = build()
     else:
         model = copy.deepcopy(model)
-    apply_spec(model, ckpt.get("factorized", []))
-    load_weights(model, ckpt.get("state_dict"), str(path))
+    apply_spec(model, spec)
+    load_weights(model, state, str(path))
     return model
+
+
+def _architecture(arch: Any, source: str) -> Callable[[], nn.Module]:
+    """A builder for the registry model a checkpoint names (its fields checked: a crafted file
+    must not reach a constructor with a string or a float)."""
+    if not arch:
+        raise CheckpointError(f"{source!r} stores no architecture name; pass a fresh model: load(path, model=...)")
+    from factorch.models import create
+
+    try:
+        name, num_classes, in_channels = arch["name"], arch["num_classes"], arch["in_channels"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{source!r}: malformed architecture entry {arch!r}") from None
+    if not isinstance(name, str) or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE
+                                        for v in (num_classes, in_channels)):
+        raise CheckpointError(f"{source!r}: architecture {arch!r} is not a model name with class and channel "
+                              f"counts in 1..{MAX_SIZE}")
+
+    def build() -> nn.Module:
+        try:
+            return create(name, num_classes, in_channels)
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{source!r}: cannot build architecture {arch!r}: {e}") from None
+
+    return build
 
 
 def load_weights(model: nn.Module, state: Any, source: str) -> None:
     """``model.load_state_dict(state)`` after checking names and shapes, so a mismatch is one line
     naming the first offending keys (and the model is not touched)."""
+    check_weights(model, state, source)
+    model.load_state_dict(state)
+
+
+def check_weights(model: nn.Module, state: Any, source: str) -> None:
+    """``state`` (from ``source``) has exactly ``model``'s tensor names and shapes; else one
+    ``CheckpointError`` naming the first offending keys. ``model`` may be on the meta device."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source!r} holds no state_dict (a dict of tensors)")
     own = model.state_dict()
@@ -170,4 +359,3 @@ def load_weights(model: nn.Module, state: Any, source: str) -> None:
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys]
     if problems:
         raise CheckpointError(f"weights in {source!r} do not fit {type(model).__name__}: {'; '.join(problems)}")
-    model.load_state_dict(state)

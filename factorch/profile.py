@@ -134,7 +134,8 @@ def _calls(module: nn.Module, x: Tensor, backward: bool) -> Callable[[], None]:
 
 def compare(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profiler: Profiler = Profiler(),
             batch: Optional[int] = None) -> dict[str, Latency]:
-    """Time every module in ``variants`` on the same random input ``(batch, *input_shape)``.
+    """Time every module in ``variants`` on the same random input ``(batch, *input_shape)``:
+    ``input_shape`` is one example's, without the batch (a shape with the batch is refused).
 
     ``batch`` is used when ``profiler.batch`` is None (default 1). Dtype and device come from the
     first variant (or ``profiler.device``); every variant runs on the very same input tensor.
@@ -158,9 +159,29 @@ def compare(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profil
         torch.set_num_threads(profiler.threads)
     try:
         result = _time_interleaved(modules, x, modes, profiler, timer)
+    except (RuntimeError, ValueError, IndexError) as e:
+        if _takes_whole_input(modules, x[0]):  # (1, 3, 32, 32) given for a conv: x is (n, 1, 3, 32, 32)
+            raise ValueError(f"input_shape {tuple(input_shape)} includes the batch: give the shape of one "
+                             f"example without it, {tuple(input_shape[1:])}, and the batch as batch= or "
+                             "Profiler(batch=...)") from None
+        raise e
     finally:
         torch.set_num_threads(threads)
     return {k: Latency(**v) for k, v in result.items()}
+
+
+def _takes_whole_input(modules: dict[str, nn.Module], shaped_as_given: Tensor) -> bool:
+    """Whether every module runs on a tensor of exactly the ``input_shape`` it was given (so the
+    failure was that shape read as one example and given a batch dimension on top)."""
+    if shaped_as_given.dim() < 2:
+        return False
+    try:
+        with torch.no_grad():
+            for module in modules.values():
+                module.eval()(shaped_as_given)
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return True
 
 
 def _time_interleaved(modules: dict[str, nn.Module], x: Tensor, modes: list[tuple[str, bool]],

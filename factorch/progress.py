@@ -16,3 +16,18 @@ def track(items: Iterable[T], desc: str, total: Optional[int] = None) -> Iterabl
     except ImportError:
         return items
     return tqdm(items, desc=desc, total=total, leave=False)
+
+
+def echo(line: str) -> None:
+    """Print ``line`` to stdout at once; on a terminal with a progress bar drawn, above the bar
+    (``tqdm.write``) instead of through it."""
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+            return
+    print(line, flush=True)

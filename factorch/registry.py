@@ -4,7 +4,7 @@ A handler (filled in by ``@register``) only says whether its method applies to a
 which factorized class (``Candidate``), or why not (``NotApplicable``). Everything else -- which
 method of a list, which ranks, skip with a reason, or build -- is decided in one place,
 ``decide``, and for a whole model (budgets included) by ``decide_all``; ``decompose_``, ``plan``,
-the sweep and ``fc.ADMM`` all go through them.
+the sweep and ``fc.ADMM`` all go through them (``propose``: one layer, one method, fixed ranks).
 
 A list of methods means "the first method that handles the layer usefully": a method that does
 not apply, whose ranks come out 0 (a rule found only noise) or whose ranks would not reduce the
@@ -256,6 +256,18 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
     if ctx.explicit:  # the user named this layer: not handling it is an error
         raise ValueError(f"not supported: {reason}")
     return Decision(skipped=reason)
+
+
+def propose(method: Method, module: nn.Module, shape: Optional[tuple[int, ...]] = None, name: str = "layer"
+            ) -> Proposal:
+    """The proposal for one layer under one method with fixed ranks or a rule (not a budget), by
+    ``decide``: ``shape`` (no batch) is the input size to cost it at (default a nominal one). A
+    method that does not apply, or is not useful there, is one ``ValueError`` with the reason."""
+    decision = decide(name, module, [method], Context(shape or nominal_shape(module), nominal=shape is None))
+    if decision.proposal is None:
+        what = "a budget" if decision.pending else decision.skipped
+        raise ValueError(f"{method!r} does not decompose {name!r} ({layer_label(module)}): {what}")
+    return decision.proposal
 
 
 MethodsFor = Callable[[str, nn.Module], Optional[Sequence[Method]]]

@@ -76,3 +76,46 @@ def test_cli_bench_bad_input(tmp_path, capsys, argv, match):
     assert run([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+
+
+def test_cli_bench_prints_each_row_before_timing_the_next(capsys, monkeypatch):
+    """A long bench is never silent: when layer k is timed, the rows of layers 0..k-1 are out."""
+    import factorch.profile
+    from factorch.cli.main import run
+
+    seen = []  # per timer call: the table rows printed so far
+
+    def clock(module, call):
+        call()
+        seen.append(capsys.readouterr().out)
+        return 1e-3
+
+    monkeypatch.setattr(factorch.profile, "default_timer", lambda device: clock)
+    assert run(["bench", "--model", "resnet20", "--method", "tucker2", "--rank", "0.25", "--exclude", "layer[12].*|conv1",
+                "--batch", "2", "--runs", "1", "--warmup", "0", "--forward-only"]) == 0
+    seen.append(capsys.readouterr().out)
+    printed = "".join(seen)
+    table = printed[printed.index("fwd dense ms"):]
+    names = [f"layer3.{b}.conv{c}" for b in range(3) for c in (1, 2)]
+    assert all(name in table for name in names) and MODEL in table
+    for k, name in enumerate(names):  # 3 variants x 1 run per layer; the whole model comes last
+        before = "".join(seen[:3 * k + 1])
+        table_so_far = before[before.index("fwd dense ms"):] if "fwd dense ms" in before else ""
+        assert all(n in table_so_far for n in names[:k]) and name not in table_so_far, (k, table_so_far)
+
+
+def test_help_lists_every_method_and_rank_form(capsys):
+    from factorch.cli.common import RANK_FORMS, parse_rank
+    from factorch.cli.main import run
+
+    for command in ("decompose", "bench"):
+        with pytest.raises(SystemExit):
+            run([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(name in text for name in fc.Method.by_name), command
+        assert all(f"{form}:" in text for form, _, _ in RANK_FORMS), command
+    for _, example, _ in RANK_FORMS:
+        parse_rank(example)  # every documented form parses
+    with pytest.raises(SystemExit) as e:
+        run(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"factorch {fc.__version__}"

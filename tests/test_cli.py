@@ -8,6 +8,8 @@ import torch
 import factorch as fc
 from factorch.cli.main import run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # decompositions: LAPACK on a shared machine
+
 
 def test_decompose_count_reconstruct_round_trip(tmp_path, capsys):
     small, dense = tmp_path / "small.pt", tmp_path / "dense.pt"

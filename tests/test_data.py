@@ -103,6 +103,50 @@ def test_imagefolder(tmp_path):
         data.load("imagefolder", root=str(tmp_path / "nope"))
 
 
+def _image_tree(root, layout):
+    """``layout``: {split: {class: number of images}}; PNG and JPEG files, one colour per class."""
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for k, (c, n) in enumerate(sorted(classes.items())):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 16), (40 * k, 0, 0)).save(root / split / c / f"{i}.{('png', 'jpg')[i % 2]}")
+    return str(root)
+
+
+def test_imagefolder_one_class_index_from_the_training_folders(tmp_path):
+    root = _image_tree(tmp_path, {"train": {"cat": 2, "dog": 2, "fox": 1}, "val": {"cat": 1, "fox": 2}})
+    train = data.load("imagefolder", root=root, size=(8, 8))
+    val = data.load("imagefolder", root=root, train=False, size=(8, 8))
+    assert train.classes == val.classes == ["cat", "dog", "fox"]
+    assert sorted(y for _, y in train.samples) == [0, 0, 1, 1, 2]
+    assert [y for _, y in val.samples] == [0, 2, 2]  # fox keeps label 2 although val/ has no dog
+    assert [val[i][1] for i in range(len(val))] == [0, 2, 2]
+    assert data.info("imagefolder", root).num_classes == 3  # the folders' count, not ImageNet's 1000
+
+
+@pytest.mark.parametrize("layout,match", [
+    ({"train": {"cat": 1, "dog": 1}, "val": {"cat": 1, "wolf": 1}}, r"val/wolf have no counterpart in .*train"),
+    ({"train": {"cat": 1, "emu": 0}, "val": {"cat": 1}}, r"without images .*train/emu"),
+    ({"train": {"cat": 1, "dog": 1}, "val": {"cat": 1, "dog": 0}}, r"without images .*val/dog"),
+])
+def test_imagefolder_mismatched_or_empty_class_folders_are_errors(tmp_path, layout, match):
+    root = _image_tree(tmp_path, layout)
+    split = "val" if "val/" in match else "train"
+    with pytest.raises(ValueError, match=match) as e:
+        data.load("imagefolder", root=root, train=split == "train")
+    assert "\n" not in str(e.value)
+
+
+def test_imagefolder_info_needs_the_folders(tmp_path):
+    with pytest.raises(ValueError, match="no data directory"):
+        data.info("imagefolder")
+    with pytest.raises(ValueError, match="class folders"):
+        data.info("imagefolder", str(tmp_path))
+    assert data.info("cifar10").num_classes == 10 and data.info("cifar10", str(tmp_path)).num_classes == 10
+
+
 def test_digits_subset_and_info():
     ds = data.load("digits")
     x, _ = ds[0]

@@ -118,3 +118,14 @@ def test_tt_budget_allocates_bonds():
         report = fc.decompose_(model, fc.TT(budget), example_input=torch.zeros(1, 256))
         assert all(isinstance(m, TTLinear) for m in (model[0], model[2]))
         assert budget.fraction - 0.01 <= report.budgets[0].fraction <= budget.fraction
+
+
+def test_propose_is_the_decision_for_one_layer_and_method():
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    proposal = fc.registry.propose(fc.Tucker2(0.25), conv, (16, 8, 8))
+    assert proposal.layer_cls is TuckerConv2d and proposal.ranks == TuckerConv2d.resolve_rank(conv, 0.25)
+    assert isinstance(proposal.build(conv), TuckerConv2d)
+    with pytest.raises(ValueError, match="does not decompose.*1x1 conv: Tucker-2 needs"):
+        fc.registry.propose(fc.Tucker2(2), nn.Conv2d(16, 32, 1))
+    with pytest.raises(ValueError, match="do not reduce MACs"):
+        fc.registry.propose(fc.Tucker2((32, 16)), conv, (16, 8, 8))

@@ -1,5 +1,6 @@
 """save/load: round trips, no pickled code, clear errors, nothing half-written."""
 import os
+import re
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ from torch import nn
 import factorch as fc
 from factorch.io import CheckpointError
 from factorch.layers import TuckerConv2d
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # HOOI on random weights: many small LAPACK calls
 
 
 def _decomposed(name="resnet20"):
@@ -116,3 +119,74 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]
     with pytest.raises(CheckpointError, match="does not exist"):
         fc.save(_decomposed(), tmp_path / "no" / "dir.pt")
+
+
+CRAFT = """
+import resource, sys, torch
+import factorch as fc
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+good, classes, features = sys.argv[1:4]
+fc.load(good)  # the legitimate load sets the baseline of the peak
+for path, model in ((classes, None), (features, None), (features, fc.models.create("lenet5", in_channels=1))):
+    before = peak_mb()
+    try:
+        fc.load(path, model=model)
+    except fc.CheckpointError as e:
+        print(f"{peak_mb() - before:.0f}|{e}")
+    else:
+        print("loaded")
+"""
+
+
+def test_crafted_sizes_are_refused_before_allocating(tmp_path):
+    """A small file declaring 4M classes, or a factorized layer of 25M input features, is refused
+    by comparing the declared structure (built on the meta device) with the tensors present:
+    the peak memory does not grow by the 1 GB that building it would take."""
+    import subprocess
+    import sys
+
+    model = fc.models.create("lenet5", in_channels=1)
+    fc.decompose_(model, fc.SVD(5), filter_fn=lambda m, name: name == "fc1")
+    good = tmp_path / "good.pt"
+    fc.save(model, good)
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["arch"]["num_classes"] = 4_000_000  # an 84 x 4M classifier: 1.3 GB
+    torch.save(ckpt, tmp_path / "classes.pt")
+    ckpt = torch.load(good, weights_only=True)
+    assert ckpt["factorized"][0]["class"] == "SVDLinear"
+    ckpt["factorized"][0]["config"]["in_features"] = 25_000_000  # a 5 x 25M factor: 500 MB
+    torch.save(ckpt, tmp_path / "features.pt")
+    assert (tmp_path / "classes.pt").stat().st_size < 400_000
+    proc = subprocess.run([sys.executable, "-c", CRAFT, str(good), str(tmp_path / "classes.pt"),
+                           str(tmp_path / "features.pt")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3 and all("|" in line for line in lines), lines
+    for line, match in zip(lines, [r"fc3\.\S+ \(10, 84\) vs \(4000000, 84\)", "does not match the checkpoint's SVDLinear",
+                                   "does not match the checkpoint's SVDLinear"]):
+        grown, message = line.split("|", 1)
+        assert int(grown) < 100, line  # MB
+        assert re.search(match, message), message
+
+
+def test_malformed_architecture_and_ranks(tmp_path):
+    model = fc.models.create("lenet5", in_channels=1)
+    fc.decompose_(model, fc.SVD(5), filter_fn=lambda m, name: name == "fc1")
+    path = tmp_path / "m.pt"
+    fc.save(model, path)
+    for key, value, match in (("arch", {"name": "resnet20", "num_classes": 4e6, "in_channels": 3}, "class and channel counts"),
+                              ("arch", {"name": "resnet20"}, "malformed architecture"),
+                              ("arch", {"name": "nope", "num_classes": 10, "in_channels": 1}, "unknown model")):
+        ckpt = torch.load(path, weights_only=True)
+        ckpt[key] = value
+        torch.save(ckpt, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=match):
+            fc.load(tmp_path / "bad.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["factorized"][0]["rank"] = 7
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="malformed ranks 7"):
+        fc.load(tmp_path / "bad.pt")

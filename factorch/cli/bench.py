@@ -6,9 +6,10 @@ from dataclasses import asdict
 
 import torch
 
-from factorch.cli.common import add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
+from factorch.cli.common import add_decomposition_args, add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
 from factorch.cli.results import check_output_dir, csv_text, environment, markdown
 from factorch.io import atomic_write_text
+from factorch.progress import echo
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=10, help="with --model (default 10)")
     p.add_argument("--in-channels", type=int, default=3, help="with --model (default 3)")
     p.add_argument("--input-shape", type=parse_shape, help="C,H,W of one example (default: the model's)")
-    p.add_argument("--method", default="tucker2,svd", help="comma list, first that handles a layer wins (default tucker2,svd)")
-    p.add_argument("--rank", default="evbmf", help="as for decompose (default evbmf)")
+    add_decomposition_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave matching layers dense")
     p.add_argument("--forward-only", action="store_true", help="do not time forward+backward")
     add_timing_args(p, batch=128)
@@ -36,7 +36,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from factorch.models import entry
 
     methods = parse_methods(args.method, parse_rank(args.rank))
-    keep = exclude_filter(args.exclude)
+    exclude_filter(args.exclude)  # a bad regex fails before any work
     if args.output:
         check_output_dir(args.output)
     profiler = profiler_from(args, backward=not args.forward_only)
@@ -44,10 +44,16 @@ def run_bench(args: argparse.Namespace) -> int:
     arch = getattr(model, "factorch_arch", None) or {}
     shape = args.input_shape or (arch.get("in_channels", args.in_channels), *entry(arch.get("name", args.model)).input_size)
     model = model.to(args.device).eval()
-    report, rows = bench.bench(model, methods, torch.zeros((1, *shape), device=args.device), profiler, keep)
-    print(report)
+    keep = exclude_filter(args.exclude, model)
+    measured = bench.Bench(model, methods, torch.zeros((1, *shape), device=args.device), keep)
+    print(measured.report)
     print()
-    print(bench.format_table(rows))
+    table = bench.TextTable(measured.labels(), train=profiler.backward)
+    print(table.header(), flush=True)
+    rows = []
+    for row in measured.rows(profiler):  # each row as soon as it is measured: a long bench is never silent
+        echo(table.line(row))
+        rows.append(row)
     if args.output:
         env = environment(args.device, args.threads)
         notes = [f"batch {profiler.batch}; median of {profiler.runs} interleaved runs after {profiler.warmup} "

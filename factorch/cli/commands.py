@@ -1,24 +1,18 @@
-"""The subcommands: decompose, count, reconstruct, models."""
+"""The subcommands: decompose, count, reconstruct, models (and the others' registration)."""
 from __future__ import annotations
 
 import argparse
 
 import factorch as fc
-from factorch.cli.common import add_calibration_args, add_model_args, add_timing_args, calibration_from, exclude_filter, \
-    load_model, parse_methods, parse_rank, profiler_from
+from factorch.cli.common import add_calibration_args, add_decomposition_args, add_model_args, add_timing_args, \
+    calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decompose", help="factorize a model's layers and write a factorch checkpoint",
                        description="Decompose CHECKPOINT (or --model NAME) and write the small model to -o.")
     add_model_args(p)
-    p.add_argument("--method", default="tucker2,svd",
-                   help=f"comma list, first that handles a layer wins; from {', '.join(sorted(fc.Method.by_name))} "
-                        "(default tucker2,svd)")
-    p.add_argument("--rank", default="evbmf",
-                   help="int, OUT,IN (tt: one int per bond), fraction in (0,1], evbmf, evbmf:WEAKEN, "
-                        "energy:T, tol:EPS, or a whole-model budget: budget:macs=F or budget:params=F "
-                        "(default evbmf)")
+    add_decomposition_args(p)
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="leave layers whose name fully matches REGEX dense (repeatable)")
     p.add_argument("--keep-if-faster", action="store_true",
@@ -35,8 +29,12 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
 
 
 def run_decompose(args: argparse.Namespace) -> int:
+    from factorch.bench import require_decomposed
+    from factorch.io import check_writable
+
     methods = parse_methods(args.method, parse_rank(args.rank))
-    keep = exclude_filter(args.exclude)
+    exclude_filter(args.exclude)  # a bad regex or output directory fails before any work
+    check_writable(args.output)
     if args.calibration and args.model:  # the model takes the data set's images unless told otherwise
         import factorch.data as data
 
@@ -47,10 +45,12 @@ def run_decompose(args: argparse.Namespace) -> int:
     args.in_channels, args.num_classes = args.in_channels or 3, args.num_classes or 10
     calibration = calibration_from(args, args.calibration) if args.calibration else None
     loaded = load_model(args)
+    keep = exclude_filter(args.exclude, loaded.model)
     timing = profiler_from(args) if args.keep_if_faster else False
     report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
                            keep_if_faster=timing, calibration=calibration)
     print(report)
+    require_decomposed(report, f"nothing was written to {args.output}")  # an unchanged copy is no result
     fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})
     print(f"wrote {args.output}")
     return 0
@@ -104,7 +104,9 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 from factorch.cli.bench import add_bench  # noqa: E402  (the measuring subcommands)
+from factorch.cli.export import add_export  # noqa: E402
 from factorch.cli.sweep import add_sweep  # noqa: E402
 from factorch.cli.train import add_experiment, add_train  # noqa: E402  (the training subcommands)
 
-COMMANDS = [add_decompose, add_count, add_reconstruct, add_models, add_train, add_experiment, add_sweep, add_bench]
+COMMANDS = [add_decompose, add_count, add_reconstruct, add_export, add_models, add_train, add_experiment, add_sweep,
+            add_bench]

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import re
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -11,6 +10,7 @@ from torch import nn
 import factorch as fc
 from factorch.io import load_weights, read_checkpoint
 from factorch.models import entry
+from factorch.surgery import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
 
 
 class Loaded:
@@ -98,10 +98,31 @@ def parse_budget(text: str) -> fc.Budget:
     return fc.Budget(**{kind: fraction})
 
 
+# What --rank takes: (form, an example, what it means); the help and parse_rank's errors list them.
+RANK_FORMS = (
+    ("INT", "32", "that rank for every mode"),
+    ("OUT,IN", "32,16", "one rank per mode (TT: one per bond)"),
+    ("FRACTION", "0.25", "the fraction in (0, 1] of each layer's weights kept"),
+    ("evbmf", "evbmf", "EVBMF ranks"),
+    ("evbmf:WEAKEN", "evbmf:0.5", "EVBMF moved towards full rank by WEAKEN in [0, 1]"),
+    ("energy:T", "energy:0.9", "keep the fraction T of the spectrum's energy"),
+    ("tol:EPS", "tol:0.05", "relative error at most EPS"),
+    ("budget:macs=F", "budget:macs=0.4", "whole model: at most the fraction F of the MACs"),
+    ("budget:params=F", "budget:params=0.1", "whole model: at most the fraction F of the parameters"),
+)
+
+
+def add_decomposition_args(p: argparse.ArgumentParser, method: str = "tucker2,svd", rank: str = "evbmf") -> None:
+    """--method (its choices from the method registry) and --rank (every form it takes)."""
+    p.add_argument("--method", default=method,
+                   help=f"comma list, the first method that handles a layer wins; choices: "
+                        f"{', '.join(sorted(fc.Method.by_name))} (default {method})")
+    p.add_argument("--rank", default=rank,
+                   help="; ".join(f"{form}: {meaning}" for form, _, meaning in RANK_FORMS) + f" (default {rank})")
+
+
 def parse_rank(text: str):
-    """``32`` | ``32,16`` (or one int per TT bond) | ``0.25`` (fraction of params) | ``evbmf`` |
-    ``evbmf:W`` | ``energy:T`` | ``tol:EPS`` (relative error bound, e.g. TT-SVD) | ``budget:macs=F``
-    | ``budget:params=F`` (a whole-model budget)."""
+    """A ``--rank`` value (one of ``RANK_FORMS``) -> the rank spec of a method config."""
     t = text.strip().lower()
     if t.startswith("budget:"):
         return parse_budget(t)
@@ -122,8 +143,7 @@ def parse_rank(text: str):
     except ValueError as e:
         if "must" in str(e):  # a rule's own validation message
             raise
-    raise ValueError(f"rank {text!r} not understood; use an int, OUT,IN (TT: one int per bond), a fraction "
-                     "in (0, 1], evbmf, evbmf:WEAKEN, energy:THRESHOLD, tol:EPS, budget:macs=F or budget:params=F")
+    raise ValueError(f"rank {text!r} not understood; use {', '.join(form for form, _, _ in RANK_FORMS)}")
 
 
 def add_calibration_args(p: argparse.ArgumentParser, batches: int) -> None:
@@ -179,17 +199,3 @@ def parse_methods(names: str, rank) -> list[fc.Method]:
     if not methods:
         raise ValueError("no method given; choose from " + ", ".join(sorted(fc.Method.by_name)))
     return methods
-
-
-def exclude_filter(patterns: Sequence[str]) -> Optional[Callable[[nn.Module, str], bool]]:
-    """``filter_fn`` leaving dense every layer whose name fully matches one of ``--exclude``'s
-    regexes (None without patterns); a bad regex is one clear error."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as e:
-            raise ValueError(f"--exclude regex {pattern!r} is invalid: {e}") from None
-    if not compiled:
-        return None
-    return lambda module, name: not any(r.fullmatch(name) for r in compiled)

@@ -72,7 +72,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.calibration_batches < 0:
         raise ValueError(f"--calibration-batches must be >= 0 (0: no data-aware columns), got {args.calibration_batches}")
     check_output_dir(args.output)
-    info = data.info(args.dataset)
+    info = data.info(args.dataset, args.data_dir)
     shape = (info.in_channels, *info.input_size)
     model = load_architecture(args.model, args.checkpoint, info.num_classes, info.in_channels)
     grid = _rank_grid(args.ranks, args.method)

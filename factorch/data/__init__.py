@@ -11,10 +11,14 @@ format raises one ``ValueError`` naming what was expected.
 | mnist         | IDX .gz files                                    | 28x28        |
 | cifar10       | the python batches directory (cifar-10-batches-py) | 32x32      |
 | imagefolder   | ROOT/{train,val}/CLASS/IMAGE (ImageNet style)    | 224x224      |
+
+A dataset whose class count depends on its files (``imagefolder``: one class per training
+folder) registers ``num_classes=None`` and a ``count_classes(root)``; ``info(name, root)`` reports
+the count for that data directory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from torch.utils.data import Dataset
@@ -23,21 +27,25 @@ from torch.utils.data import Dataset
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    num_classes: int
+    num_classes: Optional[int]  # None: counted from the files (``info(name, root)``)
     in_channels: int
     input_size: tuple[int, int]  # (H, W) of the loaded images unless ``size`` is given
     default_root: Optional[str]  # where the files usually are; None when bundled or user-given
 
 
 Loader = Callable[..., Dataset]
-_DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
+ClassCounter = Callable[[Optional[str]], int]
+_DATASETS: dict[str, tuple[DatasetInfo, Loader, Optional[ClassCounter]]] = {}
 
 
-def register_dataset(info_: DatasetInfo) -> Callable[[Loader], Loader]:
-    """Decorator: ``loader(root, train, augment, size) -> Dataset`` registered under ``info_.name``."""
+def register_dataset(info_: DatasetInfo, count_classes: Optional[ClassCounter] = None) -> Callable[[Loader], Loader]:
+    """Decorator: ``loader(root, train, augment, size) -> Dataset`` registered under ``info_.name``;
+    ``count_classes(root)`` when ``info_.num_classes`` is None (the files decide)."""
+    if (info_.num_classes is None) != (count_classes is not None):
+        raise ValueError(f"dataset {info_.name!r}: give num_classes or count_classes, exactly one")
 
     def add(loader: Loader) -> Loader:
-        _DATASETS[info_.name] = (info_, loader)
+        _DATASETS[info_.name] = (info_, loader, count_classes)
         return loader
 
     return add
@@ -48,11 +56,13 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def info(name: str) -> DatasetInfo:
-    _load_builtin()
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name][0]
+def info(name: str, root: Optional[str] = None) -> DatasetInfo:
+    """What dataset ``name`` holds. Where the class count depends on the files (imagefolder),
+    they are read from ``root`` (default ``default_root``) and counted."""
+    meta, _, count_classes = _entry(name)
+    if count_classes is None:
+        return meta
+    return replace(meta, num_classes=count_classes(root or meta.default_root))
 
 
 def load(name: str, root: Optional[str] = None, train: bool = True, subset: Optional[int] = None,
@@ -64,17 +74,24 @@ def load(name: str, root: Optional[str] = None, train: bool = True, subset: Opti
     augmentation (random crop with padding, horizontal flip where it makes sense), drawn from
     torch's global RNG so a resumed run replays it; ``size``: resize images to (H, W).
     """
-    meta = info(name)
+    meta, loader, _ = _entry(name)
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
         raise ValueError(f"subset must be a positive int, got {subset!r}")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size must be (H, W) with positive ints, got {size!r}")
-    dataset = _DATASETS[name][1](root=root or meta.default_root, train=train, augment=augment, size=size)
+    dataset = loader(root=root or meta.default_root, train=train, augment=augment, size=size)
     if subset is not None and subset < len(dataset):
         from factorch.data.arrays import seeded_subset
 
         dataset = seeded_subset(dataset, subset, seed)
     return dataset
+
+
+def _entry(name: str) -> tuple[DatasetInfo, Loader, Optional[ClassCounter]]:
+    _load_builtin()
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(sorted(_DATASETS))}")
+    return _DATASETS[name]
 
 
 def _load_builtin() -> None:

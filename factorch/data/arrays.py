@@ -41,6 +41,19 @@ class ArrayDataset(Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])
 
 
+def check_labels(labels: Tensor, num_classes: int, source: str) -> Tensor:
+    """``labels`` (int64) if every one is a class index ``0..num_classes-1``; otherwise one error
+    naming ``source`` (the file), the first bad value and the valid range. Checked when the data
+    is loaded: a bad label would otherwise crash (or, below 0, silently wrap) mid-training."""
+    labels = labels.to(torch.int64)
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"{source!r}: label {int(labels[i])} (example {i}; {len(bad)} out of range in all) is not "
+                         f"a class index; expected 0..{num_classes - 1} ({num_classes} classes)")
+    return labels
+
+
 def random_crop_flip(x: Tensor, pad: int, flip: bool) -> Tensor:
     """Zero-pad by ``pad``, crop back to the original size at a random offset, maybe flip."""
     _, h, w = x.shape

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from factorch.data import DatasetInfo, register_dataset
-from factorch.data.arrays import ArrayDataset
+from factorch.data.arrays import ArrayDataset, check_labels
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]
+CLASSES = 10
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -35,7 +36,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 3, 32, 32) uint8, labels (N,)) from one python batch file."""
+    """(images (N, 3, 32, 32) uint8, labels (N,) in 0..9) from one python batch file."""
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
@@ -46,10 +47,11 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"{str(path)!r}: data {data.shape} / labels {labels.shape}, expected (N, 3072) / (N,)")
+    check_labels(torch.from_numpy(labels), CLASSES, str(path))
     return data.reshape(-1, 3, 32, 32), labels
 
 
-@register_dataset(DatasetInfo("cifar10", 10, 3, (32, 32), None))
+@register_dataset(DatasetInfo("cifar10", CLASSES, 3, (32, 32), None))
 def cifar10(root: Optional[str], train: bool, augment: bool, size=None) -> ArrayDataset:
     """CIFAR-10: 50k/10k 32x32 colour images, 10 classes; standard crop(4)+flip augmentation."""
     if root is None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from factorch.data import DatasetInfo, register_dataset
-from factorch.data.arrays import ArrayDataset
+from factorch.data.arrays import ArrayDataset, check_labels
 
 FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -53,16 +53,17 @@ def _find(root: Path, stem: str, dataset: str) -> Path:
                      f"{sorted(p.name for p in root.iterdir())[:6] if root.is_dir() else 'no such directory'}")
 
 
-def load_idx_pair(root: Optional[str], train: bool, dataset: str) -> tuple[Tensor, Tensor]:
-    """(images (N, 1, H, W) uint8, labels (N,)) of one split."""
+def load_idx_pair(root: Optional[str], train: bool, dataset: str, num_classes: int = 10) -> tuple[Tensor, Tensor]:
+    """(images (N, 1, H, W) uint8, labels (N,) in ``0..num_classes-1``) of one split."""
     if root is None:
         raise ValueError(f"{dataset}: no data directory given (--data-dir)")
     base = Path(root).expanduser()
     images = read_idx(_find(base, FILES[train][0], dataset))
-    labels = read_idx(_find(base, FILES[train][1], dataset))
+    label_file = _find(base, FILES[train][1], dataset)
+    labels = read_idx(label_file)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
         raise ValueError(f"{dataset}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
-    return images[:, None], labels.to(torch.int64)
+    return images[:, None], check_labels(labels, num_classes, str(label_file))
 
 
 @register_dataset(DatasetInfo("fashion-mnist", 10, 1, (28, 28), "/usr/share/datasets/fashion-mnist"))

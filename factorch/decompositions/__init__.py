@@ -8,7 +8,8 @@ from factorch.decompositions.evbmf import evbmf, tau_bar
 from factorch.decompositions.svd import balanced_svd, energy_rank, tolerance_rank
 from factorch.decompositions.tt import (balanced_factors, interleave, max_tt_ranks, tensorize, tt_matrix_svd,
                                         tt_matrix_to_matrix, tt_params, tt_svd, tt_to_tensor)
-from factorch.decompositions.tucker import HOOI_TOL, hooi, hosvd, hosvd2, tucker2, tucker2_to_tensor
+from factorch.decompositions.tucker import HOOI_TOL, hooi, hosvd, hosvd2, tucker2, tucker2_to_tensor, tucker3, \
+    tucker3_to_tensor
 
 __all__ = [
     "HOOI_TOL",
@@ -33,4 +34,6 @@ __all__ = [
     "tt_to_tensor",
     "tucker2",
     "tucker2_to_tensor",
+    "tucker3",
+    "tucker3_to_tensor",
 ]

@@ -34,6 +34,7 @@ from torch import Tensor
 HOOI_TOL = 2e-4
 EXACT_SWEEPS = 1
 POWER_STEPS = 2
+SUBSPACE_MIN = 128
 STOPS = ("residual", "error")
 
 
@@ -99,8 +100,9 @@ def hooi(tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 100, tol: Optio
     ``ranks``: one per mode; a mode at full rank keeps the identity and is never updated.
     ``tol``: ``HOOI_TOL`` for ``stop="residual"``, ``1e-5`` for ``stop="error"``.
     ``exact_sweeps``: sweeps whose updates are exact (leading eigenvectors of the Gram matrix);
-    later ones take ``POWER_STEPS`` steps of subspace iteration warm-started from the current
-    factor (None: ``EXACT_SWEEPS`` with ``stop="residual"``, all exact with ``stop="error"``).
+    in later ones a large mode (``_subspace_pays``) takes ``POWER_STEPS`` steps of subspace
+    iteration warm-started from its current factor, and once that stalls, exact sweeps finish
+    (None: ``EXACT_SWEEPS`` with ``stop="residual"``, all exact with ``stop="error"``).
     Returns ``(core (R_0, R_1, R_2), [U_0, U_1, U_2])``, float64, on the input's device."""
     if stop not in STOPS:
         raise ValueError(f"HOOI stop must be one of {', '.join(STOPS)}, got {stop!r}")
@@ -123,7 +125,7 @@ def hooi(tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 100, tol: Optio
         exact = it < exact_sweeps or exact_sweeps < 0
         for k in active:
             y = _all_but(x, layouts, factors, active, k)
-            if exact or ranks[k] * 4 > x.shape[k]:
+            if exact or not _subspace_pays(x.shape[k], ranks[k]):
                 factors[k] = _leading_left_vectors(_unfold(y, k), ranks[k])
             else:
                 factors[k] = _subspace_step(_unfold(y, k), factors[k])
@@ -141,6 +143,13 @@ def hooi(tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 100, tol: Optio
         elif done:
             break
     return tucker_core(x, factors), factors
+
+
+def _subspace_pays(size: int, rank: int) -> bool:
+    """Subspace steps replace the exact update only where the ``size x size`` eigendecomposition
+    dominates a sweep (``size > SUBSPACE_MIN``) and the rank is small beside it (``4 R <= size``):
+    below that the exact update is cheap and converges in fewer sweeps."""
+    return size > SUBSPACE_MIN and 4 * rank <= size
 
 
 def _subspace_step(y: Tensor, u: Tensor) -> Tensor:
@@ -212,3 +221,17 @@ def tucker2_to_tensor(core: Tensor, u: Tensor, v: Tensor) -> Tensor:
     Works for any factors (also non-orthogonal ones after training)."""
     return torch.einsum("abij,na,cb->ncij", core, u, v)
 
+
+def tucker3(tensor: Tensor, ranks: tuple[int, int, int], n_iter_max: int = 100, tol: Optional[float] = None,
+            stop: str = "residual") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tucker-3 of a conv kernel as the 3-way (N, C, kh kw) tensor (seed 001) by HOOI:
+    ``(G, W_N, W_C, W_D)``, G (N', C', D'), float64. ``ranks = (N', C', D')``."""
+    if tensor.dim() != 3:
+        raise ValueError(f"Tucker-3 takes the kernel as a 3-way (N, C, kh kw) tensor, got shape {tuple(tensor.shape)}")
+    core, (w_n, w_c, w_d) = hooi(tensor, ranks, n_iter_max, tol, stop)
+    return core, w_n, w_c, w_d
+
+
+def tucker3_to_tensor(core: Tensor, w_n: Tensor, w_c: Tensor, w_d: Tensor) -> Tensor:
+    """Rebuild ``W = G x_0 W_N x_1 W_C x_2 W_D``: (N', C', D') -> (N, C, D); any factors."""
+    return torch.einsum("abr,na,cb,dr->ncd", core, w_n, w_c, w_d)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -51,6 +52,11 @@ class FactorizedLayer(nn.Module):
 
     @property
     def ranks(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """The from-scratch init: the implied kernel has the variance of PyTorch's default init of
+        the dense layer, ``1 / (3 fan_in)`` (``default_variance``), the bias its default too."""
         raise NotImplementedError
 
     @classmethod
@@ -125,6 +131,28 @@ def as_float64(t: Tensor) -> Tensor:
     return t.detach().to(device="cpu", dtype=torch.float64)
 
 
+class Traced(nn.Module):
+    """A module running a trace: ``torch.jit.script`` compiles this forward, and the trace is
+    taken as it is (also when it is the top-level module, which a bare trace cannot be)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.traced(x)
+
+
+def traced_for_script(layer: nn.Module, example: Tensor) -> Traced:
+    """What ``torch.jit.script`` compiles in place of a layer whose forward TorchScript cannot
+    (its ``__prepare_scriptable__``): a trace of it. The forward of such a layer branches on
+    shapes only, never on values, and its reshapes are recorded as functions of the input's
+    size, so the trace holds for every batch and spatial size (tests/test_export.py checks it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on ints read from shapes (recorded as sizes), deprecation
+        return Traced(torch.jit.trace(layer, example, check_trace=False))
+
+
 def check_finite(name: str, t: Tensor) -> None:
     """Refuse NaN/Inf weights with a clear message instead of propagating them into factors."""
     if not bool(torch.isfinite(t).all()):
@@ -135,6 +163,15 @@ def default_variance(fan_in: int) -> float:
     """The weight variance of PyTorch's default ``nn.Conv2d``/``nn.Linear`` init:
     ``kaiming_uniform_(a=sqrt(5))`` is uniform on ``+-1/sqrt(fan_in)``, variance ``1 / (3 fan_in)``."""
     return 1.0 / (3.0 * fan_in)
+
+
+def init_uniform_(t: Tensor, variance: float) -> None:
+    """Fill ``t`` uniformly on ``+-sqrt(3 variance)`` (zero mean, that variance): PyTorch's default
+    layers are initialised uniformly too, and a product of uniform factors has far lighter tails
+    than one of Gaussians."""
+    bound = math.sqrt(3.0 * variance)
+    with torch.no_grad():
+        t.uniform_(-bound, bound)
 
 
 def init_bias(bias: Optional[Tensor], fan_in: int) -> None:

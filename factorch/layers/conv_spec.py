@@ -87,6 +87,13 @@ class ConvSpec:
         ph, pw = self.padding
         return (pw, pw, ph, ph)
 
+    def smallest_input(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero ``(1, C, side, side)`` input just large enough for the kernel, the padding and the
+        stride (what a trace of a layer with this geometry is taken on)."""
+        pads = [0, 0] if isinstance(self.padding, str) else list(self.padding)
+        side = max(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)) + 2 * max(pads) + max(self.stride)
+        return like.new_zeros(1, self.in_channels, side, side)
+
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1`` per axis (methods.md section 0);
         ``'same'`` keeps the size, ``'valid'`` pads 0."""

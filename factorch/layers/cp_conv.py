@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.cp import cp_als, cp_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace, RankSpec
 
@@ -42,15 +42,14 @@ class CPConv2d(FactorizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """From scratch: ``B ~ N(0, 1/C)``, ``P ~ N(0, 1/kh)``, ``Q ~ N(0, 1/kw)`` keep the variance through
-        the first three convs and ``A ~ N(0, 1/(3R))``, so the kernel (a sum of R products) has
+        """From scratch (zero-mean uniform factors): ``Var B = 1/C``, ``Var P = 1/kh``, ``Var Q = 1/kw``
+        keep the variance through the first three convs and ``Var A = 1/(3R)``, so the kernel (a sum of R products) has
         ``Var = 1 / (3 C kh kw)``, the default init of the dense conv (per group)."""
         _, c, kh, kw = self.config.weight_shape()
-        with torch.no_grad():
-            self.first.weight.normal_(0.0, math.sqrt(1.0 / c))
-            self.vertical.weight.normal_(0.0, math.sqrt(1.0 / kh))
-            self.horizontal.weight.normal_(0.0, math.sqrt(1.0 / kw))
-            self.last.weight.normal_(0.0, math.sqrt(default_variance(self.rank)))
+        init_uniform_(self.first.weight, 1.0 / c)
+        init_uniform_(self.vertical.weight, 1.0 / kh)
+        init_uniform_(self.horizontal.weight, 1.0 / kw)
+        init_uniform_(self.last.weight, default_variance(self.rank))
         init_bias(self.last.bias, c * kh * kw)
 
     def forward(self, x: Tensor) -> Tensor:

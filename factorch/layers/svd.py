@@ -15,17 +15,16 @@ from torch import Tensor, nn
 
 from factorch.decompositions.svd import balanced_svd
 from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite, default_variance, \
-    init_bias
+    init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec, LinearSpec
 from factorch.rank import Mode, RankSpace, RankSpec
 
 
 def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -> None:
-    """From scratch: ``B ~ N(0, 1/C)`` keeps the variance, ``A ~ N(0, 1/(3R))``: ``W = A B`` (a sum of R
+    """From scratch (zero-mean uniform factors): ``Var B = 1/C`` keeps the variance, ``Var A = 1/(3R)``: ``W = A B`` (a sum of R
     products) has ``Var = 1 / (3 C)``, PyTorch's default for the dense layer."""
-    with torch.no_grad():
-        first.normal_(0.0, math.sqrt(1.0 / c))
-        last.normal_(0.0, math.sqrt(default_variance(rank)))
+    init_uniform_(first, 1.0 / c)
+    init_uniform_(last, default_variance(rank))
     init_bias(bias, c)
 
 
@@ -40,7 +39,10 @@ class SVDLinear(FactorizedLayer):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.first = nn.Linear(in_features, rank, bias=False)
         self.last = nn.Linear(rank, out_features, bias=bias)
-        _init(self.first.weight, self.last.weight, self.last.bias, in_features, rank)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self.first.weight, self.last.weight, self.last.bias, self.in_features, self.rank)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last(self.first(x))  # (..., C) -> (..., R) -> (..., N)
@@ -119,7 +121,11 @@ class SVDConv2d(FactorizedConv):
         g = spec.groups
         self.first = spec.make(out_channels=g * rank, bias=False)
         self.last = nn.Conv2d(g * rank, spec.out_channels, 1, groups=g, bias=spec.bias)
-        _init(self.first.weight, self.last.weight, self.last.bias, spec.in_channels // g, rank)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self.first.weight, self.last.weight, self.last.bias, self.config.in_channels // self.config.groups,
+              self.rank)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last(self.first(x))  # (B, C, H, W) -> (B, gR, H', W') -> (B, N, H', W')

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks
 from factorch.rank import Mode, RankSpace, RankSpec
@@ -145,16 +146,16 @@ class TTConv2d(FactorizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """From scratch: every core ~ N(0, s^2) with ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
+        """From scratch: every core entry zero-mean uniform with variance ``s^2``,
+        ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
         kernel entry is a sum of ``prod r_k`` products of D independent entries, so it has the
         variance of PyTorch's default conv init, and entries are uncorrelated."""
         n_cores = len(self.tt_ranks) + 1
         target = default_variance(math.prod(self.config.weight_shape()[1:]))
-        std = (target / math.prod(self.tt_ranks)) ** (0.5 / n_cores)
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name != "bias":
-                    p.normal_(0.0, std)
+        variance = (target / math.prod(self.tt_ranks)) ** (1.0 / n_cores)
+        for name, p in self.named_parameters():
+            if name != "bias":
+                init_uniform_(p, variance)
         init_bias(self.bias, math.prod(self.config.weight_shape()[1:]))
 
     @property
@@ -316,6 +317,11 @@ class TTConv2d(FactorizedConv):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "efficient")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``) on an input just large enough for
+        the kernel, the padding and the stride."""
+        return traced_for_script(self, self.config.smallest_input(self.spatial.weight))
 
     def extra_repr(self) -> str:
         s = self.config

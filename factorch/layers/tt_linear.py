@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from factorch.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
     tt_params, tt_svd
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import LinearSpec
 from factorch.decompositions.svd import singular_values
+from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
+from factorch.layers.conv_spec import LinearSpec
 from factorch.rank import Mode, RankRule, RankSpace, RankSpec, Spectrum
 
 ORDERS = ("auto", "ltr", "rtl", "dense")
@@ -112,19 +113,14 @@ class TTLinear(FactorizedLayer):
         return math.prod(self.out_shape), math.prod(self.in_shape)
 
     def reset_parameters(self) -> None:
-        """Cores ~ N(0, s^2) with ``s^(2d) prod_k r_k = 1 / (3 N)``: a TT-matrix entry is a sum of
-        ``prod r_k`` products of d independent entries, so ``Var W_ij = 1 / (3 N)`` as in
-        ``nn.Linear``'s default (uniform +-1/sqrt(N)), and entries are uncorrelated: the output
-        variance matches the dense layer's."""
-        d = len(self.in_shape)
-        target = 1.0 / (3.0 * self.in_features)
-        std = (target / math.prod(self.tt_ranks)) ** (0.5 / d)
-        with torch.no_grad():
-            for core in self.cores:
-                core.normal_(0.0, std)
-            if self.bias is not None:
-                bound = 1.0 / math.sqrt(self.in_features)
-                self.bias.uniform_(-bound, bound)
+        """Core entries zero-mean uniform with variance ``s^2``, ``s^(2d) prod_k r_k = 1 / (3 N)``: a
+        TT-matrix entry is a sum of ``prod r_k`` products of d independent entries, so
+        ``Var W_ij = 1 / (3 N)`` as in ``nn.Linear``'s default (uniform +-1/sqrt(N)), and entries are
+        uncorrelated: the output variance matches the dense layer's."""
+        variance = (default_variance(self.in_features) / math.prod(self.tt_ranks)) ** (1.0 / len(self.in_shape))
+        for core in self.cores:
+            init_uniform_(core, variance)
+        init_bias(self.bias, self.in_features)
 
     # ---- costs and forward -------------------------------------------------------------------
     def _costs(self) -> dict[str, tuple[int, int]]:
@@ -260,6 +256,11 @@ class TTLinear(FactorizedLayer):
     def options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_shape": config.get("in_shape"), "out_shape": config.get("out_shape"),
                 "order": config.get("order", "auto")}
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: a trace (``traced_for_script``), taking the route ``order`` picks
+        for batch 1 (pin ``order`` to choose another)."""
+        return traced_for_script(self, self.core0.new_zeros(1, self.in_features))
 
     def extra_repr(self) -> str:
         m_pad, n_pad = self.padded

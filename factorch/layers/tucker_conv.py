@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tucker import tucker2, tucker2_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace, RankSpec
 
@@ -40,15 +40,14 @@ class TuckerConv2d(FactorizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """From scratch: ``V`` ~ N(0, 1/C) and ``U`` ~ N(0, 1/R_out) keep the variance through the
+        """From scratch (zero-mean uniform factors): ``Var V = 1/C`` and ``Var U = 1/R_out`` keep the variance through the
         1x1s, the core has the default variance of a kxk conv over R_in channels, so the kernel
         ``W = G x_0 U x_1 V`` (a sum of R_out R_in products) has ``Var = 1 / (3 C kh kw)``, the default
         init of the dense conv (per group)."""
         n, c, kh, kw = self.config.weight_shape()
-        with torch.no_grad():
-            self.first.weight.normal_(0.0, math.sqrt(1.0 / c))
-            self.core.weight.normal_(0.0, math.sqrt(default_variance(self.rank_in * kh * kw)))
-            self.last.weight.normal_(0.0, math.sqrt(1.0 / self.rank_out))
+        init_uniform_(self.first.weight, 1.0 / c)
+        init_uniform_(self.core.weight, default_variance(self.rank_in * kh * kw))
+        init_uniform_(self.last.weight, 1.0 / self.rank_out)
         init_bias(self.last.bias, c * kh * kw)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     if dist.world > 1 and cfg.batch_size % dist.world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the {dist.world} processes")
     seed_everything(cfg.seed)
-    meta = fdata.info(cfg.dataset)
+    meta = fdata.info(cfg.dataset, cfg.data_dir)
     train_set = fdata.load(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, augment=cfg.augment, seed=cfg.seed)
     test_set = fdata.load(cfg.dataset, cfg.data_dir, train=False, subset=cfg.subset, seed=cfg.seed)
     device = dist.device

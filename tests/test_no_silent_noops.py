@@ -1,0 +1,68 @@
+"""A request that would do nothing is an error, not a quiet success: an --exclude regex that
+matches no layer, a decompose that changes no layer, a latency input shape holding the batch."""
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.cli.main import run
+from factorch.profile import compare, measure
+from factorch.surgery import exclude_filter
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # decompositions: LAPACK on a shared machine
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_exclude_regex_must_match_a_layer():
+    model = fc.models.create("resnet20")
+    keep = exclude_filter(["conv1", r"layer3\..*"], model)
+    assert not keep(model.conv1, "conv1") and not keep(None, "layer3.0.conv1") and keep(None, "layer1.0.conv1")
+    with pytest.raises(ValueError, match=r"exclude regex 'layer3' matches no layer .*its layers: conv1, bn1, "
+                                         r"layer1\.0\.conv1, .*\(\d+ in all\)"):
+        exclude_filter(["layer3"], model)  # a container, not a layer: the regex must match whole layer names
+    with pytest.raises(ValueError, match="invalid"):
+        exclude_filter(["("])
+    assert exclude_filter([], model) is None and exclude_filter(["nomatch"]) is not None  # no model: syntax only
+
+
+@pytest.mark.parametrize("command", [
+    ["decompose", "--model", "lenet5", "--in-channels", "1", "--rank", "0.5", "-o", "{out}"],
+    ["bench", "--model", "lenet5", "--in-channels", "1", "--rank", "0.5", "--runs", "1", "--warmup", "0", "-o", "{out}"],
+])
+def test_cli_exclude_matching_nothing_is_an_error(tmp_path, capsys, command):
+    out = tmp_path / "out"
+    assert run([a.replace("{out}", str(out)) for a in command] + ["--exclude", "no.such.layer"]) == 2
+    line = _one_error_line(capsys)
+    assert "'no.such.layer' matches no layer" in line and "conv1" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_decompose_that_changes_nothing_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "same.pt"
+    assert run(["decompose", "--model", "lenet5", "--in-channels", "1", "--method", "tucker2", "--rank", "evbmf",
+                "-o", str(out)]) == 2
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no layer was decomposed (")
+    assert "rank 0 from EVBMF" in err[0] and "Tucker2 does not handle Linear" in err[0]
+    assert f"nothing was written to {out}" in err[0] and "load trained weights" in err[0]
+    assert "skipped: rank 0" in printed.out  # the per-layer report is still shown
+    assert not out.exists()
+
+
+def test_compare_refuses_an_input_shape_with_the_batch():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    timer = lambda module, call: (call(), 1e-3)[1]  # noqa: E731
+    profiler = fc.Profiler(warmup=0, runs=1, timer=timer)
+    with pytest.raises(ValueError, match=r"input_shape \(1, 3, 8, 8\) includes the batch: .* \(3, 8, 8\)"):
+        compare({"a": conv, "b": conv}, (1, 3, 8, 8), profiler)
+    with pytest.raises(ValueError, match="includes the batch"):
+        measure(conv, (2, 3, 8, 8), fc.Profiler(warmup=0, runs=1, backward=True, timer=timer))
+    assert measure(conv, (3, 8, 8), profiler).forward == 1e-3
+    with pytest.raises(RuntimeError):  # a shape that is wrong in another way keeps torch's own error
+        measure(conv, (5, 8, 8), profiler)

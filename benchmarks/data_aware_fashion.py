@@ -145,7 +145,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3, help="training epochs of each model (default 3)")
     p.add_argument("--lr", type=float, default=0.05, help="training lr (SGD momentum 0.9; default 0.05)")
-    p.add_argument("--ft-lr", type=float, default=0.005, help="fine-tuning lr (default 0.005)")
+    p.add_argument("--ft-lr", type=float, default=0.001, help="fine-tuning lr (default 0.001, as factorch sweep's)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--damping", type=float, default=fc.Calibration([torch.zeros(2, 1)]).damping)
@@ -203,11 +203,40 @@ def main() -> None:
         "macs_budget: fc.Budget(macs=...) over the governed layers; macs_kept: MACs of the whole model (the "
         "dense first conv included) over the dense model's. drop: dense accuracy minus this accuracy.",
         "heldout_output_error: relative error of the logits on the held-out calibration batches, whole model.",
-        f"Whole run: {minutes:.1f} min.",
+        f"Whole run: {minutes:.1f} min (training included).",
+        "",
+        "## Summary (computed from the table)",
+        "",
+        *summary(rows),
     ]
     for path in write_results(args.stem, rows, env, notes):
         print(f"wrote {path}")
     plot(rows, RESULTS / f"{args.stem}.png")
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The goal check: the accuracy drop right after decomposition at the most aggressive level,
+    and every level where a data-aware variant is below weight-only (right after, and fine-tuned)."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        at = lambda level, variant: next(r for r in mine if r["macs_budget"] == level and r["variant"] == variant)  # noqa: E731
+        level = min(LEVELS)
+        plain = at(level, "weight-only")["drop"]
+        drops = ", ".join(f"{v} {100 * at(level, v)['drop']:.1f} points ({plain / max(at(level, v)['drop'], 1e-4):.1f}x "
+                          f"less)" for v in VARIANTS[1:])
+        lines.append(f"- {name}, macs={level:g}: accuracy drop right after decomposition: weight-only "
+                     f"{100 * plain:.1f} points; {drops}.")
+        below = [f"{v} at macs={lv:g} {key.replace('acc_finetuned', 'fine-tuned').replace('acc', 'right after')} "
+                 f"({100 * at(lv, v)[key]:.2f}% < {100 * at(lv, 'weight-only')[key]:.2f}%)"
+                 for lv in LEVELS for v in VARIANTS[1:] for key in ("acc", "acc_finetuned")
+                 if at(lv, v)[key] < at(lv, "weight-only")[key]]
+        lines.append(f"- {name}: data-aware below weight-only: " + ("; ".join(below) if below else "never") + ".")
+        ones = {v: [lv for lv in LEVELS for rk in at(lv, v)["ranks"].split() if "1" in rk.split("x")] for v in
+                ("weight-only", "data-aware")}
+        lines.append(f"- {name}: layers given a rank of 1 by the budget: weight-only spectra {len(ones['weight-only'])} "
+                     f"(over the three levels), whitened spectra {len(ones['data-aware'])}.")
+    return lines
 
 
 def plot(rows: list[dict], path) -> None:

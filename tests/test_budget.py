@@ -134,3 +134,16 @@ def test_cli_budget(tmp_path, capsys, rank, ok):
     else:
         err = captured.err.strip().splitlines()
         assert code == 2 and len(err) == 1 and ("macs=F" in err[0] or "(0, 1]" in err[0]) and not out.exists()
+
+
+@pytest.mark.parametrize("method_cls", [fc.Tucker2, fc.Tucker3], ids=lambda m: m.name)
+def test_budget_starves_no_layer(method_cls):
+    """The allocation maximises the sum of log kept energies: a mode left at rank 1 keeps little
+    and has the largest marginal gain, so no conv is squeezed to a rank-1 bottleneck while others
+    get hundreds (the plain sum of kept energies gave ResNet-56's and VGG's wide layers ranks
+    like (1, 1) and (229, 1))."""
+    _, _, items, _ = _items("vgg19", method_cls)
+    ranks, _ = allocate(fc.Budget(params=0.05), items)
+    for item in items:
+        r = ranks[item.name][:2]  # the channel modes (and the classifier's one rank)
+        assert min(r) >= 2 and max(r) <= 8 * min(r), (item.name, ranks[item.name])

@@ -3,12 +3,18 @@
 methods.md section 2.2 ("Global budget"): greedy allocation maximising the retained spectral energy
 under a total-cost constraint (Zhang et al. 2015 style), for every method through its ``RankSpace``:
 
-* score: ``RankSpace.kept_energy`` -- per mode, the fraction of ``||W||^2`` that rank r keeps in
-  its unfolding(s). The discarded energies bound the layer's relative squared error, summed over
-  the modes: Tucker-2/3 by the HOSVD bound, SVD with equality (Eckart-Young), a tensor train by
-  Oseledets 2011 Thm 2.2 on the full tensor's bond unfoldings; a CP rank R keeps at most the least
-  rank-R energy of its unfoldings. Maximising the total kept energy thus minimises the sum of the
-  layers' error bounds.
+* score: ``RankSpace.kept_energy`` -- per mode k, the fraction ``kept_k(r)`` of ``||W||^2`` that
+  rank r keeps in that mode's unfolding(s) -- and the allocation maximises
+  ``sum over layers and modes of log kept_k(r_k)``. Per layer, ``prod_k kept_k`` lies between
+  the energy it surely keeps, ``1 - sum_k (1 - kept_k)`` (the discarded energies bound the squared
+  error: Tucker-2/3 by the HOSVD bound, SVD with equality by Eckart-Young, a tensor train by
+  Oseledets 2011 Thm 2.2 on the full tensor's bond unfoldings), and ``min_k kept_k`` (the
+  approximation has rank r_k in every unfolding); across layers, the signal a chain of layers
+  passes is about the product of what each keeps. The logarithm makes that a sum (so the greedy
+  can work mode by mode) and never starves a layer: a mode keeping little has a large marginal
+  gain. (Maximising the plain sum of kept energies did: it raised cheap modes while others stayed
+  at rank 1, Tucker-2 ranks like (229, 1), and left whole 256-channel layers at rank (1, 1).)
+  A CP rank R keeps at most the least rank-R energy of its unfoldings (one tied mode).
 * cost: the space's exact ``params``/``macs`` functions of the ranks (the ones ``factorch.count``
   agrees with), so the target holds for the real modules.
 
@@ -24,6 +30,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Optional
+
+from torch import Tensor
 
 from factorch.rank.rules import Budget
 from factorch.rank.space import RankSpace, Ranks
@@ -87,7 +95,9 @@ def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Rank
         it, r = usable[i], ranks[i]
         now = it.cost(kind, tuple(r))
         for k, rk in enumerate(r):
-            gain = float(kept[i][k][rk + 1] - kept[i][k][rk]) if rk < it.space.modes[k].full else 0.0
+            if rk >= it.space.modes[k].full:
+                continue
+            gain = _log(kept[i][k][rk + 1]) - _log(kept[i][k][rk])  # the rise of sum log kept
             if gain <= 0.0:
                 continue
             delta = it.cost(kind, _bumped(r, k)) - now
@@ -111,6 +121,10 @@ def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Rank
         result[it.name] = tuple(r)
     pool.planned = int(total)
     return result, pool
+
+
+def _log(kept: Tensor) -> float:
+    return math.log(max(float(kept), 1e-12))
 
 
 def _kept_energy(item: Item) -> list:

@@ -3,6 +3,7 @@
     import factorch as fc
     report = fc.decompose_(model, [fc.Tucker2(rank=fc.EVBMF()), fc.SVD(rank=fc.Energy(0.9))])
     fc.decompose_(model, fc.TT(rank=fc.Tolerance(0.05)))   # tensor-train layers
+    fc.decompose_(model, fc.SVD(rank=fc.Energy(0.95)), calibration=[x1, x2, x3, x4])  # data-aware
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
     fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
@@ -14,6 +15,7 @@ Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where th
 from factorch import layers, models
 from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
+from factorch.calibration import Calibration
 from factorch.count import Counts, LayerCount, count
 from factorch.export import export
 from factorch.io import CheckpointError, load, save
@@ -29,6 +31,7 @@ __all__ = [
     "Budget",
     "BudgetResult",
     "CP",
+    "Calibration",
     "CheckpointError",
     "Counts",
     "EVBMF",

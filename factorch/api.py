@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
+from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
 from factorch.count import layer_macs, probe
+from factorch.data_aware import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.profile import Profiler, as_profiler, compare
 from factorch.progress import track
+from factorch.rank import RankRule
 from factorch.registry import Context, Decision, decide_all, layer_label, layer_types, nominal_shape
 from factorch.report import BudgetResult, LayerReport, Report
 from factorch.selection import Config, Selection
@@ -24,9 +27,12 @@ from factorch.surgery import FilterFn, swap, walk
 Timing = Optional[tuple[Profiler, int]]  # (how to time, batch of example_input)
 
 
+Calibrated = Union[None, Calibration, list, tuple, torch.Tensor]
+
+
 def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
                example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-               from_scratch: bool = False) -> Report:
+               from_scratch: bool = False, calibration: Calibrated = None) -> Report:
     """Replace the model's layers by factorized ones, in place; return the per-layer report.
 
     ``methods``: a method config, a list (the first method that handles a layer usefully is
@@ -48,18 +54,29 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     times each candidate dense and factorized at its real input size (needs ``example_input``;
     the batch is the profiler's or ``example_input``'s) and keeps the dense layer where the
     factorized one is not faster; the report gives both latencies.
+
+    ``calibration``: a few batches of the model's inputs (tensors or ``(x, y)`` tuples; no labels
+    needed), or a ``fc.Calibration`` (damping, sequential correction). Factors are then fitted to
+    each layer's outputs on these inputs instead of to its weights, for every method whose layer
+    has a single input-channel factor (SVD, Tucker-2, CP; tensor trains keep weight-only factors),
+    and rank rules and budgets read the whitened spectra (``Energy`` = share of the output energy
+    kept). The last quarter of the batches is held out: a layer keeps the data-aware factors only
+    where the model's output on it is closer to the dense model's than with weight-only factors at
+    the same ranks (``factorch.data_aware``); the report gives both errors. Without
+    ``example_input``, the first calibration sample sets the input size for MACs.
     """
-    report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch)
+    report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,
+                                   calibration)
     swap(model, replacements)
     return report
 
 
 def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
          example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-         from_scratch: bool = False) -> Report:
-    """The report ``decompose_`` would return (decompositions and timings included); the model
-    is not changed."""
-    return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch)[0]
+         from_scratch: bool = False, calibration: Calibrated = None) -> Report:
+    """The report ``decompose_`` would return (decompositions, timings and calibration checks
+    included); the model is not changed."""
+    return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration)[0]
 
 
 def reconstruct_(model: nn.Module) -> list[str]:
@@ -88,12 +105,16 @@ def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict
     """Each named layer's input shape (batch dim dropped) from one eval-mode, no-grad forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
     modules = {n: m for n, m in model.named_modules() if n in names}
-    probe(model, example_input, modules, lambda n, m, args, out: shapes.setdefault(n, tuple(args[0].shape[1:])))
+
+    def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
+        shapes.setdefault(name, tuple(args[0].shape[1:]))
+
+    probe(model, example_input, modules, record)
     return shapes
 
 
 def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
-            keep_if_faster: Union[bool, Profiler], from_scratch: bool = False
+            keep_if_faster: Union[bool, Profiler], from_scratch: bool = False, calibration: Calibrated = None
             ) -> tuple[Report, dict[str, nn.Module]]:
     if not any(True for _ in model.children()):
         raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
@@ -103,34 +124,48 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
         raise ValueError(f"the model's weights are on the meta device (e.g. {meta!r}): they hold no values to "
                          "decompose; materialise them first (model.to_empty(device='cpu'), then load a state_dict)")
     selection = Selection(methods)
+    calib = as_calibration(calibration)
+    if calib is not None and from_scratch:
+        raise ValueError("calibration fits factors to a layer's inputs; from_scratch layers are freshly "
+                         "initialised, with no factors to fit: give one or the other")
     profiler = as_profiler(keep_if_faster)
     if profiler is not None and example_input is None:
         raise ValueError("keep_if_faster needs example_input: each layer is timed at its real input size")
     kinds = layer_types()
     candidates = [(n, m) for n, m in walk(model) if isinstance(m, kinds)]
     selection.check_names([n for n, _ in candidates])
-    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
 
     def methods_for(name: str, module: nn.Module) -> Optional[list[Method]]:
         if filter_fn is not None and not filter_fn(module, name):
             return None
         return selection.methods_for(name)
 
+    whitening, notes, order = {}, {}, []
+    if calib is not None:
+        targets = {n: m for n, m in candidates if methods_for(n, m)}
+        whitening, notes, order = layer_whitenings(model, calib, targets, example_input)
+        if example_input is None:
+            example_input = to_model(model, calib.batches[0][:1])
+    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
+
     def context_of(name: str, module: nn.Module) -> Context:
         shape = shapes.get(name)
         return Context(shape or nominal_shape(module), nominal=shape is None and not isinstance(module, nn.Linear),
-                       from_scratch=from_scratch, explicit=selection.is_explicit(name))
+                       from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name))
 
     planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     for name, module in track(candidates, desc="decompose"):
         row, new = _row(name, module, planned.decisions[name], shapes.get(name), filter_fn, selection, timing,
-                        from_scratch)
+                        from_scratch, calib is not None)
         rows.append(row)
         if new is not None:
             replacements[name] = new
-    return Report(rows, [BudgetResult.of(pool, rows) for pool in planned.pools]), replacements
+    if calib is not None:
+        rows, replacements = select(model, rows, replacements, planned.decisions, calib, order, notes)
+    budgets = [BudgetResult.of(pool, rows) for pool in planned.pools]
+    return Report(rows, budgets, calibration=calib.describe() if calib is not None else None), replacements
 
 
 def _batch_of(example_input: Any) -> int:
@@ -139,8 +174,8 @@ def _batch_of(example_input: Any) -> int:
 
 
 def _row(name: str, module: nn.Module, decision: Optional[Decision], shape: Optional[tuple[int, ...]],
-         filter_fn: Optional[FilterFn], selection: Selection, timing: Timing, from_scratch: bool
-         ) -> tuple[LayerReport, Optional[nn.Module]]:
+         filter_fn: Optional[FilterFn], selection: Selection, timing: Timing, from_scratch: bool,
+         calibrated: bool = False) -> tuple[LayerReport, Optional[nn.Module]]:
     """The report row for one layer and, if it is replaced, its new module (built here)."""
     params = sum(p.numel() for p in module.parameters())
     known = shape if shape is not None else (nominal_shape(module) if isinstance(module, nn.Linear) else None)
@@ -156,14 +191,15 @@ def _row(name: str, module: nn.Module, decision: Optional[Decision], shape: Opti
     if decision.proposal is None:
         return LayerReport(**row, skipped=decision.skipped), None
     proposal = decision.proposal
+    if calibrated and isinstance(decision.method.rank, RankRule):
+        row["rank_spectra"] = "whitened" if proposal.whitening is not None else "weights"
     if from_scratch:
         return LayerReport(**row), proposal.fresh(module)
     try:
         new = proposal.build(module)
     except ValueError as e:
         raise ValueError(f"layer {name!r} ({layer_label(module)}): {e}") from None
-    w = module.weight.detach().to(torch.float64)  # on its device, as dense_weight()
-    row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
+    row["error"] = weight_error(module, new)
     if timing is not None and shape is not None:
         return _keep_faster(row, module, new, shape, *timing)
     return LayerReport(**row), new

@@ -12,14 +12,17 @@ layer's MACs is passed over, and the report says why.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from torch import nn
 
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.rank import Budget, Item, Pool, RankRule, RankSpace, Resolution, allocate, resolve
+
+if TYPE_CHECKING:
+    from factorch.calibration import Whitening
 
 
 @dataclass(frozen=True)
@@ -40,18 +43,28 @@ class Candidate:
     options: dict[str, Any] = field(default_factory=dict)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def space(self, module: nn.Module) -> RankSpace:
+    def whitening(self, whitening: Optional["Whitening"]) -> Optional["Whitening"]:
+        """The layer's calibration whitening if this class can use it (it has an ``input_factor``)."""
+        return whitening if self.layer_cls.input_factor else None
+
+    def space(self, module: nn.Module, whitening: Optional["Whitening"] = None) -> RankSpace:
+        """The rank space of ``module``; with a whitening, of its whitened copy: rules and budgets
+        then read the whitened spectra (the output energy on the calibration inputs)."""
+        if whitening is not None:
+            module = whitening.whitened(module)
         return self.layer_cls.rank_space(module, **self.options)
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """Replace the layer by ``layer_cls`` at ``ranks`` (resolved ints)."""
+    """Replace the layer by ``layer_cls`` at ``ranks`` (resolved ints); with ``whitening``, by
+    data-aware factors (``factorch.calibration``)."""
 
     layer_cls: type[FactorizedLayer]
     ranks: tuple[int, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    whitening: Optional["Whitening"] = None
 
     @property
     def rank(self) -> int | tuple[int, ...]:
@@ -59,8 +72,14 @@ class Proposal:
         return self.ranks[0] if len(self.ranks) == 1 else self.ranks
 
     def build(self, module: nn.Module) -> FactorizedLayer:
-        """Decompose ``module`` at exactly these ranks."""
+        """Decompose ``module`` at exactly these ranks (fitted to its inputs if ``whitening`` is set)."""
+        if self.whitening is not None:
+            return self.whitening.build(self.layer_cls, module, self.ranks, self.options, self.kwargs)
         return self.layer_cls.from_dense(module, self.ranks, **self.options, **self.kwargs)
+
+    def with_whitening(self, whitening: Optional["Whitening"]) -> "Proposal":
+        """The same structure and ranks with other factors: ``None`` gives weight-only ones."""
+        return replace(self, whitening=whitening)
 
     def empty(self, module: nn.Module) -> FactorizedLayer:
         """A freshly initialised layer of this structure (from scratch; on ``meta``: costing only)."""
@@ -160,12 +179,15 @@ class Context:
     """How a whole decision is made: ``shape`` of one input (no batch) to cost the layer at;
     ``nominal``: that shape is a stand-in (no example_input), which messages say;
     ``from_scratch``: the layer will be freshly initialised, not decomposed (rules refused);
-    ``explicit``: the user named this layer, so no method applying is an error."""
+    ``explicit``: the user named this layer, so no method applying is an error;
+    ``whitening``: the layer's calibration statistics (``factorch.calibration``): methods whose
+    layer class has an input factor read whitened spectra and build data-aware factors."""
 
     shape: tuple[int, ...]
     nominal: bool = False
     from_scratch: bool = False
     explicit: bool = False
+    whitening: Optional["Whitening"] = None
 
 
 RULES_NEED_WEIGHTS = ("reads the trained weights' spectra, which a layer trained from scratch does not have "
@@ -198,7 +220,8 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
             not_applicable.append(found.reason)
             continue
         first = first or method
-        space = found.space(module)
+        whitening = found.whitening(ctx.whitening)
+        space = found.space(module, whitening)
         if isinstance(method.rank, Budget):
             if allocated is None:
                 return Decision(method=first, pending=True, space=space, index=i, passed=tuple(passed))
@@ -223,7 +246,8 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
             passed.append((method.name, f"ranks {ranks} do not reduce MACs{where}: {before:,} -> {after:,}"))
             continue
         notes = [resolution.note] + [f"{m} passed over: {why}" for m, why in passed]
-        return Decision(method=method, proposal=Proposal(found.layer_cls, ranks, found.kwargs, found.options),
+        return Decision(method=method, proposal=Proposal(found.layer_cls, ranks, found.kwargs, found.options,
+                                                         whitening),
                         note="; ".join(n for n in notes if n), **costed)
     if first is not None:
         reasons = [f"{m}: {why}" for m, why in passed] if len(passed) > 1 else [why for _, why in passed]

@@ -33,12 +33,17 @@ class FactorizedLayer(nn.Module):
     * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
     * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
-      ``options(config)`` for structure choices that the dense layer does not determine).
+      ``options(config)`` for structure choices that the dense layer does not determine);
+    * ``input_factor``: the name of the child module that alone applies the input channels (a 1x1
+      conv or linear, weight ``(g R, C/g, ...)``): data-aware decomposition (``factorch.calibration``)
+      factorizes the operand with its input mode whitened and un-whitens this factor. None where
+      the input mode is no single factor (tensor trains split it over cores): weight-only factors.
 
     Subclasses are found by class name when loading a checkpoint (``registry``).
     """
 
     registry: ClassVar[dict[str, type["FactorizedLayer"]]] = {}
+    input_factor: ClassVar[Optional[str]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

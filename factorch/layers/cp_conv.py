@@ -23,6 +23,8 @@ class CPConv2d(FactorizedConv):
     """``first`` 1x1 (C -> gR), ``vertical`` (kh x 1, groups=gR), ``horizontal`` (1 x kw, groups=gR),
     ``last`` 1x1 (gR -> N, bias). ``rank``: R per group, at most ``max_rank``."""
 
+    input_factor = "first"
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:

@@ -31,6 +31,8 @@ def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -
 class SVDLinear(FactorizedLayer):
     """``first`` Linear (C -> R, no bias), ``last`` Linear (R -> N, bias)."""
 
+    input_factor = "first"
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()
         (rank,) = self.space(LinearSpec(in_features, out_features, bias)).check(rank)
@@ -105,6 +107,8 @@ class SVDLinear(FactorizedLayer):
 
 class SVDConv2d(FactorizedConv):
     """A 1x1 conv as ``first`` 1x1 (C -> gR, stride/padding) and ``last`` 1x1 (gR -> N, bias); per group."""
+
+    input_factor = "first"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, rank: int = 1, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,

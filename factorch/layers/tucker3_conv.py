@@ -70,6 +70,8 @@ class Tucker3Conv2d(FactorizedConv):
     (g N' -> N, bias). ``rank``: ``(N', C', D')`` per group, or one int for all three, each in
     ``[1, full]`` (N/g, C/g, kh kw)."""
 
+    input_factor = "first"
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, int, int],
                  stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:

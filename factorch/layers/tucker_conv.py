@@ -24,6 +24,8 @@ class TuckerConv2d(FactorizedConv):
 
     ``rank``: ``(R_out, R_in)`` per group, or one int for both, each at most the full rank."""
 
+    input_factor = "first"
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, int],
                  stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:

@@ -159,7 +159,9 @@ class Report:
             if r.decomposed:
                 params = f"{_num(r.params_before)} -> {_num(r.params_after)}"
                 macs = f"{_num(r.macs_before)} -> {_num(r.macs_after)}"
-                note, err = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs", f"{r.error:.4f}"
+                # error None: a fresh layer (from scratch) approximates nothing
+                note = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs"
+                err = f"{r.error:.4f}" if r.error is not None else "fresh"
                 if r.speedup is not None:
                     note += f", kept factorized: {r.speedup:.2f}x faster"
                 if r.note:

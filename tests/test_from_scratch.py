@@ -29,6 +29,8 @@ def test_from_scratch_replaces_layers_by_fresh_ones_at_the_asked_ranks():
     assert all(p.dtype == torch.float64 for p in model.parameters())
     rows = {r.name: r for r in report.rows}
     assert rows["4"].error is None and rows["4"].params_after == sum(p.numel() for p in model[4].parameters())
+    printed = [line.split() for line in str(report).splitlines() if line.startswith("4 ")]
+    assert len(printed) == 1 and "fresh" in printed[0]  # no error to print: the layer approximates nothing
     # fresh, not decomposed: the factors do not approximate the old kernel
     w = before["4"].double()
     assert float((model[4].dense_weight() - w).norm() / w.norm()) > 0.9

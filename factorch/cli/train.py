@@ -7,7 +7,7 @@ import functools
 
 from factorch.cli.common import add_decomposition_args, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
-from factorch.training.events import ADMMPhase
+from factorch.training.events import ADMMPhase, FromScratch
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios
 
@@ -95,6 +95,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admm-until", type=int, metavar="K",
                    help="ADMM towards the --method/--rank ranks for the first K epochs, then decompose at exactly "
                         "those ranks and train on")
+    p.add_argument("--factorized-from-scratch", action="store_true",
+                   help="factorize every layer the --method/--rank handle before the first step, with fresh "
+                        "factors (ranks: an int, a tuple, a fraction or budget:...; not evbmf/energy/tol)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
     p.set_defaults(run=run_train)
 
@@ -103,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.admm_until is None and _admm_options_given(args):
         raise ValueError(f"{', '.join(_admm_options_given(args))} need(s) --admm-until K")
     events = (_admm(args)(args.admm_until),) if args.admm_until is not None else ()
+    events += (FromScratch(),) if args.factorized_from_scratch else ()
     cfg = _config(args, decompose_at=args.decompose_at, reconstruct_at=args.reconstruct_at, events=events)
     out = args.out or f"runs/{args.model}-{args.dataset}"
     history = train(cfg, out, resume=args.resume)

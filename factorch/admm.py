@@ -235,14 +235,15 @@ class ADMM:
                for name, layer in self._layers.items()}
         return {"mean": sum(per.values()) / len(per), **per}
 
-    def decompose_(self) -> Report:
+    def decompose_(self, calibration: Optional[Sequence[Tensor]] = None) -> Report:
         """Decompose the trained ``W`` (not ``Z``, as the official code does) of every constrained
         layer at exactly ``Z``'s ranks with ``fc.decompose_``, in place; returns its report.
+        ``calibration``: input batches for data-aware factors at those ranks (``decompose_``'s).
         Under DDP every rank ends with rank 0's factors."""
         self._check_live()
         config: dict[str, Any] = {name: layer.method for name, layer in self._layers.items()}
         config["_default"] = None  # every other layer stays as it is
-        report = decompose_(self.model, config, example_input=self.example_input)
+        report = decompose_(self.model, config, example_input=self.example_input, calibration=calibration)
         with torch.no_grad():
             for row in report.decomposed:
                 module = get_module(self.model, row.name)

@@ -33,6 +33,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     add_decomposition_args(g, method="tucker2", rank="evbmf")
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too (the paper leaves it dense)")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave layers matching REGEX dense (repeatable)")
+    g.add_argument("--calibration-batches", type=int, default=0, metavar="N",
+                   help="data-aware factors and ranks from N training batches (inputs only, a seeded draw) at every "
+                        "decomposition, ADMM's included (default 0: weight-only)")
     g = p.add_argument_group("ADMM low-rank training (Yin et al. 2021)")
     g.add_argument("--admm-rho", type=float, metavar="RHO",
                    help="penalty weight rho (default 1e-3, the official code's)")
@@ -63,7 +66,7 @@ def _config(args: argparse.Namespace, **events) -> TrainConfig:
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         methods=tuple(parse_methods(args.method, parse_rank(args.rank))), first_conv=args.first_conv,
-        exclude=tuple(args.exclude), subset=args.subset, augment=not args.no_augment, amp=args.amp,
+        exclude=tuple(args.exclude), calibration_batches=args.calibration_batches, subset=args.subset, augment=not args.no_augment, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed, **events)
 
 

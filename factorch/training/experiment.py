@@ -51,26 +51,26 @@ def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: st
         taken = [s.name for s in scenarios if (out / s.slug / CHECKPOINT).exists()]
         if taken:
             raise ValueError(f"{out} already holds runs ({', '.join(taken)}); pass --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(scenarios, key=lambda s: s.name != "original")
     has_original = any(s.name == "original" for s in scenarios)
     histories: dict[str, list[dict[str, Any]]] = {}
     dist = Distributed.from_env(base.device)  # under torchrun: one process group for all the runs
     try:
-        for s in ordered:
-            log(f"== scenario {s.name} ==")
-            start = out / "original" / CHECKPOINT if s.after_original and has_original else None
-            histories[s.name] = train(s.config(base), out / s.slug, resume=resume, start_from=start,
-                                      log=log if dist.is_main else (lambda line: None))
+        with dist.lock(out):  # one experiment per directory (each run locks its own too)
+            for s in ordered:
+                log(f"== scenario {s.name} ==")
+                start = out / "original" / CHECKPOINT if s.after_original and has_original else None
+                histories[s.name] = train(s.config(base), out / s.slug, resume=resume, start_from=start,
+                                          log=log if dist.is_main else (lambda line: None))
+            histories = {s.name: histories[s.name] for s in scenarios}  # the user's order
+            rows = summarize(histories, {s.name: s for s in scenarios})
+            table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
+            if dist.is_main:
+                atomic_write_text(_header(base, command, scenarios) + "\n" + markdown_table(rows) + "\n", table)
+                atomic_write_text(csv_text(rows), table_csv)
+                training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     finally:
         dist.close()
-    histories = {s.name: histories[s.name] for s in scenarios}  # the user's order
-    rows = summarize(histories, {s.name: s for s in scenarios})
-    table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
-    if dist.is_main:
-        atomic_write_text(_header(base, command, scenarios) + "\n" + markdown_table(rows) + "\n", table)
-        atomic_write_text(csv_text(rows), table_csv)
-        training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     return Experiment(histories, rows, table, table_csv, figure)
 
 

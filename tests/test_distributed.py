@@ -64,3 +64,21 @@ def test_torchrun_train_with_decomposition(tmp_path):
     assert rows[1]["params"] < rows[0]["params"]
     assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 prints
     assert isinstance(fc.load(out / "model.pt").conv2, fc.layers.TuckerConv2d)
+
+
+def test_ddp_logged_test_accuracy_is_the_saved_models(tmp_path):
+    """Batch-norm statistics differ between ranks after an epoch (each rank's last batch): the
+    logged accuracy must be the saved model's on the whole test split, and printed once."""
+    from factorch import data as fdata
+    from factorch.training.loop import count_correct
+
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "factorch", "train", "--model", "vgg-small", "--epochs", "1", "--batch-size", "8",
+                      "--lr", "0.05", "--device", "cpu", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-1500:]
+    logged = json.loads((out / "metrics.jsonl").read_text())["test_acc"]
+    test_set = fdata.load("digits", train=False)
+    correct, total = count_correct(fc.load(out / "model.pt"), torch.utils.data.DataLoader(test_set, batch_size=256))
+    assert total == len(test_set) == 360
+    assert logged == correct / total
+    assert proc.stdout.count("best test acc") == 1  # the summary, from rank 0 only

@@ -35,6 +35,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or alone): the one that prints a command's summary."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Distributed:
     rank: int = 0
@@ -84,11 +91,13 @@ class Distributed:
         return out
 
     @torch.no_grad()
-    def broadcast_model(self, model: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure)."""
+    def broadcast_model(self, model: nn.Module, buffers_only: bool = False) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure).
+        ``buffers_only``: the buffers alone, e.g. batch-norm statistics, which DDP keeps in step
+        at the start of each forward but every rank then updates with its own batch."""
         if self.world == 1:
             return
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in ([] if buffers_only else list(model.parameters())) + list(model.buffers()):
             buf = t.detach().contiguous()  # collectives want dense, contiguous tensors
             dist.broadcast(buf, src=0)
             if buf.data_ptr() != t.data_ptr():

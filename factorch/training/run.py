@@ -230,6 +230,9 @@ def _input_size(dataset: Any, meta: fdata.DatasetInfo) -> tuple[int, int]:
 
 
 def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg: TrainConfig) -> float:
+    """Test accuracy of the model rank 0 saves: its batch-norm statistics on every rank, each rank
+    scoring its disjoint shard (no padding), the counts summed."""
+    dist.broadcast_model(model, buffers_only=True)
     correct, total = count_correct(model, loader, dist.device, amp=cfg.amp, channels_last=cfg.channels_last)
     correct, total = dist.sum([correct, total])
     return correct / max(total, 1)

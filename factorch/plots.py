@@ -1,7 +1,8 @@
 """Figures as PNG files (matplotlib, imported when a figure is drawn; the Agg backend, no display).
 
 ``training_curves``: the figure of seed 000 (Elhoushi et al., Figures 3-6): test accuracy against
-wall-clock training time, one curve per scenario, decompositions and reconstructions marked; with
+wall-clock training time, one curve per scenario (its own line style and marker, in the legend, so
+curves that coincide for some epochs stay apart), decompositions and reconstructions marked; with
 ADMM runs (seed 002) a third panel: ``||W - Z|| / ||W||`` (mean over the layers) per epoch.
 
 ``sweep_panels``: the four panels of seed 004 (Cao 2022) per swept layer and method: parameter
@@ -18,6 +19,9 @@ from typing import Any, Mapping, Sequence
 from factorch.io import CheckpointError
 
 MARKERS = {"decompose": ("v", "decomposed"), "reconstruct": ("^", "reconstructed")}
+# one (line style, point marker) per scenario: runs that share their first epochs (dec@K and
+# dec@K+rec@M) draw the same curve up to M, and must still both be seen there
+SCENARIO_STYLES = [("-", "o"), ("--", "s"), ("-.", "D"), (":", "P"), ("-", "X"), ("--", "*"), ("-.", "h"), (":", "p")]
 
 
 def pyplot():
@@ -78,8 +82,11 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         times = [r["time"] / scale for r in rows]
         accs = [100 * r["test_acc"] for r in rows]
         epochs = [r["epoch"] for r in rows]
-        # the original on top: other scenarios share its first epochs
-        style = dict(color=color, label=name, lw=2.2 if name == "original" else 1.4, zorder=3 if name == "original" else 2)
+        # earlier scenarios wider and below: a later one drawn over a shared stretch leaves them visible
+        line, point = SCENARIO_STYLES[i % len(SCENARIO_STYLES)]
+        every = max(1, len(rows) // 12)
+        style = dict(color=color, label=name, ls=line, marker=point, ms=5, markevery=(i % every, every),
+                     lw=max(1.0, 3.2 - 0.6 * i), zorder=2 + i)
         ax_t.plot(times, accs, **style)
         ax_e.plot(epochs, accs, **style)
         if distances.get(name):
@@ -100,7 +107,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     ax_t.set_ylabel("test accuracy (%)")
     for ax in (ax_t, ax_e):
         ax.grid(alpha=0.3)
-    ax_t.legend(loc="lower right", fontsize=8)
+    ax_t.legend(loc="lower right", fontsize=8, title="scenario (line, marker); event", title_fontsize=8)
     if any(distances.values()):
         ax_d.set_yscale("log")
         ax_d.set_xlabel("epoch")

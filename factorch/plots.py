@@ -11,12 +11,13 @@ and accuracy drop (right after decomposition and after fine-tuning), each agains
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from factorch.io import CheckpointError
+from factorch.io import CheckpointError, atomic_write_bytes
 
 MARKERS = {"decompose": ("v", "decomposed"), "reconstruct": ("^", "reconstructed")}
 # one (line style, point marker) per scenario: runs that share their first epochs (dec@K and
@@ -35,17 +36,16 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Lay ``fig`` out tightly, write it to ``path`` through a temp file (never a half-written
-    PNG) and close it."""
+    """Lay ``fig`` out tightly, write it to ``path`` atomically (``io.atomic_write_bytes``: never
+    a half-written PNG, the umask's mode, temps of killed writers removed) and close it."""
     plt, path = pyplot(), Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        png = io.BytesIO()
+        fig.savefig(png, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        atomic_write_bytes(png.getvalue(), path)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,5 +1,10 @@
 """The experiment figure: every scenario can be told apart (its own line style and marker, in the
 legend) even where two scenarios draw the same curve, and the event markers are explained."""
+import os
+import stat
+import subprocess
+import sys
+
 import factorch.plots as plots
 
 
@@ -30,3 +35,17 @@ def test_every_scenario_is_drawn_apart_and_the_markers_are_in_the_legend(tmp_pat
     legend = [t.get_text() for t in ax_t.get_legend().get_texts()]
     assert legend == ["original", "dec@3", "decomposed", "dec@3+rec@10", "reconstructed"]
     assert ax_t.get_legend().get_title().get_text() == "scenario (line, marker); event"
+
+
+def test_a_figure_is_written_atomically_and_a_killed_writers_temp_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    stale = tmp_path / f".figure.png.pid{dead}.abcd1234.tmp"
+    stale.write_bytes(b"half a PNG")
+    old = os.umask(0o022)
+    try:
+        path = plots.training_curves({"original": _rows(3)}, tmp_path / "figure.png")
+    finally:
+        os.umask(old)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]

@@ -1,6 +1,7 @@
 """DDP on the CPU (Gloo, 2 processes under torchrun): the decomposition is computed once and every
 rank ends with identical weights."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -82,3 +83,16 @@ def test_ddp_logged_test_accuracy_is_the_saved_models(tmp_path):
     assert total == len(test_set) == 360
     assert logged == correct / total
     assert proc.stdout.count("best test acc") == 1  # the summary, from rank 0 only
+
+
+def test_torchrun_train_into_a_held_directory_stops_every_rank(tmp_path):
+    """Rank 0 alone takes the lock; every rank must learn of the refusal (none left waiting)."""
+    from factorch.io import lock_dir
+
+    out = tmp_path / "run"
+    with lock_dir(out):
+        proc = _torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "64", "--epochs", "1",
+                          "--batch-size", "32", "--device", "cpu", "--out", str(out)])
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"error: another factorch process (pid {os.getpid()}) is writing into '{out}'") == 2
+    assert sorted(p.name for p in out.iterdir()) == [".factorch.lock"]

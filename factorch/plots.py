@@ -82,11 +82,12 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         times = [r["time"] / scale for r in rows]
         accs = [100 * r["test_acc"] for r in rows]
         epochs = [r["epoch"] for r in rows]
-        # earlier scenarios wider and below: a later one drawn over a shared stretch leaves them visible
+        # earlier scenarios wider, with larger markers, and below: a later one drawn over a shared
+        # stretch leaves them visible around it
         line, point = SCENARIO_STYLES[i % len(SCENARIO_STYLES)]
         every = max(1, len(rows) // 12)
-        style = dict(color=color, label=name, ls=line, marker=point, ms=5, markevery=(i % every, every),
-                     lw=max(1.0, 3.2 - 0.6 * i), zorder=2 + i)
+        style = dict(color=color, label=name, ls=line, marker=point, ms=max(3.0, 8.0 - 1.5 * i),
+                     markevery=(i % every, every), lw=max(1.0, 3.2 - 0.6 * i), zorder=2 + i)
         ax_t.plot(times, accs, **style)
         ax_e.plot(epochs, accs, **style)
         if distances.get(name):

@@ -32,6 +32,7 @@ def test_every_scenario_is_drawn_apart_and_the_markers_are_in_the_legend(tmp_pat
     # the later scenario is drawn above, thinner: the one below still shows around it
     assert curves["dec@3+rec@10"].get_zorder() > curves["dec@3"].get_zorder()
     assert curves["dec@3+rec@10"].get_linewidth() < curves["dec@3"].get_linewidth()
+    assert curves["dec@3+rec@10"].get_markersize() < curves["dec@3"].get_markersize()
     legend = [t.get_text() for t in ax_t.get_legend().get_texts()]
     assert legend == ["original", "dec@3", "decomposed", "dec@3+rec@10", "reconstructed"]
     assert ax_t.get_legend().get_title().get_text() == "scenario (line, marker); event"

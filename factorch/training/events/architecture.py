@@ -64,11 +64,13 @@ def decomposed_on_main(model: nn.Module, dist: Distributed, decompose: Callable[
 
 
 def decompose_event(model: nn.Module, methods: Sequence[Method], example_input: torch.Tensor,
-                    dist: Distributed, first_conv: bool = False, exclude: Sequence[str] = ()) -> Change:
-    """``decompose_`` the (unwrapped) ``model`` in place, on rank 0, and make every rank identical."""
+                    dist: Distributed, first_conv: bool = False, exclude: Sequence[str] = (),
+                    calibration: Optional[Sequence[torch.Tensor]] = None) -> Change:
+    """``decompose_`` the (unwrapped) ``model`` in place, on rank 0, and make every rank identical;
+    ``calibration``: input batches for data-aware factors and ranks (rank 0's)."""
     keep = layer_filter(first_conv, exclude, model)
     return decomposed_on_main(model, dist, lambda: decompose_(model, list(methods), filter_fn=keep,
-                                                                  example_input=example_input))
+                                                                  example_input=example_input, calibration=calibration))
 
 
 def reconstruct_event(model: nn.Module, dist: Distributed) -> Change:
@@ -109,7 +111,8 @@ class Decompose(Event):
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         if epoch != self.at:
             return None
-        return decompose_event(run.model, run.cfg.methods, run.example, run.dist, run.cfg.first_conv, run.cfg.exclude)
+        return decompose_event(run.model, run.cfg.methods, run.example, run.dist, run.cfg.first_conv, run.cfg.exclude,
+                               run.calibration() if run.dist.is_main else None)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Figures as PNG files (matplotlib, imported when a figure is drawn; the Agg backend, no display).
 
 ``training_curves``: the figure of seed 000 (Elhoushi et al., Figures 3-6): test accuracy against
-wall-clock training time, one curve per scenario, decompositions and reconstructions marked; with
+wall-clock training time, one curve per scenario (its own line style and marker, in the legend, so
+curves that coincide for some epochs stay apart), decompositions and reconstructions marked; with
 ADMM runs (seed 002) a third panel: ``||W - Z|| / ||W||`` (mean over the layers) per epoch.
 
 ``sweep_panels``: the four panels of seed 004 (Cao 2022) per swept layer and method: parameter
@@ -10,14 +11,18 @@ and accuracy drop (right after decomposition and after fine-tuning), each agains
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from factorch.io import CheckpointError
+from factorch.io import CheckpointError, atomic_write_bytes
 
 MARKERS = {"decompose": ("v", "decomposed"), "reconstruct": ("^", "reconstructed")}
+# one (line style, point marker) per scenario: runs that share their first epochs (dec@K and
+# dec@K+rec@M) draw the same curve up to M, and must still both be seen there
+SCENARIO_STYLES = [("-", "o"), ("--", "s"), ("-.", "D"), (":", "P"), ("-", "X"), ("--", "*"), ("-.", "h"), (":", "p")]
 
 
 def pyplot():
@@ -31,17 +36,16 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Lay ``fig`` out tightly, write it to ``path`` through a temp file (never a half-written
-    PNG) and close it."""
+    """Lay ``fig`` out tightly, write it to ``path`` atomically (``io.atomic_write_bytes``: never
+    a half-written PNG, the umask's mode, temps of killed writers removed) and close it."""
     plt, path = pyplot(), Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        png = io.BytesIO()
+        fig.savefig(png, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        atomic_write_bytes(png.getvalue(), path)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -78,8 +82,12 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         times = [r["time"] / scale for r in rows]
         accs = [100 * r["test_acc"] for r in rows]
         epochs = [r["epoch"] for r in rows]
-        # the original on top: other scenarios share its first epochs
-        style = dict(color=color, label=name, lw=2.2 if name == "original" else 1.4, zorder=3 if name == "original" else 2)
+        # earlier scenarios wider, with larger markers, and below: a later one drawn over a shared
+        # stretch leaves them visible around it
+        line, point = SCENARIO_STYLES[i % len(SCENARIO_STYLES)]
+        every = max(1, len(rows) // 12)
+        style = dict(color=color, label=name, ls=line, marker=point, ms=max(3.0, 8.0 - 1.5 * i),
+                     markevery=(i % every, every), lw=max(1.0, 3.2 - 0.6 * i), zorder=2 + i)
         ax_t.plot(times, accs, **style)
         ax_e.plot(epochs, accs, **style)
         if distances.get(name):
@@ -100,7 +108,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     ax_t.set_ylabel("test accuracy (%)")
     for ax in (ax_t, ax_e):
         ax.grid(alpha=0.3)
-    ax_t.legend(loc="lower right", fontsize=8)
+    ax_t.legend(loc="lower right", fontsize=8, title="scenario (line, marker); event", title_fontsize=8)
     if any(distances.values()):
         ax_d.set_yscale("log")
         ax_d.set_xlabel("epoch")

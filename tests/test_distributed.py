@@ -1,6 +1,7 @@
 """DDP on the CPU (Gloo, 2 processes under torchrun): the decomposition is computed once and every
 rank ends with identical weights."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,3 +71,34 @@ def test_torchrun_train_with_decomposition(tmp_path):
     assert rows[1]["params"] < rows[0]["params"]
     assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 prints
     assert isinstance(fc.load(out / "model.pt").conv2, fc.layers.TuckerConv2d)
+
+
+def test_ddp_logged_test_accuracy_is_the_saved_models(tmp_path):
+    """Batch-norm statistics differ between ranks after an epoch (each rank's last batch): the
+    logged accuracy must be the saved model's on the whole test split, and printed once."""
+    from factorch import data as fdata
+    from factorch.training.loop import count_correct
+
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "factorch", "train", "--model", "vgg-small", "--epochs", "1", "--batch-size", "8",
+                      "--lr", "0.05", "--device", "cpu", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-1500:]
+    logged = json.loads((out / "metrics.jsonl").read_text())["test_acc"]
+    test_set = fdata.load("digits", train=False)
+    correct, total = count_correct(fc.load(out / "model.pt"), torch.utils.data.DataLoader(test_set, batch_size=256))
+    assert total == len(test_set) == 360
+    assert logged == correct / total
+    assert proc.stdout.count("best test acc") == 1  # the summary, from rank 0 only
+
+
+def test_torchrun_train_into_a_held_directory_stops_every_rank(tmp_path):
+    """Rank 0 alone takes the lock; every rank must learn of the refusal (none left waiting)."""
+    from factorch.io import lock_dir
+
+    out = tmp_path / "run"
+    with lock_dir(out):
+        proc = _torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "64", "--epochs", "1",
+                          "--batch-size", "32", "--device", "cpu", "--out", str(out)])
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"error: another factorch process (pid {os.getpid()}) is writing into '{out}'") == 2
+    assert sorted(p.name for p in out.iterdir()) == [".factorch.lock"]

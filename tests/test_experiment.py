@@ -72,4 +72,43 @@ def test_tiny_experiment_table_and_figure(tmp_path, capsys):
     assert after[:3] == original and after[3]["event"]["kind"] == "decompose"
     # a finished experiment resumes to the same table without training again
     assert run([*argv, "--resume"]) == 0
-    assert list(csv.DictReader((out / "results.csv").open())) == rows
+
+    def trained(rows):  # the throughput column is measured again, on this machine, now
+        return [{k: v for k, v in r.items() if k != "throughput_speedup"} for r in rows]
+    assert trained(csv.DictReader((out / "results.csv").open())) == trained(rows)
+    assert all(float(r["throughput_speedup"]) > 0 for r in rows)
+
+
+def test_throughput_column_times_the_final_models_against_the_dense_one(tmp_path):
+    """A fake clock (seconds = the timed model's parameter count): the column is the dense model's
+    time over each final model's, every model timed in one interleaved comparison."""
+    import factorch as fc
+    from factorch.profile import Profiler
+    from factorch.training import TrainConfig
+    from factorch.training.experiment import run_experiment
+
+    timed = []
+
+    def params_clock(module, call):
+        call()
+        timed.append(module)
+        return float(sum(p.numel() for p in module.parameters()))
+
+    base = TrainConfig(model="lenet5", dataset="digits", epochs=2, subset=64, batch_size=32,
+                       methods=(fc.Tucker2(0.5), fc.SVD(0.5)))
+    profiler = Profiler(batch=4, warmup=0, runs=3, backward=True, timer=params_clock)
+    result = run_experiment(base, parse_scenarios("original,dec@1", 2), tmp_path / "exp", log=lambda s: None,
+                            profiler=profiler)
+    by = {r["scenario"]: r for r in result.rows}
+    dense, small = by["original"]["params"], by["dec@1"]["params"]
+    assert small < dense
+    assert by["original"]["throughput_speedup"] == 1.0
+    assert by["dec@1"]["throughput_speedup"] == dense / small
+    # forward and forward+backward, 3 runs each, of the dense reference and the two final models
+    assert len(timed) == 2 * 3 * 3
+    assert {sum(p.numel() for p in m.parameters()) for m in timed} == {dense, small}
+    md = result.table.read_text()
+    assert f"| {dense / small:.2f}x |" in md and "Speedup (training time) | Speedup (throughput)" in md
+    assert "batch 4) of the dense model over the scenario's final model" in md
+    assert [r["throughput_speedup"] for r in csv.DictReader(result.csv.open())] == \
+        [str(1.0), str(dense / small)]

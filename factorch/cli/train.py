@@ -7,6 +7,7 @@ import functools
 
 from factorch.cli.common import add_decomposition_args, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
+from factorch.training.distributed import is_main_process
 from factorch.training.events import ADMMPhase, FromScratch
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios
@@ -113,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = _config(args, decompose_at=args.decompose_at, reconstruct_at=args.reconstruct_at, events=events)
     out = args.out or f"runs/{args.model}-{args.dataset}"
     history = train(cfg, out, resume=args.resume)
-    if history:
+    if history and is_main_process():
         best = max(r["test_acc"] for r in history)
         last = history[-1]
         print(f"best test acc {best:.2%}, final {last['test_acc']:.2%}, {last['params']:,} params, "
@@ -148,6 +149,7 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
     out = args.out or f"runs/experiment-{args.model}-{args.dataset}"
     result = run_experiment(base, scenarios, out, resume=args.resume,
                             command=_command(args, "experiment", skip=("resume", "device", "workers")))
-    print((result.table.read_text() if result.table.exists() else ""))
-    print(f"wrote {result.table}, {result.csv}, {result.figure}")
+    if is_main_process():
+        print(result.table.read_text())
+        print(f"wrote {result.table}, {result.csv}, {result.figure}")
     return 0

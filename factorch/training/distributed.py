@@ -2,13 +2,19 @@
 
 ``torchrun --nproc_per_node=N -m factorch train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 the process group uses NCCL on CUDA and Gloo on the CPU. With one process every collective is the
-identity, so the training loop has a single code path.
+identity, so the training loop has a single code path. A worker exits when its launcher dies
+(``exit_with_parent``): a ``kill -9`` of torchrun must not leave ranks writing into the run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -29,6 +35,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or alone): the one that prints a command's summary."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Distributed:
     rank: int = 0
@@ -44,6 +57,7 @@ class Distributed:
         dev = pick_device(device, local_rank)
         if world <= 1:
             return cls(0, 1, dev)
+        exit_with_parent()
         owns = not dist.is_initialized()
         if owns:
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -77,15 +91,36 @@ class Distributed:
         return out
 
     @torch.no_grad()
-    def broadcast_model(self, model: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure)."""
+    def broadcast_model(self, model: nn.Module, buffers_only: bool = False) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure).
+        ``buffers_only``: the buffers alone, e.g. batch-norm statistics, which DDP keeps in step
+        at the start of each forward but every rank then updates with its own batch."""
         if self.world == 1:
             return
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in ([] if buffers_only else list(model.parameters())) + list(model.buffers()):
             buf = t.detach().contiguous()  # collectives want dense, contiguous tensors
             dist.broadcast(buf, src=0)
             if buf.data_ptr() != t.data_ptr():
                 t.copy_(buf)
+
+    @contextlib.contextmanager
+    def lock(self, path: str | os.PathLike) -> Iterator[None]:
+        """Hold the run directory ``path`` (``factorch.io.lock_dir``) while the ranks write into it:
+        rank 0 takes the lock (it alone writes) and every rank learns the outcome, so a directory
+        another run holds is the same ``DirectoryLocked`` on every rank (no rank left waiting)."""
+        from factorch.io import DirectoryLocked, lock_dir
+
+        with contextlib.ExitStack() as stack:
+            refusal = None
+            if self.is_main:
+                try:
+                    stack.enter_context(lock_dir(path))
+                except DirectoryLocked as e:
+                    refusal = str(e)
+            refusal = self.broadcast_object(refusal)
+            if refusal is not None:
+                raise DirectoryLocked(refusal)
+            yield
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks."""
@@ -105,3 +140,31 @@ class Distributed:
             # can abort the other (seen under load)
             dist.barrier()
             dist.destroy_process_group()
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent() -> None:
+    """End this process when the process that started it (torchrun's agent) dies, however it
+    dies: on Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon
+    thread watches the parent pid. A parent already gone before the call ends the process now."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass  # no usable libc: watch instead
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="factorch-exit-with-parent", daemon=True).start()

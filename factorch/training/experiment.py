@@ -6,6 +6,13 @@ same seed makes identical) and writes ``OUT/results.md`` and ``OUT/results.csv``
 test accuracy, the accuracy just before and just after the decomposition, params, MACs, training
 time and speedup vs the original; Tables 1-4) and ``OUT/figure.png`` (accuracy against training
 time and epoch, Figures 3-6; with ADMM scenarios, ``||W - Z|| / ||W||`` per epoch too).
+
+Two speed-ups, side by side: ``speedup`` is the original's training time over the scenario's
+(wall clock of the whole run: it swings with the machine's load), ``throughput_speedup`` the
+steady-state cost of one training step (forward+backward at the run's batch size) of the dense
+model over the scenario's final model, timed interleaved in one process after the runs
+(``factorch.profile.compare``: warm-up, median; one CPU thread by default), which a busy machine
+moves alike for both.
 """
 from __future__ import annotations
 
@@ -20,16 +27,19 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from factorch.io import atomic_write_text
+from factorch.api import reconstruct_
+from factorch.io import atomic_write_text, load, read_checkpoint
 from factorch.plots import training_curves
+from factorch.profile import Profiler, compare
 from factorch.training.config import TrainConfig
-from factorch.training.distributed import Distributed
-from factorch.training.run import CHECKPOINT, print_line, train
+from factorch.training.distributed import Distributed, pick_device
+from factorch.training.run import CHECKPOINT, FINAL, print_line, train
 from factorch.training.scenarios import Scenario
 
 COLUMNS = ["scenario", "epochs", "best_acc", "final_acc", "acc_before_dec", "acc_after_dec", "params",
-           "params_decomposed", "macs", "macs_decomposed", "train_seconds", "speedup", "decomposed_layers",
-           "dense_layers"]
+           "params_decomposed", "macs", "macs_decomposed", "train_seconds", "speedup", "throughput_speedup",
+           "decomposed_layers", "dense_layers"]
+THROUGHPUT = dict(warmup=5, runs=30, threads=1)  # the throughput column's timing (see ``throughput``)
 
 
 @dataclass
@@ -44,38 +54,66 @@ class Experiment:
 
 
 def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: str | os.PathLike, *,
-                   resume: bool = False, command: str = "", log: Callable[[str], None] = print_line) -> Experiment:
-    """Train every scenario (``base`` gives everything but the events) and write table and figure."""
+                   resume: bool = False, command: str = "", log: Callable[[str], None] = print_line,
+                   profiler: Optional[Profiler] = None) -> Experiment:
+    """Train every scenario (``base`` gives everything but the events) and write table and figure.
+    ``profiler``: how the throughput column is timed (default: ``THROUGHPUT`` at the run's batch
+    size, forward+backward, on the run's device)."""
     out = Path(out_dir)
     if not resume:
         taken = [s.name for s in scenarios if (out / s.slug / CHECKPOINT).exists()]
         if taken:
             raise ValueError(f"{out} already holds runs ({', '.join(taken)}); pass --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(scenarios, key=lambda s: s.name != "original")
     has_original = any(s.name == "original" for s in scenarios)
     histories: dict[str, list[dict[str, Any]]] = {}
     dist = Distributed.from_env(base.device)  # under torchrun: one process group for all the runs
     try:
-        for s in ordered:
-            log(f"== scenario {s.name} ==")
-            start = out / "original" / CHECKPOINT if s.after_original and has_original else None
-            histories[s.name] = train(s.config(base), out / s.slug, resume=resume, start_from=start,
-                                      log=log if dist.is_main else (lambda line: None))
+        with dist.lock(out):  # one experiment per directory (each run locks its own too)
+            for s in ordered:
+                log(f"== scenario {s.name} ==")
+                start = out / "original" / CHECKPOINT if s.after_original and has_original else None
+                histories[s.name] = train(s.config(base), out / s.slug, resume=resume, start_from=start,
+                                          log=log if dist.is_main else (lambda line: None))
+            histories = {s.name: histories[s.name] for s in scenarios}  # the user's order
+            table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
+            profiler = profiler or Profiler(batch=base.batch_size, backward=True, channels_last=base.channels_last,
+                                            device=str(pick_device(base.device)), **THROUGHPUT)
+            speed = None
+            if dist.is_main:  # rank 0 alone times and writes
+                log("== throughput: every final model against the dense one ==")
+                speed = throughput({s.name: out / s.slug / FINAL for s in scenarios}, profiler)
+            rows = summarize(histories, {s.name: s for s in scenarios}, speed)
+            if dist.is_main:
+                atomic_write_text(_header(base, command, scenarios, profiler) + "\n" + markdown_table(rows) + "\n",
+                                  table)
+                atomic_write_text(csv_text(rows), table_csv)
+                training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     finally:
         dist.close()
-    histories = {s.name: histories[s.name] for s in scenarios}  # the user's order
-    rows = summarize(histories, {s.name: s for s in scenarios})
-    table, table_csv, figure = out / "results.md", out / "results.csv", out / "figure.png"
-    if dist.is_main:
-        atomic_write_text(_header(base, command, scenarios) + "\n" + markdown_table(rows) + "\n", table)
-        atomic_write_text(csv_text(rows), table_csv)
-        training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     return Experiment(histories, rows, table, table_csv, figure)
 
 
-def summarize(histories: dict[str, list[dict[str, Any]]], scenarios: dict[str, Scenario]) -> list[dict[str, Any]]:
-    """One table row per scenario (the paper's columns plus MACs and the layer counts)."""
+def throughput(models: dict[str, Path], profiler: Profiler) -> dict[str, float]:
+    """Per scenario, the dense model's median forward+backward time over that of the scenario's
+    final model (``models``: scenario -> its ``model.pt``): > 1 means it trains faster per step.
+    The dense reference is the first model rebuilt dense (``reconstruct_``; all share the dense
+    architecture); every model is timed in one ``compare`` call, interleaved, on the same input.
+    A dense scenario's ratio shows the measurement's own noise (ideally 1.00)."""
+    finals = {name: load(path) for name, path in models.items()}
+    dense = load(next(iter(models.values())))
+    reconstruct_(dense)
+    shape = tuple(read_checkpoint(next(iter(models.values())))["meta"]["input_shape"])  # one example's (C, H, W)
+    times = compare({"dense": dense, **{f"scenario {name}": m for name, m in finals.items()}}, shape, profiler)
+    key = "forward_backward" if profiler.backward else "forward"
+    ref = getattr(times["dense"], key)
+    return {name: ref / getattr(times[f"scenario {name}"], key) for name in finals}
+
+
+def summarize(histories: dict[str, list[dict[str, Any]]], scenarios: dict[str, Scenario],
+              speed: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
+    """One table row per scenario (the paper's columns plus MACs and the layer counts);
+    ``speed``: the throughput speed-up per scenario (``throughput``)."""
     original = histories.get("original")
     t_orig = original[-1]["time"] if original else None
     rows = []
@@ -97,6 +135,7 @@ def summarize(histories: dict[str, list[dict[str, Any]]], scenarios: dict[str, S
             "train_seconds": h[-1]["time"],
             "seconds_before": h[first_dec - 1]["time"] if scenarios[name].after_original and first_dec else None,
             "speedup": t_orig / h[-1]["time"] if t_orig else None,
+            "throughput_speedup": (speed or {}).get(name),
             "decomposed_layers": events[0]["changed"] if events else None,
             "dense_layers": len(events[0]["skipped"]) if events else None,
         })
@@ -122,7 +161,8 @@ def _duration(seconds: float) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["Scenario", "Best acc", "Final acc", "Acc before -> after decomposition", "Params",
-            "Params (decomposed)", "MACs", "Training time", "Speedup", "Layers decomposed / left dense"]
+            "Params (decomposed)", "MACs", "Training time", "Speedup (training time)",
+            "Speedup (throughput)", "Layers decomposed / left dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t = _duration(r["train_seconds"])
@@ -130,12 +170,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             t = f"{_duration(r['seconds_before'])} + {_duration(r['train_seconds'] - r['seconds_before'])}"
         layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        steps = f"{r['throughput_speedup']:.2f}x" if r.get("throughput_speedup") else "-"
         before, after = r["acc_before_dec"], r["acc_after_dec"]
         drop = "-" if after is None else f"{100 * after:.2f}%" if before is None else \
             f"{100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f})"
         lines.append("| " + " | ".join([r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%",
                                         drop, _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
-                                        layers]) + " |")
+                                        steps, layers]) + " |")
     return "\n".join(lines)
 
 
@@ -148,7 +189,8 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = ()) -> str:
+def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = (),
+            profiler: Optional[Profiler] = None) -> str:
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,7 +204,14 @@ def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = ()) 
              f"weight decay {cfg.weight_decay}, methods {', '.join(repr(m) for m in cfg.methods)}, "
              f"first conv {'decomposed' if cfg.first_conv else 'left dense'}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
              "- training time: training passes plus the events (decomposition, reconstruction, ADMM updates), "
-             "without test evaluation"]
+             "without test evaluation; speedup (training time): the original's over the scenario's (wall clock, "
+             "moves with the machine's load)"]
+    if profiler is not None:
+        threads = f"{profiler.threads} CPU thread(s)" if profiler.threads else f"{torch.get_num_threads()} CPU threads"
+        lines.append(f"- speedup (throughput): one training step (forward+backward, batch {profiler.batch or 1}) of the "
+                     f"dense model over the scenario's final model, timed side by side in one process after "
+                     f"training (interleaved, {profiler.warmup} warm-up calls, median of {profiler.runs}, "
+                     f"{threads}); a dense final model shows the measurement's noise")
     for s in scenarios:
         if s.events:
             lines.append(f"- {s.name}: {', '.join(repr(e) for e in s.events)}")

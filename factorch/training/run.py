@@ -16,6 +16,7 @@ run continues the total from its checkpoint: the part of an epoch lost to a kill
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -62,13 +63,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     """
     dist = Distributed.from_env(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), resume, start_from, log if dist.is_main else (lambda s: None), dist)
+        with contextlib.ExitStack() as hold:  # the run directory's lock, taken once the input is checked
+            return _train(cfg, Path(out_dir), resume, start_from, log if dist.is_main else (lambda s: None), dist,
+                          hold)
     finally:
         dist.close()
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str | os.PathLike],
-           log: Callable[[str], None], dist: Distributed) -> list[dict[str, Any]]:
+           log: Callable[[str], None], dist: Distributed, hold: contextlib.ExitStack) -> list[dict[str, Any]]:
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     state, source, same_run = _initial_state(cfg, ckpt_path, resume, start_from)
     if dist.world > 1 and cfg.batch_size % dist.world:
@@ -93,8 +96,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         event.begin(run, len(history))
     if same_run:
         _load_event_states(events, state, source)
-    if dist.is_main:  # after the data, the model and the events: bad input leaves no directory behind
-        out.mkdir(parents=True, exist_ok=True)
+    # after the data, the model and the events: bad input leaves no directory behind; a directory
+    # another run writes into is refused (DirectoryLocked), and so is a run that finished there meanwhile
+    hold.enter_context(dist.lock(out))
+    _refuse_existing_run(ckpt_path, resume)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     if state is not None:
@@ -189,8 +194,7 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: 
                    ) -> tuple[Optional[dict[str, Any]], str, bool]:
     """The checkpoint to continue from (validated against ``cfg``), its path, and whether it is
     this run's own (a resume: the events' states continue too); None for a fresh run."""
-    if ckpt_path.exists() and not resume:
-        raise ValueError(f"{ckpt_path.parent} already holds a run; pass --resume to continue it or choose another --out")
+    _refuse_existing_run(ckpt_path, resume)
     current = cfg.as_dict()
     if resume and ckpt_path.exists():
         state = load_run(ckpt_path)
@@ -215,12 +219,20 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: 
     return state, str(start_from), False
 
 
+def _refuse_existing_run(ckpt_path: Path, resume: bool) -> None:
+    if ckpt_path.exists() and not resume:
+        raise ValueError(f"{ckpt_path.parent} already holds a run; pass --resume to continue it or choose another --out")
+
+
 def _input_size(dataset: Any, meta: fdata.DatasetInfo) -> tuple[int, int]:
     """(H, W) of the examples (the test split: no augmentation draws from the RNG)."""
     return tuple(dataset[0][0].shape[-2:]) if len(dataset) else meta.input_size
 
 
 def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg: TrainConfig) -> float:
+    """Test accuracy of the model rank 0 saves: its batch-norm statistics on every rank, each rank
+    scoring its disjoint shard (no padding), the counts summed."""
+    dist.broadcast_model(model, buffers_only=True)
     correct, total = count_correct(model, loader, dist.device, amp=cfg.amp, channels_last=cfg.channels_last)
     correct, total = dist.sum([correct, total])
     return correct / max(total, 1)

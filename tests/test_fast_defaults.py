@@ -2,6 +2,9 @@
 training decomposition event's keep_if_faster decided by a fake clock (no wall-clock asserts)."""
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -178,3 +181,43 @@ def test_cli_flags():
     assert args.keep_if_faster is False and args.channels_last is False
     assert {"--no-keep-if-faster", "--no-channels-last"} <= set(_command(args, "train").split())
     assert parser.parse_args([*base, "--channels-last"]).channels_last is True
+
+
+WORKER = textwrap.dedent('''
+    import sys, torch, factorch as fc
+    from torch import nn
+    from factorch.layers.base import FactorizedLayer
+    from factorch.training.distributed import Distributed
+    from factorch.training.events import decompose_event
+    dist = Distributed.from_env("cpu")
+    torch.manual_seed(dist.rank)            # different weights on each rank before the event
+    model = fc.models.create("lenet5", num_classes=10, in_channels=1)
+
+    def rank0_clock(module, run):          # Tucker-2 "slower", SVD "faster"
+        run()
+        return 1.0 if not isinstance(module, FactorizedLayer) else (2.0 if module.__class__.__name__ == "TuckerConv2d" else 0.5)
+
+    def other_clock(module, run):
+        raise AssertionError("only rank 0 times")
+    timing = fc.Profiler(warmup=0, runs=1, batch=4, backward=True, timer=rank0_clock if dist.rank == 0 else other_clock)
+    event = decompose_event(model, [fc.Tucker2(0.5), fc.SVD(0.5)], torch.zeros(1, 1, 16, 16), dist,
+                            keep_if_faster=timing)
+    torch.save({"state": model.state_dict(), "changed": event.changed, "skipped": event.skipped,
+                "conv2": type(model.conv2).__name__}, f"{sys.argv[1]}/rank{dist.rank}.pt")
+    dist.close()
+''')
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with Gloo is not available")
+def test_ddp_rank0_decides_and_every_rank_follows(tmp_path):
+    (tmp_path / "worker.py").write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["changed"] == r1["changed"] == ["fc1", "fc2", "fc3"] and r0["conv2"] == r1["conv2"] == "Conv2d"
+    assert r0["skipped"] == r1["skipped"] and r0["skipped"]["conv2"].startswith("kept dense")
+    assert r0["state"].keys() == r1["state"].keys()
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])

@@ -12,7 +12,7 @@ without a flag.
 Ranks: a uniform fraction of each layer's parameters (``Tucker2(f)``, ``SVD(0.5)`` for the
 classifier); EVBMF ranks need trained weights. f=0.05 gives ~1M params, f=0.037 the seed's ~750K.
 
-    python benchmarks/train_step.py [--batch 64] [--fractions 0.05] [--settings before,default[,amp]]
+    python benchmarks/train_step.py [--model vgg19] [--batch 64] [--fractions 0.05] [--settings before,default[,amp]]
         [--device cpu|cuda] [--threads N]
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ def step_fn(model, x, y, amp: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vgg19", help="a CIFAR model of the zoo (default vgg19; names the results file)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--fractions", default="0.05", help="Tucker-2 fractions of params kept, comma-separated "
                    "(0.05: ~1.0M params; 0.037: the seed's ~750K)")
@@ -65,14 +66,14 @@ def main() -> None:
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.manual_seed(0)
     example = torch.zeros(1, 3, 32, 32, device=args.device)
-    dense = fc.models.create("vgg19").to(args.device)
+    dense = fc.models.create(args.model).to(args.device)
     smalls = []
     for f in fractions:
-        small = fc.models.create("vgg19").to(args.device)
+        small = fc.models.create(args.model).to(args.device)
         fc.decompose_(small, [fc.Tucker2(f), fc.SVD(0.5)], example_input=example)
         smalls.append(small)
     counts = [fc.count(m, example) for m in (dense, *smalls)]
-    names = ["VGG-19 dense"] + [f"VGG-19 Tucker-2 ({f:g} of params per layer)" for f in fractions]
+    names = [f"{args.model} dense"] + [f"{args.model} Tucker-2 ({f:g} of params per layer)" for f in fractions]
     x0 = torch.randn(args.batch, 3, 32, 32, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
     rows = []
@@ -91,7 +92,7 @@ def main() -> None:
                          "step_s": round(t, 4), "speedup_vs_dense": round(times[0] / t, 2)})
             print(rows[-1], flush=True)
     env = environment(args.device)
-    stem = f"train_step_vgg19_{'gpu' if args.device.startswith('cuda') else 'cpu'}"
+    stem = f"train_step_{args.model}_{'gpu' if args.device.startswith('cuda') else 'cpu'}"
     stem += f"_{args.threads}thread" if args.threads else ""
     notes = [f"One SGD step (forward + backward + update), batch {args.batch}, 3x32x32 synthetic inputs; "
              f"median of {args.repeats} alternating runs after {args.warmup} warm-up steps each. "

@@ -10,8 +10,8 @@ not faster; the event's own profiler, ``events.training_profiler``), on syntheti
 batches (3x32x32, 10 classes), all measured in alternation in one process (median of
 ``--repeats``, after warm-up, CUDA synchronised). The memory format is ``factorch train``'s
 (``--channels-last``/``--no-channels-last``; default: the run's rule, channels_last for these conv
-models on CPU and CUDA), the same for every model. The "dec@10 of 200" column turns the ratio into the paper's total:
-``200 / (10 + 190 / ratio)``.
+models on CPU and CUDA), the same for every model. The "dec@10 of 200" column turns the ratio into
+the paper's total: ``200 / (10 + 190 / ratio)``.
 
 Ranks: EVBMF needs trained weights (random init gives rank 0), so each model is decomposed at a
 uniform fraction of every kxk conv's parameters (``fc.Tucker2(f)``; the first conv and the

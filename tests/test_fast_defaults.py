@@ -195,7 +195,9 @@ WORKER = textwrap.dedent('''
 
     def rank0_clock(module, run):          # Tucker-2 "slower", SVD "faster"
         run()
-        return 1.0 if not isinstance(module, FactorizedLayer) else (2.0 if module.__class__.__name__ == "TuckerConv2d" else 0.5)
+        if not isinstance(module, FactorizedLayer):
+            return 1.0
+        return 2.0 if isinstance(module, fc.layers.TuckerConv2d) else 0.5
 
     def other_clock(module, run):
         raise AssertionError("only rank 0 times")

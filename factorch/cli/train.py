@@ -80,7 +80,8 @@ def _command(args: argparse.Namespace, parser_name: str, skip: tuple[str, ...] =
     """The command line that reproduces this run, from the parsed values."""
     parts = ["factorch", parser_name]
     for key, value in vars(args).items():
-        if key in ("run", "command", *skip) or value is None or value == [] or (value is False and key not in NEGATABLE):
+        if key in ("run", "command", *skip) or value is None or value == [] or \
+                (value is False and key not in NEGATABLE):
             continue
         flag = "--" + key.replace("_", "-")
         if value is False and key in NEGATABLE:

@@ -3,6 +3,7 @@
     import factorch as fc
     report = fc.decompose_(model, [fc.Tucker2(rank=fc.EVBMF()), fc.SVD(rank=fc.Energy(0.9))])
     fc.decompose_(model, fc.TT(rank=fc.Tolerance(0.05)))   # tensor-train layers
+    fc.decompose_(model, fc.SVD(rank=fc.Energy(0.95)), calibration=[x1, x2, x3, x4])  # data-aware
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
     fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
@@ -14,10 +15,11 @@ Importing factorch is cheap: TensorLy, tqdm and matplotlib are imported where th
 from factorch import layers, models
 from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
+from factorch.calibration import Calibration
 from factorch.count import Counts, LayerCount, count
 from factorch.export import export
 from factorch.io import CheckpointError, load, save
-from factorch.methods import CP, SVD, TT, Method, Tucker2
+from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
 from factorch.profile import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
@@ -29,6 +31,7 @@ __all__ = [
     "Budget",
     "BudgetResult",
     "CP",
+    "Calibration",
     "CheckpointError",
     "Counts",
     "EVBMF",
@@ -43,6 +46,7 @@ __all__ = [
     "TT",
     "Tolerance",
     "Tucker2",
+    "Tucker3",
     "count",
     "decompose_",
     "evbmf",

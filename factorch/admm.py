@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from factorch.api import decompose_, plan
 from factorch.methods import Method
-from factorch.registry import Proposal, handler_for
+from factorch.registry import NotApplicable, Proposal, candidate
 from factorch.report import Report
 from factorch.surgery import FilterFn, get_module
 
@@ -65,15 +65,13 @@ def check_growth(growth: object) -> float:
     return float(growth)
 
 
-def _proposal(method: Method, dense: nn.Module) -> Proposal:
-    """The registry's proposal for ``dense`` under ``method`` (fixed ranks): the one place this
-    module looks into the method registry."""
-    handler = handler_for(method, dense)
-    decision = handler(method, dense) if handler is not None else None
-    if not isinstance(decision, Proposal):
-        reason = getattr(decision, "reason", f"no {type(method).__name__} handler for {type(dense).__name__}")
-        raise ValueError(f"{method!r} does not decompose this {type(dense).__name__}: {reason}")
-    return decision
+def _proposal(method: Method, dense: nn.Module, ranks: tuple[int, ...]) -> Proposal:
+    """The registry's structure for ``dense`` under ``method``, at exactly ``ranks`` (fixed by the
+    plan at construction): the one place this module looks into the method registry."""
+    found = candidate(method, dense)
+    if isinstance(found, NotApplicable):
+        raise ValueError(f"{method!r} does not decompose this {type(dense).__name__}: {found.reason}")
+    return Proposal(found.layer_cls, found.space(dense).check(ranks), kwargs=found.kwargs, options=found.options)
 
 
 def _holding(module: nn.Module, weight: Tensor) -> nn.Module:
@@ -182,9 +180,7 @@ class ADMM:
         ranks = tuple(int(r) for r in ranks)
         method = dataclasses.replace(method, rank=ranks[0] if len(ranks) == 1 else ranks)
         module = get_module(self.model, name)
-        proposal = _proposal(method, module)
-        if proposal.ranks != ranks:
-            raise ValueError(f"{method!r} resolves to ranks {proposal.ranks} on {name!r}, not {ranks}")
+        proposal = _proposal(method, module, ranks)
         w = module.weight
 
         def placed(t: Optional[Tensor]) -> Tensor:  # a contiguous copy: collectives want dense tensors
@@ -239,14 +235,15 @@ class ADMM:
                for name, layer in self._layers.items()}
         return {"mean": sum(per.values()) / len(per), **per}
 
-    def decompose_(self) -> Report:
+    def decompose_(self, calibration: Optional[Sequence[Tensor]] = None) -> Report:
         """Decompose the trained ``W`` (not ``Z``, as the official code does) of every constrained
         layer at exactly ``Z``'s ranks with ``fc.decompose_``, in place; returns its report.
+        ``calibration``: input batches for data-aware factors at those ranks (``decompose_``'s).
         Under DDP every rank ends with rank 0's factors."""
         self._check_live()
         config: dict[str, Any] = {name: layer.method for name, layer in self._layers.items()}
         config["_default"] = None  # every other layer stays as it is
-        report = decompose_(self.model, config, example_input=self.example_input)
+        report = decompose_(self.model, config, example_input=self.example_input, calibration=calibration)
         with torch.no_grad():
             for row in report.decomposed:
                 module = get_module(self.model, row.name)

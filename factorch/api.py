@@ -11,32 +11,42 @@ import torch
 from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
-from factorch.budget import achieved, allocate
+from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
 from factorch.count import layer_macs, probe
+from factorch.data_aware import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.profile import Profiler, as_profiler, compare
 from factorch.progress import track
-from factorch.rank import Budget
-from factorch.registry import NotApplicable, Proposal, Skip, handler_for, layer_types
-from factorch.report import LayerReport, Report
+from factorch.rank import RankRule
+from factorch.registry import Context, Decision, decide_all, layer_label, layer_types, nominal_shape
+from factorch.report import BudgetResult, LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
 
-NOMINAL_SIZE = 32  # conv input side used to test "fewer MACs" when no example_input is given
 Timing = Optional[tuple[Profiler, int]]  # (how to time, batch of example_input)
 
 
+Calibrated = Union[None, Calibration, list, tuple, torch.Tensor]
+
+
 def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
-               example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False) -> Report:
+               example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
+               from_scratch: bool = False, calibration: Calibrated = None) -> Report:
     """Replace the model's layers by factorized ones, in place; return the per-layer report.
 
-    ``methods``: a method config, a list (the first method that handles a layer is used) or a
-    dict (see ``factorch.selection``). ``filter_fn(module, name)`` may exclude layers. With
-    ``example_input`` the MACs in the report (and the "fewer MACs" test) use each layer's real
-    input size, otherwise a nominal 32x32 input per conv and the report shows no conv MACs.
-    A layer stays dense, with the reason in the report, when its ranks come out 0 or would not
-    reduce its MACs, or when no method handles it.
+    ``methods``: a method config, a list (the first method that handles a layer usefully is
+    used) or a dict (see ``factorch.selection``). ``filter_fn(module, name)`` may exclude layers.
+    With ``example_input`` the MACs in the report (and the "fewer MACs" test) use each layer's real
+    input size, otherwise a nominal 32x32 input per conv and the report shows no conv MACs. A
+    method whose ranks come out 0 or would not reduce the layer's MACs is passed over for the next
+    one in the list; a layer no method handles usefully stays dense, with the reasons in the report.
+
+    ``from_scratch=True``: replace every handled layer by a freshly initialised factorized layer
+    (its kernel has the variance of PyTorch's default init) instead of decomposing its weights,
+    to train in factorized form from the first step. Ranks: ints, tuples, fractions or
+    ``fc.Budget`` (which then rates every rank unit alike); rules (EVBMF, Energy, Tolerance) read
+    trained weights and are refused.
 
     A rank of ``fc.Budget(macs=f)`` / ``fc.Budget(params=f)`` is shared by every layer it governs
     (see ``fc.Budget``): ranks are allocated across them first; the report gives the achieved
@@ -44,79 +54,118 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     times each candidate dense and factorized at its real input size (needs ``example_input``;
     the batch is the profiler's or ``example_input``'s) and keeps the dense layer where the
     factorized one is not faster; the report gives both latencies.
+
+    ``calibration``: a few batches of the model's inputs (tensors or ``(x, y)`` tuples; no labels
+    needed), or a ``fc.Calibration`` (damping, sequential correction). Factors are then fitted to
+    each layer's outputs on these inputs instead of to its weights, for every method whose layer
+    has a single input-channel factor (SVD, Tucker-2, CP; tensor trains keep weight-only factors),
+    and rank rules and budgets read the whitened spectra (``Energy`` = share of the output energy
+    kept). The last quarter of the batches is held out: a layer keeps the data-aware factors only
+    where the model's output on it is closer to the dense model's than with weight-only factors at
+    the same ranks (``factorch.data_aware``); the report gives both errors. Without
+    ``example_input``, the first calibration sample sets the input size for MACs.
     """
-    report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster)
+    report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,
+                                   calibration)
     swap(model, replacements)
     return report
 
 
 def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
-         example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False) -> Report:
-    """The report ``decompose_`` would return (decompositions and timings included); the model
-    is not changed."""
-    return _decide(model, methods, filter_fn, example_input, keep_if_faster)[0]
+         example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
+         from_scratch: bool = False, calibration: Calibrated = None) -> Report:
+    """The report ``decompose_`` would return (decompositions, timings and calibration checks
+    included); the model is not changed."""
+    return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration)[0]
 
 
 def reconstruct_(model: nn.Module) -> list[str]:
     """Replace every factorized layer by its equivalent dense layer, built from the current
-    (possibly trained) factors; returns the names of the layers rebuilt."""
-    replacements = {name: m.to_dense() for name, m in walk(model) if isinstance(m, FactorizedLayer)}
+    (possibly trained) factors; returns the names of the layers rebuilt. A layer that cannot be
+    rebuilt (a missing factor, NaN/Inf factors) is one ``ValueError`` naming it, and the model is
+    left as it was."""
+    replacements = {name: _rebuilt(name, m) for name, m in walk(model) if isinstance(m, FactorizedLayer)}
     swap(model, replacements)
     return list(replacements)
 
 
-def _layer_label(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        g = f" g{module.groups}" if module.groups > 1 else ""
-        s = f" s{module.stride[0]}" if module.stride != (1, 1) else ""
-        return f"conv{kh}x{kw} {module.in_channels}->{module.out_channels}{s}{g}"
-    if isinstance(module, nn.Linear):
-        return f"linear {module.in_features}->{module.out_features}"
-    return type(module).__name__
+def _rebuilt(name: str, layer: FactorizedLayer) -> nn.Module:
+    what = f"layer {name!r} ({type(layer).__name__})"
+    try:
+        dense = layer.to_dense()
+    except (AttributeError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{what} cannot be rebuilt as a dense layer: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    if not all(bool(torch.isfinite(p).all()) for p in dense.parameters()):
+        raise ValueError(f"{what} has NaN or Inf factors: its dense weight would be NaN/Inf; refusing to rebuild it")
+    return dense
 
 
 def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict[str, tuple[int, ...]]:
     """Each named layer's input shape (batch dim dropped) from one eval-mode, no-grad forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
     modules = {n: m for n, m in model.named_modules() if n in names}
-    probe(model, example_input, modules, lambda n, m, args, out: shapes.setdefault(n, tuple(args[0].shape[1:])))
+
+    def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
+        shapes.setdefault(name, tuple(args[0].shape[1:]))
+
+    probe(model, example_input, modules, record)
     return shapes
 
 
-def _nominal_shape(module: nn.Module) -> tuple[int, ...]:
-    if isinstance(module, nn.Linear):
-        return (module.in_features,)
-    reach = max(d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size))
-    side = max(NOMINAL_SIZE, reach)
-    return (module.in_channels, side, side)
-
-
 def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
-            keep_if_faster: Union[bool, Profiler]) -> tuple[Report, dict[str, nn.Module]]:
+            keep_if_faster: Union[bool, Profiler], from_scratch: bool = False, calibration: Calibrated = None
+            ) -> tuple[Report, dict[str, nn.Module]]:
     if not any(True for _ in model.children()):
         raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
                          "for one layer use fc.layers.<Layer>.from_dense")
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"the model's weights are on the meta device (e.g. {meta!r}): they hold no values to "
+                         "decompose; materialise them first (model.to_empty(device='cpu'), then load a state_dict)")
     selection = Selection(methods)
+    calib = as_calibration(calibration)
+    if calib is not None and from_scratch:
+        raise ValueError("calibration fits factors to a layer's inputs; from_scratch layers are freshly "
+                         "initialised, with no factors to fit: give one or the other")
     profiler = as_profiler(keep_if_faster)
     if profiler is not None and example_input is None:
         raise ValueError("keep_if_faster needs example_input: each layer is timed at its real input size")
     kinds = layer_types()
     candidates = [(n, m) for n, m in walk(model) if isinstance(m, kinds)]
     selection.check_names([n for n, _ in candidates])
+
+    def methods_for(name: str, module: nn.Module) -> Optional[list[Method]]:
+        if filter_fn is not None and not filter_fn(module, name):
+            return None
+        return selection.methods_for(name)
+
+    whitening, notes, order = {}, {}, []
+    if calib is not None:
+        targets = {n: m for n, m in candidates if methods_for(n, m)}
+        whitening, notes, order = layer_whitenings(model, calib, targets, example_input)
+        if example_input is None:
+            example_input = to_model(model, calib.batches[0][:1])
     shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
-    allocation = allocate(  # whole-model rank rules (fc.Budget) are resolved before per-layer decisions
-        candidates, lambda n, m: None if filter_fn is not None and not filter_fn(m, n) else selection.methods_for(n),
-        lambda n, m: shapes.get(n) or _nominal_shape(m), exact_shapes=example_input is not None)
+
+    def context_of(name: str, module: nn.Module) -> Context:
+        shape = shapes.get(name)
+        return Context(shape or nominal_shape(module), nominal=shape is None and not isinstance(module, nn.Linear),
+                       from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name))
+
+    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     for name, module in track(candidates, desc="decompose"):
-        row, new = _decide_layer(name, module, selection, filter_fn, shapes.get(name),
-                                 allocation.methods.get(name), timing)
+        row, new = _row(name, module, planned.decisions[name], shapes.get(name), filter_fn, selection, timing,
+                        from_scratch, calib is not None)
         rows.append(row)
         if new is not None:
             replacements[name] = new
-    return Report(rows, [achieved(pool, rows) for pool in allocation.pools]), replacements
+    if calib is not None:
+        rows, replacements = select(model, rows, replacements, planned.decisions, calib, order, notes)
+    budgets = [BudgetResult.of(pool, rows) for pool in planned.pools]
+    return Report(rows, budgets, calibration=calib.describe() if calib is not None else None), replacements
 
 
 def _batch_of(example_input: Any) -> int:
@@ -124,57 +173,33 @@ def _batch_of(example_input: Any) -> int:
     return int(first.shape[0]) if first.dim() > 0 else 1
 
 
-def _decide_layer(name: str, module: nn.Module, selection: Selection, filter_fn: Optional[FilterFn],
-                  shape: Optional[tuple[int, ...]], allocated: Optional[Method], timing: Timing
-                  ) -> tuple[LayerReport, Optional[nn.Module]]:
+def _row(name: str, module: nn.Module, decision: Optional[Decision], shape: Optional[tuple[int, ...]],
+         filter_fn: Optional[FilterFn], selection: Selection, timing: Timing, from_scratch: bool,
+         calibrated: bool = False) -> tuple[LayerReport, Optional[nn.Module]]:
+    """The report row for one layer and, if it is replaced, its new module (built here)."""
     params = sum(p.numel() for p in module.parameters())
-    known = shape if shape is not None else (_nominal_shape(module) if isinstance(module, nn.Linear) else None)
-    row = dict(name=name, layer=_layer_label(module), params_before=params,
+    known = shape if shape is not None else (nominal_shape(module) if isinstance(module, nn.Linear) else None)
+    row = dict(name=name, layer=layer_label(module), params_before=params,
                macs_before=layer_macs(module, known) if known else None)
-    if filter_fn is not None and not filter_fn(module, name):
-        return LayerReport(**row, skipped="excluded by filter_fn"), None
-    methods = selection.methods_for(name)
-    if methods is None:
-        return LayerReport(**row, skipped="left dense by the config"), None
-    not_applicable: list[str] = []
-    try:
-        for method in methods:
-            if isinstance(method.rank, Budget) and allocated is not None:
-                method = allocated  # same method, with the ranks the budget gave this layer
-            handler = handler_for(method, module)
-            decision = handler(method, module) if handler is not None else \
-                NotApplicable(f"{type(method).__name__} does not handle {type(module).__name__}")
-            if isinstance(decision, NotApplicable):
-                not_applicable.append(decision.reason)
-                continue
-            if isinstance(decision, Skip):
-                return LayerReport(**row, method=method.name, skipped=decision.reason), None
-            return _cost_and_build(row, module, method.name, decision, shape, timing)
-    except ValueError as e:
-        raise ValueError(f"layer {name!r} ({_layer_label(module)}): {e}") from None
-    reason = "; ".join(dict.fromkeys(not_applicable))
-    if selection.is_explicit(name):  # the user named this layer: not handling it is an error
-        raise ValueError(f"layer {name!r} ({_layer_label(module)}) is not supported: {reason}")
-    return LayerReport(**row, skipped=reason), None
-
-
-def _cost_and_build(row: dict, module: nn.Module, method: str, proposal: Proposal,
-                    shape: Optional[tuple[int, ...]], timing: Timing) -> tuple[LayerReport, Optional[nn.Module]]:
-    with torch.device("meta"):
-        empty = proposal.empty(module)
-    params_after = sum(p.numel() for p in empty.parameters())
-    at = shape if shape is not None else _nominal_shape(module)
-    before, after = layer_macs(module, at), layer_macs(empty, at)
-    row.update(method=method, ranks=proposal.ranks, params_after=params_after)
+    if decision is None:
+        excluded = filter_fn is not None and not filter_fn(module, name)
+        return LayerReport(**row, skipped="excluded by filter_fn" if excluded else "left dense by the config"), None
+    row.update(method=decision.method.name if decision.method is not None else None, ranks=decision.ranks,
+               params_after=decision.params_after, note=decision.note or None)
     if row["macs_before"] is not None:
-        row["macs_after"] = after
-    if after >= before:
-        where = "" if shape is not None else f" (at a nominal {at[-1]}x{at[-1]} input)"
-        return LayerReport(**row, skipped=f"ranks {proposal.ranks} do not reduce MACs{where}: "
-                                          f"{before:,} -> {after:,}"), None
-    new = proposal.build(module)
-    w = module.weight.detach().to(torch.float64).cpu()
-    row["error"] = float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
+        row["macs_after"] = decision.macs_after
+    if decision.proposal is None:
+        return LayerReport(**row, skipped=decision.skipped), None
+    proposal = decision.proposal
+    if calibrated and isinstance(decision.method.rank, RankRule):
+        row["rank_spectra"] = "whitened" if proposal.whitening is not None else "weights"
+    if from_scratch:
+        return LayerReport(**row), proposal.fresh(module)
+    try:
+        new = proposal.build(module)
+    except ValueError as e:
+        raise ValueError(f"layer {name!r} ({layer_label(module)}): {e}") from None
+    row["error"] = weight_error(module, new)
     if timing is not None and shape is not None:
         return _keep_faster(row, module, new, shape, *timing)
     return LayerReport(**row), new

@@ -123,15 +123,17 @@ def _on_meta(module: nn.Module) -> bool:
 
 
 def probe(model: nn.Module, example_input: Any, modules: dict[str, nn.Module],
-          record: Callable[[str, nn.Module, tuple, Any], None]) -> None:
+          record: Callable[[str, nn.Module, tuple, Any], Any]) -> Any:
     """One forward pass of ``model`` on ``example_input`` (a tensor or a tuple of positional
     inputs) in eval mode without gradients, calling ``record(name, module, args, output)`` after
-    each of ``modules`` runs. Restores every module's mode and removes the hooks, so BatchNorm
-    statistics and the model are left as they were."""
+    each of ``modules`` runs; returns the model's output. A ``record`` that returns a value
+    replaces that module's output with it for the rest of the pass (the data-aware check runs the
+    model with one layer's factors in place this way); None leaves it unchanged. Restores every
+    module's mode and removes the hooks, so BatchNorm statistics and the model are left as they were."""
 
     def hook(name: str):
-        def call(module: nn.Module, args: tuple, out: Any) -> None:  # returns None: output unchanged
-            record(name, module, args, out)
+        def call(module: nn.Module, args: tuple, out: Any) -> Any:
+            return record(name, module, args, out)
         return call
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -140,7 +142,7 @@ def probe(model: nn.Module, example_input: Any, modules: dict[str, nn.Module],
     try:
         model.eval()
         with torch.no_grad():
-            model(*inputs)
+            return model(*inputs)
     finally:
         for h in hooks:
             h.remove()

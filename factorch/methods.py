@@ -26,7 +26,10 @@ class Method:
             Method.by_name[cls.name] = cls
 
     def __post_init__(self) -> None:
-        validate_rank(self.rank, self.n_modes)
+        try:
+            validate_rank(self.rank, self.n_modes)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
 
     @classmethod
     def from_name(cls, name: str, rank: RankSpec) -> "Method":
@@ -46,6 +49,18 @@ class Tucker2(Method):
 
     name: ClassVar[str] = "tucker2"
     n_modes: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class Tucker3(Method):
+    """Tucker-3 (seed 001): Conv2d with a kernel larger than 1x1 -> ``Tucker3Conv2d``: the two
+    channel modes and the flattened spatial mode (kh kw) factorized, by HOOI.
+
+    ``rank``: int (every mode), ``(out_rank, in_rank, spatial_rank)``, a fraction of parameters, or
+    a rule (EVBMF, Energy, Tolerance: on each mode's singular values)."""
+
+    name: ClassVar[str] = "tucker3"
+    n_modes: ClassVar[int] = 3
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+from factorch.rank import Pool
 
 
 @dataclass(frozen=True)
@@ -12,7 +14,18 @@ class LayerReport:
     ``macs_*`` are per example at the layer's real input size, None where that size is unknown
     (no ``example_input`` was given for a conv); ``error`` is ``||W - W_hat|| / ||W||``.
     ``latency_*`` (seconds, median per call) are set when ``keep_if_faster`` timed the layer: the
-    dense and the factorized form at the same batch, input size, dtype and device.
+    dense and the factorized form at the same batch, input size, dtype and device. ``note``: what
+    to know about a decomposed layer's ranks (capped at full rank, a fraction below rank 1, the
+    methods of a list passed over and why).
+
+    With calibration data (``factorch.data_aware``): ``factors`` is ``"data-aware"`` or
+    ``"weight-only"`` (the factors kept); ``output_error_data_aware`` / ``output_error_weight_only``
+    are the relative errors of the *model's* output on the held-out calibration batches with this
+    layer's data-aware / weight-only factors in place (the layers before it as kept, the rest
+    dense; None where there were no data-aware factors to try); ``layer_error`` is the relative
+    error of this layer's own output there, with the kept factors. ``rank_spectra`` says which
+    spectra a rank rule or budget read: ``"whitened"`` (the output energy on the calibration
+    inputs) or ``"weights"``; None for int, tuple and fraction ranks.
     """
 
     name: str
@@ -27,6 +40,12 @@ class LayerReport:
     skipped: Optional[str] = None
     latency_dense: Optional[float] = None
     latency_factorized: Optional[float] = None
+    note: Optional[str] = None
+    factors: Optional[str] = None
+    rank_spectra: Optional[str] = None
+    output_error_data_aware: Optional[float] = None
+    output_error_weight_only: Optional[float] = None
+    layer_error: Optional[float] = None
 
     @property
     def decomposed(self) -> bool:
@@ -36,6 +55,11 @@ class LayerReport:
     def kept(self) -> str:
         """``"factorized"`` or ``"dense"``: the form the layer has after ``decompose_``."""
         return "factorized" if self.decomposed else "dense"
+
+    @property
+    def output_error(self) -> Optional[float]:
+        """The held-out model output error with the kept factors (None without calibration)."""
+        return self.output_error_data_aware if self.factors == "data-aware" else self.output_error_weight_only
 
     @property
     def speedup(self) -> Optional[float]:
@@ -56,6 +80,16 @@ class BudgetResult:
     before: int
     after: int
     left_dense: int = 0
+
+    @classmethod
+    def of(cls, pool: Pool, rows: Sequence[LayerReport]) -> "BudgetResult":
+        """The pool's achieved fraction from the final report rows (a layer left dense counts as dense)."""
+        kind, names = pool.budget.kind, set(pool.names)
+        mine = [r for r in rows if r.name in names]
+        before = sum(getattr(r, f"{kind}_before") for r in mine)
+        after = sum(getattr(r, f"{kind}_after" if r.decomposed else f"{kind}_before") for r in mine)
+        return cls(str(pool.budget), kind, pool.budget.fraction, len(mine), before, after,
+                   sum(not r.decomposed for r in mine))
 
     @property
     def fraction(self) -> float:
@@ -86,6 +120,7 @@ class Report:
 
     rows: list[LayerReport] = field(default_factory=list)
     budgets: list[BudgetResult] = field(default_factory=list)
+    calibration: Optional[str] = None  # what the calibration data was and how it was used
 
     @property
     def decomposed(self) -> list[LayerReport]:
@@ -114,30 +149,53 @@ class Report:
 
     def __str__(self) -> str:
         timed = any(r.speedup is not None for r in self.rows)
+        calibrated = any(r.factors is not None for r in self.rows)
         head = ["layer", "type", "method", "ranks", "params", "MACs", "rel.err"] + \
-            (["latency dense -> factorized"] if timed else []) + ["note"]
+            (["latency dense -> factorized"] if timed else []) + \
+            (["factors", "out.err data-aware/weight-only"] if calibrated else []) + ["note"]
         body = []
         for r in self.rows:
             ranks = "x".join(map(str, r.ranks)) if r.ranks else "-"
             if r.decomposed:
                 params = f"{_num(r.params_before)} -> {_num(r.params_after)}"
                 macs = f"{_num(r.macs_before)} -> {_num(r.macs_after)}"
-                note, err = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs", f"{r.error:.4f}"
+                # error None: a fresh layer (from scratch) approximates nothing
+                note = f"{_ratio(r.macs_before, r.macs_after)} fewer MACs"
+                err = f"{r.error:.4f}" if r.error is not None else "fresh"
                 if r.speedup is not None:
                     note += f", kept factorized: {r.speedup:.2f}x faster"
+                if r.note:
+                    note += f"; {r.note}"
             else:
                 params, macs, err, note = _num(r.params_before), _num(r.macs_before), "-", f"skipped: {r.skipped}"
             latency = [f"{_ms(r.latency_dense)} -> {_ms(r.latency_factorized)}" if r.speedup else "-"] if timed else []
-            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err] + latency + [note])
+            calib = [r.factors or "-", f"{_err(r.output_error_data_aware)}/{_err(r.output_error_weight_only)}"
+                     if r.factors else "-"] if calibrated else []
+            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err] + latency + calib + [note])
         t = self.totals()
         body.append(["total", "", "", "", f"{_num(t['params_before'])} -> {_num(t['params_after'])}",
                      f"{_num(t['macs_before'])} -> {_num(t['macs_after'])}", ""] + ([""] if timed else []) +
+                    (["", ""] if calibrated else []) +
                     [f"{len(self.decomposed)} decomposed, {len(self.skipped)} skipped"])
         widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
         fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
         sep = "  ".join("-" * w for w in widths)
         lines = [fmt(head), sep] + [fmt(row) for row in body[:-1]] + [sep, fmt(body[-1])]
-        return "\n".join(lines + [str(b) for b in self.budgets])
+        tail = [str(b) for b in self.budgets] + ([self.calibration] if self.calibration else [])
+        read = {kind: sum(r.rank_spectra == kind for r in self.decomposed) for kind in ("whitened", "weights")}
+        parts = [f"{n} layer(s) the {what}" for kind, what in (
+            ("whitened", "whitened spectra (output energy on the calibration inputs)"),
+            ("weights", "spectra of the weights")) if (n := read[kind])]
+        if parts:
+            tail.append("rank rules read for " + " and for ".join(parts))
+        if calibrated:
+            tail.append("out.err: relative error of the model's output on the held-out calibration batches with "
+                        "that layer's factors in place (the layers before it as kept)")
+        return "\n".join(lines + tail)
+
+
+def _err(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _ms(seconds: Optional[float]) -> str:

@@ -7,7 +7,10 @@ For every (layer, method, rank), a copy of the model gets only that layer decomp
 * speed-up: dense / factorized layer latency, measured side by side (``factorch.profile``) at the
   layer's real input size; the theoretical MAC reduction is recorded next to it;
 * approximation error ``||W - W_hat||_F / ||W||_F`` (the seed's Eq. 14);
-* accuracy with only that layer decomposed, and after ``finetune`` (the drop vs the dense model).
+* accuracy with only that layer decomposed, and after ``finetune`` (the drop vs the dense model);
+* with ``calibration``: the same layer decomposed data-aware (``fc.decompose_(..., calibration=)``,
+  the same ranks): the factors it kept, the held-out output errors of both kinds of factors and
+  its accuracy right after (the data-aware vs weight-only column).
 
 Evaluation and fine-tuning are callables supplied by the caller (the CLI uses
 ``factorch.training``), so this module needs no data set.
@@ -16,17 +19,18 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
 from factorch.api import decompose_
+from factorch.calibration import as_calibration
 from factorch.count import count
 from factorch.methods import Method
 from factorch.profile import Profiler, compare
 from factorch.progress import track
-from factorch.registry import NotApplicable, Skip, handler_for
+from factorch.registry import Context, decide, nominal_shape
 from factorch.surgery import get_module
 
 __all__ = ["SweepRow", "check_sweep", "sweep"]
@@ -60,6 +64,11 @@ class SweepRow:
     accuracy_finetuned: float
     accuracy_drop_finetuned: float
     note: str = ""
+    factors: str = ""                                   # with calibration: the factors kept, data-aware or weight-only
+    output_error_weight_only: float = math.nan           # held-out model output errors (factorch.data_aware)
+    output_error_data_aware: float = math.nan
+    accuracy_data_aware: float = math.nan                # accuracy with the calibrated decomposition
+    accuracy_drop_data_aware: float = math.nan
 
 
 Evaluate = Callable[[nn.Module], float]
@@ -113,34 +122,51 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
 
 
 def _check_point(name: str, module: nn.Module, method: Method) -> None:
-    handler = handler_for(method, module)
-    try:
-        decision = handler(method, module) if handler is not None else \
-            NotApplicable(f"{method.name} does not handle {type(module).__name__}")
-    except ValueError as e:
-        raise ValueError(f"layer {name!r}, {method.name} rank {method.rank}: {e}") from None
-    if isinstance(decision, (NotApplicable, Skip)):
-        raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.reason}")
+    """The decision path on this point: the method must apply and its int rank be within full rank."""
+    decision = decide(name, module, [method], Context(nominal_shape(module), nominal=True))
+    if decision.method is None:
+        raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.skipped}")
+    if decision.capped:
+        raise ValueError(f"{method.name} rank {method.rank} exceeds the full ranks {decision.space.describe()} "
+                         f"of layer {name!r}")
 
 
 def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Ranks, *,
           example_input, evaluate: Evaluate, finetune: Optional[Finetune] = None, finetune_epochs: int = 0,
-          profiler: Profiler = Profiler()) -> list[SweepRow]:
+          profiler: Profiler = Profiler(), calibration: Any = None) -> list[SweepRow]:
     """Decompose each layer alone at each rank with each method and measure it (see module doc).
 
     ``example_input``: one batch-1 input (gives every layer's input size); ``evaluate(model)``:
     test accuracy; ``finetune(model)``: trains a decomposed copy in place (``finetune_epochs`` is
-    only recorded); ``profiler``: how layers are timed (its ``batch``, default 32).
+    only recorded); ``profiler``: how layers are timed (its ``batch``, default 32);
+    ``calibration``: batches or a ``fc.Calibration`` for the data-aware columns.
     """
     points = check_sweep(model, layers, methods, ranks)
+    calibration = as_calibration(calibration)
     shapes = {r.name: r.input_shape for r in count(model, example_input).layers}
     batch = profiler.batch or 32
     base = evaluate(model)
     rows = []
     for name, method, rank in track(points, desc="sweep"):
-        rows.append(_point(model, name, method, rank, shapes[name], example_input, base, evaluate,
-                           finetune, finetune_epochs, profiler, batch))
+        row = _point(model, name, method, rank, shapes[name], example_input, base, evaluate,
+                     finetune, finetune_epochs, profiler, batch)
+        if calibration is not None and not row.note:
+            row = _data_aware(row, model, name, method, example_input, calibration, base, evaluate)
+        rows.append(row)
     return rows
+
+
+def _data_aware(row: SweepRow, model: nn.Module, name: str, method: Method, example_input, calibration,
+                base: float, evaluate: Evaluate) -> SweepRow:
+    """``row`` with the data-aware columns: the layer decomposed with ``calibration`` at the same ranks."""
+    small = copy.deepcopy(model)
+    report = decompose_(small, {name: method}, example_input=example_input, calibration=calibration)
+    r = next(row for row in report.rows if row.name == name)
+    acc = evaluate(small)
+    nan = lambda v: math.nan if v is None else v  # noqa: E731
+    return replace(row, factors=r.factors or "", output_error_weight_only=nan(r.output_error_weight_only),
+                   output_error_data_aware=nan(r.output_error_data_aware), accuracy_data_aware=acc,
+                   accuracy_drop_data_aware=base - acc)
 
 
 def _point(model: nn.Module, name: str, method: Method, rank: int, shape: tuple[int, ...], example_input,

@@ -40,7 +40,8 @@ def test_model_with_weights(tmp_path, capsys):
     (["decompose", "--model", "resnet20", "--method", "foo", "-o", "{tmp}/x.pt"], "unknown method"),
     (["decompose", "--model", "resnet20", "--rank", "0", "-o", "{tmp}/x.pt"], ">= 1"),
     (["decompose", "--model", "resnet20", "--rank", "-3", "-o", "{tmp}/x.pt"], ">= 1"),
-    (["decompose", "--model", "resnet20", "--rank", "999", "-o", "{tmp}/x.pt"], "exceeds the full rank"),
+    (["decompose", "--model", "resnet20", "--method", "tucker2", "--rank", "999,999", "-o", "{tmp}/x.pt"],
+     "exceeds the full rank"),
     (["decompose", "--model", "resnet20", "--rank", "lots", "-o", "{tmp}/x.pt"], "not understood"),
     (["decompose", "--model", "resnet20", "--rank", "energy:2", "-o", "{tmp}/x.pt"], "threshold"),
     (["decompose", "--model", "resnet20", "-o", "{tmp}/no/dir/x.pt"], "does not exist"),
@@ -50,6 +51,11 @@ def test_model_with_weights(tmp_path, capsys):
     (["count", "{tmp}/foreign.pt"], "not a factorch checkpoint"),
     (["count", "--model", "resnet20", "--weights", "{tmp}/foreign.pt"], "do not fit"),
     (["count"], "exactly one"),
+    (["decompose", "--model", "vgg-small", "--calibration", "nope", "-o", "{tmp}/x.pt"], "unknown dataset 'nope'"),
+    (["decompose", "--model", "vgg-small", "--calibration", "digits", "--calibration-batches", "0", "-o", "{tmp}/x.pt"],
+     "--calibration-batches must be >= 1, got 0"),
+    (["decompose", "--model", "vgg-small", "--calibration", "digits", "--in-channels", "3", "-o", "{tmp}/x.pt"],
+     "calibration batch 0 has shape (128, 1, 16, 16); expected (B, 3, 16, 16) like example_input"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
@@ -59,6 +65,21 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_decompose_with_calibration_data(tmp_path, capsys):
+    """--calibration DATASET: data-aware factors checked on held-out batches; --model takes the data
+    set's channels and size (digits: 1 x 16 x 16)."""
+    torch.manual_seed(0)
+    out = tmp_path / "small.pt"
+    assert run(["decompose", "--model", "vgg-small", "--method", "tucker2,svd", "--rank", "0.25",
+                "--calibration", "digits", "--calibration-batches", "4", "--calibration-batch-size", "16",
+                "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "out.err data-aware/weight-only" in text and "calibration: 3 batch(es) (48 samples) fitted, 1 (16) held out, " \
+        "sequential" in text
+    model = fc.load(out)
+    assert model.features[0].in_channels == 1 and model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
 
 
 def test_nan_weights_write_nothing(tmp_path, capsys):

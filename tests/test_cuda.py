@@ -1,4 +1,4 @@
-"""CUDA paths: factors computed in float64 on the CPU land on the layer's GPU; skipped without CUDA."""
+"""CUDA paths: factors computed in float64 on the layer's GPU keep its device and dtype; skipped without CUDA."""
 import pytest
 import torch
 from torch import nn

@@ -39,7 +39,7 @@ def test_sweep_fills_every_column():
     tuned = []
     rows = sweep(model, ["features.2"], ["cp", "tucker2"], [2, 4, 8], example_input=x[:1], evaluate=evaluate,
                  finetune=lambda m: tuned.append(m), finetune_epochs=1,
-                 profiler=fc.Profiler(warmup=0, runs=1, batch=4, timer=fake_clock))
+                 profiler=fc.Profiler(warmup=0, runs=1, batch=4, timer=fake_clock), calibration=list(x.split(8)))
     assert [(r.method, r.rank) for r in rows] == [(m, r) for m in ("cp", "tucker2") for r in (2, 4, 8)]
     assert len(tuned) == 6 and all(m is not model for m in tuned)  # fine-tuned copies, one per point
     assert isinstance(model.features[2], nn.Conv2d)  # the model itself is untouched
@@ -50,6 +50,10 @@ def test_sweep_fills_every_column():
         assert r.note == "" and r.accuracy_dense == 1.0 and r.speedup == pytest.approx(3.0) and r.batch == 4
         assert r.param_reduction == pytest.approx(r.params_dense / r.params_factorized)
         assert r.params_dense == 16 * 24 * 9 + 24 and 0 < r.error < 1
+        assert r.factors in ("data-aware", "weight-only")
+        kept = r.output_error_data_aware if r.factors == "data-aware" else r.output_error_weight_only
+        assert kept <= min(r.output_error_data_aware, r.output_error_weight_only)
+        assert r.accuracy_drop_data_aware == pytest.approx(1.0 - r.accuracy_data_aware)
     for method in ("cp", "tucker2"):  # the error falls as the rank grows
         errs = [r.error for r in rows if r.method == method]
         assert errs == sorted(errs, reverse=True)
@@ -73,7 +77,7 @@ def test_point_that_would_not_reduce_macs_is_noted_not_measured():
     ([], ["cp"], [2], "no layer"),
     (["features.2"], [], [2], "choose from " + ", ".join(sorted(fc.Method.by_name))),
     (["features.2"], ["tt9"], [2], "unknown method 'tt9'; choose from " + ", ".join(sorted(fc.Method.by_name))),
-    (["features.2"], ["tucker2"], [4, 17], "rank 17 exceeds the full rank (24, 16)"),
+    (["features.2"], ["tucker2"], [4, 17], "tucker2 rank 17 exceeds the full ranks (out 24, in 16)"),
     (["features.2"], ["cp"], [0], ">= 1"),
     (["features.2"], ["svd"], [2], "svd cannot decompose layer 'features.2': 3x3 conv: SVD handles 1x1 convs only"),
 ])
@@ -112,7 +116,8 @@ def test_cli_sweep_on_a_tiny_model_writes_every_column(tmp_path, capsys):
     assert run(["sweep", "--checkpoint", str(ckpt), "--dataset", "digits", "--layers", "layer3.0.conv2",
                 "--method", "cp,tucker2", "--ranks", "cp=4,8", "--ranks", "tucker2=4,8", "--finetune-epochs", "1",
                 "--test-subset", "64", "--train-subset", "64", "--data-batch", "32", "--batch", "2", "--runs", "1",
-                "--warmup", "0", "--threads", "1", "-o", str(out)]) == 0
+                "--warmup", "0", "--threads", "1", "--calibration-batches", "2", "--calibration-batch-size", "16",
+                "-o", str(out)]) == 0
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert [(r["method"], r["rank"]) for r in rows] == [("cp", "4"), ("cp", "8"), ("tucker2", "4"), ("tucker2", "8")]
     for r in rows:
@@ -122,13 +127,14 @@ def test_cli_sweep_on_a_tiny_model_writes_every_column(tmp_path, capsys):
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "sweep.md").read_text()
     assert "- command: `factorch sweep --checkpoint" in md and "| layer3.0.conv2 | tucker2 | 8 | 8x8 |" in md
+    assert "acc data-aware %" in md and "calibration: 1 batch(es) (16 samples) fitted, 1 (16) held out" in md
     assert "wrote" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--layers", "layer9.conv1", "--method", "cp", "--ranks", "4"], "has no layer 'layer9.conv1'; conv/linear layers: conv1"),
     (["--layers", "conv1", "--method", "cp", "--ranks", ","], "rank list for cp is empty"),
-    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full rank (16, 16)"),
+    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full ranks (out 16, in 16)"),
     (["--layers", "layer1.0.conv1", "--method", "cpx", "--ranks", "4"], "unknown method 'cpx'; choose from"),
     (["--layers", "layer1.0.conv1", "--method", "cp", "--ranks", "svd=4"], "ranks are given for method 'svd'"),
     (["--layers", "conv1", "--method", "cp", "--ranks", "4", "-o", "{tmp}/no/s"], "does not exist"),

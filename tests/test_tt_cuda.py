@@ -1,4 +1,4 @@
-"""TT layers on CUDA: factors computed in float64 on the CPU land on the layer's GPU, every
+"""TT layers on CUDA: factors computed in float64 on the layer's GPU stay there, every
 contraction order runs there; skipped without CUDA."""
 import pytest
 import torch

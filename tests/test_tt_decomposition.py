@@ -7,7 +7,22 @@ import torch
 import factorch as fc
 from factorch.decompositions import (balanced_factors, interleave, max_tt_ranks, tensorize, tolerance_rank,
                                      tt_matrix_svd, tt_matrix_to_matrix, tt_params, tt_svd, tt_to_tensor)
-from factorch.rank import resolve_tt_ranks, tt_rule_ranks
+from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks as tt_rule_ranks
+from factorch.rank import Mode, RankSpace, resolve
+
+
+def _tt_space(shape, tensor=None):
+    """The rank space of a tensor train over ``shape`` (what TTLinear/TTConv2d describe)."""
+    full = max_tt_ranks(shape)
+    return RankSpace("TT", tuple(Mode(f"bond {k + 1}", f) for k, f in enumerate(full)),
+                     params=lambda r: tt_params(shape, r), macs=lambda r, s: 0, dense_params=math.prod(shape),
+                     dense_macs=lambda s: 0, unfoldings=None if tensor is None else lambda: [bond_unfoldings(tensor)],
+                     error_modes=len(shape) - 1, fraction="uniform", unit="bond")
+
+
+def full_unfolding_ranks(tensor, rule):
+    """What the resolver reads off the full tensor's bond unfoldings (the budget's scores)."""
+    return resolve(rule, _tt_space(tuple(tensor.shape), tensor)).ranks
 
 
 def _low_tt_rank_tensor(shape, ranks, noise=0.0):
@@ -129,22 +144,37 @@ def test_bad_arguments(kwargs, match):
         tt_svd(torch.randn(3, 4, 5, 2), **kwargs)
 
 
-def test_resolve_tt_ranks_rules():
-    full = (4, 16, 4)
-    params = lambda r: tt_params((4, 4, 4, 4), r)  # noqa: E731
-    assert resolve_tt_ranks(8, full, params, 256) == (4, 8, 4)  # capped per bond
-    assert resolve_tt_ranks((2, 3, 4), full, params, 256) == (2, 3, 4)
-    r = resolve_tt_ranks(0.5, full, params, 256)
-    assert params(r) <= 128
-    bigger = tuple(min(max(r) + 1, f) for f in full)
-    assert params(bigger) > 128  # the largest uniform rank within the budget
-    with pytest.raises(ValueError, match="exceeds the full TT-ranks"):
-        resolve_tt_ranks((2, 17, 4), full, params, 256)
-    with pytest.raises(ValueError, match="3 bonds"):
-        resolve_tt_ranks((2, 2), full, params, 256)
-    with pytest.raises(ValueError, match="needs the layer's weights"):
-        resolve_tt_ranks(fc.Tolerance(0.1), full, params, 256)
+def test_resolve_tt_ranks():
+    """The one resolver on a tensor train's space: an int caps per bond (noted), a tuple is exact,
+    a fraction is the largest uniform rank within the budget, a rule needs weights."""
+    space = _tt_space((4, 4, 4, 4))
+    assert space.full == (4, 16, 4)
+    capped = resolve(8, space)
+    assert capped.ranks == (4, 8, 4) and capped.capped and "capped at the full ranks" in capped.note
+    assert resolve((2, 3, 4), space).ranks == (2, 3, 4)
+    r = resolve(0.5, space).ranks
+    assert space.params(r) <= 128
+    bigger = tuple(min(max(r) + 1, f) for f in space.full)
+    assert space.params(bigger) > 128  # the largest uniform rank within the budget
+    with pytest.raises(ValueError, match="exceeds the full rank of mode 'bond 2'"):
+        resolve((2, 17, 4), space)
+    with pytest.raises(ValueError, match="has 2 ranks; TT here has 3 bonds"):
+        resolve((2, 2), space)
+    with pytest.raises(ValueError, match="no spectra"):
+        resolve(fc.Tolerance(0.1), space)
     with pytest.raises(ValueError, match="eps"):
         fc.Tolerance(1.0)
     with pytest.raises(ValueError, match="eps"):
         fc.Tolerance(True)
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.2, 0.05])
+def test_tolerance_ranks_from_bond_unfoldings_bound_tt_svd(eps):
+    """Oseledets 2011 Thm 2.2: TT-SVD at the ranks Tolerance reads off the full tensor's bond
+    unfoldings (each tail <= eps ||A|| / sqrt(d - 1)) has error <= eps ||A||."""
+    torch.manual_seed(4)
+    a = _low_tt_rank_tensor((5, 6, 7, 4), (3, 6, 2), noise=0.3)
+    ranks = full_unfolding_ranks(a, fc.Tolerance(eps))
+    assert all(s <= f for s, f in zip(tt_rule_ranks(a, fc.Tolerance(eps)), ranks))  # TT-SVD's own: never larger
+    err = float((tt_to_tensor(tt_svd(a, rank=ranks)) - a).norm() / a.norm())
+    assert err <= eps + 1e-12

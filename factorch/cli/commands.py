@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 import factorch as fc
-from factorch.cli.common import add_decomposition_args, add_model_args, add_timing_args, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
+from factorch.cli.common import add_calibration_args, add_decomposition_args, add_model_args, add_timing_args, \
+    calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +18,14 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-if-faster", action="store_true",
                    help="time each layer dense and factorized (--device, --batch) and keep the faster")
     add_timing_args(p, batch=1)
+    p.add_argument("--calibration", metavar="DATASET",
+                   help="fit the factors to the outputs on this data set's training images (data-aware, with a "
+                        "held-out check against weight-only factors); with --model, the input channels, size and "
+                        "classes default to the data set's")
+    add_calibration_args(p, batches=8)
+    p.add_argument("--data-dir", help="with --calibration: where the data set's files are (default: its usual place)")
     p.add_argument("-o", "--output", required=True, help="where to write the decomposed checkpoint")
-    p.set_defaults(run=run_decompose)
+    p.set_defaults(run=run_decompose, in_channels=None, num_classes=None)
 
 
 def run_decompose(args: argparse.Namespace) -> int:
@@ -28,11 +35,20 @@ def run_decompose(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method, parse_rank(args.rank))
     exclude_filter(args.exclude)  # a bad regex or output directory fails before any work
     check_writable(args.output)
+    if args.calibration and args.model:  # the model takes the data set's images unless told otherwise
+        import factorch.data as data
+
+        info = data.info(args.calibration)
+        args.in_channels = args.in_channels or info.in_channels
+        args.num_classes = args.num_classes or info.num_classes
+        args.input_shape = args.input_shape or (args.in_channels, *info.input_size)
+    args.in_channels, args.num_classes = args.in_channels or 3, args.num_classes or 10
+    calibration = calibration_from(args, args.calibration) if args.calibration else None
     loaded = load_model(args)
     keep = exclude_filter(args.exclude, loaded.model)
     timing = profiler_from(args) if args.keep_if_faster else False
     report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
-                           keep_if_faster=timing)
+                           keep_if_faster=timing, calibration=calibration)
     print(report)
     require_decomposed(report, f"nothing was written to {args.output}")  # an unchanged copy is no result
     fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})

@@ -146,6 +146,35 @@ def parse_rank(text: str):
     raise ValueError(f"rank {text!r} not understood; use {', '.join(form for form, _, _ in RANK_FORMS)}")
 
 
+def add_calibration_args(p: argparse.ArgumentParser, batches: int) -> None:
+    """--calibration-batches, --calibration-batch-size, --[no-]sequential: data-aware factors (``fc.Calibration``)."""
+    p.add_argument("--calibration-batches", type=int, default=batches, metavar="N",
+                   help=f"calibration batches drawn (seeded) from the data set's training split, inputs only; the "
+                        f"last quarter is held out to check the data-aware factors (default {batches})")
+    p.add_argument("--calibration-batch-size", type=int, default=128, metavar="B",
+                   help="examples per calibration batch (default 128)")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit each layer to the inputs the already decomposed layers produce (Zhang et al. 2016; "
+                        "default); --no-sequential fits every layer to the dense model's inputs")
+
+
+def calibration_from(args: argparse.Namespace, dataset: str) -> fc.Calibration:
+    """``fc.Calibration`` of ``--calibration-batches`` seeded batches of ``--calibration-batch-size``
+    inputs from ``dataset``'s training split (``--data-dir``); labels are dropped."""
+    import factorch.data as data
+
+    for flag, value in (("--calibration-batches", args.calibration_batches),
+                        ("--calibration-batch-size", args.calibration_batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    n = args.calibration_batches * args.calibration_batch_size
+    examples = data.load(dataset, args.data_dir, train=True, subset=n, seed=0)
+    if len(examples) < 2:
+        raise ValueError(f"the training split of {dataset} has {len(examples)} example(s); calibration needs 2")
+    xs = torch.stack([examples[i][0] for i in range(len(examples))])  # (n, C, H, W)
+    return fc.Calibration(list(xs.split(args.calibration_batch_size)), sequential=args.sequential)
+
+
 def add_timing_args(p: argparse.ArgumentParser, batch: int) -> None:
     """--device, --batch, --threads, --runs, --warmup: how latency is measured (``fc.Profiler``)."""
     p.add_argument("--device", default="cpu", help="where to time: cpu, cuda, cuda:1, ... (default cpu)")

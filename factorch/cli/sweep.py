@@ -7,7 +7,8 @@ from typing import Callable
 
 import torch
 
-from factorch.cli.common import add_timing_args, load_architecture, profiler_from
+from factorch.cli.common import add_calibration_args, add_timing_args, calibration_from, load_architecture, \
+    profiler_from
 from factorch.cli.results import check_output_dir, csv_text, environment, markdown
 from factorch.io import atomic_write_text
 
@@ -56,6 +57,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=int, help="fine-tune on this many training examples (seeded; default all)")
     p.add_argument("--data-batch", type=int, default=128, help="batch size for evaluation and fine-tuning")
     add_timing_args(p, batch=32)
+    add_calibration_args(p, batches=0)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output prefix: writes OUT.csv, OUT.md, OUT.png")
     p.set_defaults(run=run_sweep)
 
@@ -67,6 +69,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.calibration_batches < 0:
+        raise ValueError(f"--calibration-batches must be >= 0 (0: no data-aware columns), got {args.calibration_batches}")
     check_output_dir(args.output)
     info = data.info(args.dataset, args.data_dir)
     shape = (info.in_channels, *info.input_size)
@@ -77,16 +81,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = model.to(device)
     evaluate, finetune = _data_callables(args, data, device)
+    calibration = calibration_from(args, args.dataset) if args.calibration_batches else None
     rows = sweep.sweep(model, args.layers, args.method, grid,
                        example_input=torch.zeros((1, *shape), device=device), evaluate=evaluate,
                        finetune=finetune if args.finetune_epochs else None,
-                       finetune_epochs=args.finetune_epochs, profiler=profiler)
+                       finetune_epochs=args.finetune_epochs, profiler=profiler, calibration=calibration)
     env = environment(args.device, args.threads)
     table = _markdown_table(rows)
     notes = [f"speed-up: forward latency of the layer alone (eval mode, no grad), batch {profiler.batch}, "
              f"median of {profiler.runs} interleaved runs after {profiler.warmup} warm-up calls",
              "accuracy: top-1 on the test split" + (f" ({args.test_subset} seeded examples)" if args.test_subset else ""),
              "error: ||W - W_hat||_F / ||W||_F (seed 004, Eq. 14)"]
+    if calibration is not None:
+        notes.append(f"{calibration.describe()} (training split); data-aware: the same layer and ranks decomposed with "
+                     "calibration=, accuracy right after; factors: which the held-out check kept")
     if args.device == "cpu":
         notes.append("measured on a CPU shared with other jobs: latencies are noisy; ratios are side by side")
     atomic_write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}), f"{args.output}.csv")
@@ -118,14 +126,16 @@ def _data_callables(args: argparse.Namespace, data, device: torch.device) -> tup
 
 
 def _markdown_table(rows) -> str:
+    calibrated = any(r.factors for r in rows)
     head = ["layer", "method", "rank", "ranks", "params x", "MACs x", "speed-up x", "rel. error",
-            "acc %", "acc after FT %", "note"]
+            "acc %", "acc after FT %"] + (["acc data-aware %", "factors kept"] if calibrated else []) + ["note"]
     pct = lambda v: "-" if v != v else f"{100 * v:.2f}"  # NaN -> "-"
     num = lambda v, f: "-" if v != v else format(v, f)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([r.layer, r.method, str(r.rank), r.ranks, num(r.param_reduction, ".2f"),
                                         num(r.mac_reduction, ".2f"), num(r.speedup, ".2f"), num(r.error, ".4f"),
-                                        pct(r.accuracy), pct(r.accuracy_finetuned), r.note]) + " |")
+                                        pct(r.accuracy), pct(r.accuracy_finetuned)] +
+                                       ([pct(r.accuracy_data_aware), r.factors] if calibrated else []) + [r.note]) + " |")
     dense = rows[0].accuracy_dense if rows else float("nan")
     return f"Dense model test accuracy: {pct(dense)}%\n\n" + "\n".join(lines)

@@ -7,7 +7,7 @@ import functools
 
 from factorch.cli.common import add_decomposition_args, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
-from factorch.training.events import ADMMPhase
+from factorch.training.events import ADMMPhase, FromScratch
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios
 
@@ -33,6 +33,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     add_decomposition_args(g, method="tucker2", rank="evbmf")
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too (the paper leaves it dense)")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave layers matching REGEX dense (repeatable)")
+    g.add_argument("--calibration-batches", type=int, default=0, metavar="N",
+                   help="data-aware factors and ranks from N training batches (inputs only, a seeded draw) at every "
+                        "decomposition, ADMM's included (default 0: weight-only)")
     g = p.add_argument_group("ADMM low-rank training (Yin et al. 2021)")
     g.add_argument("--admm-rho", type=float, metavar="RHO",
                    help="penalty weight rho (default 1e-3, the official code's)")
@@ -68,9 +71,9 @@ def _config(args: argparse.Namespace, **events) -> TrainConfig:
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         methods=tuple(parse_methods(args.method, parse_rank(args.rank))), first_conv=args.first_conv,
-        exclude=tuple(args.exclude), subset=args.subset, augment=not args.no_augment, amp=args.amp,
-        channels_last=args.channels_last, keep_if_faster=args.keep_if_faster, device=args.device,
-        workers=args.workers, seed=args.seed, **events)
+        exclude=tuple(args.exclude), calibration_batches=args.calibration_batches, subset=args.subset,
+        augment=not args.no_augment, amp=args.amp, channels_last=args.channels_last,
+        keep_if_faster=args.keep_if_faster, device=args.device, workers=args.workers, seed=args.seed, **events)
 
 
 NEGATABLE = ("channels_last", "keep_if_faster")  # --x / --no-x options: False is written as --no-x
@@ -107,6 +110,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admm-until", type=int, metavar="K",
                    help="ADMM towards the --method/--rank ranks for the first K epochs, then decompose at exactly "
                         "those ranks and train on")
+    p.add_argument("--factorized-from-scratch", action="store_true",
+                   help="factorize every layer the --method/--rank handle before the first step, with fresh "
+                        "factors (ranks: an int, a tuple, a fraction or budget:...; not evbmf/energy/tol)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET)")
     p.set_defaults(run=run_train)
 
@@ -115,6 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.admm_until is None and _admm_options_given(args):
         raise ValueError(f"{', '.join(_admm_options_given(args))} need(s) --admm-until K")
     events = (_admm(args)(args.admm_until),) if args.admm_until is not None else ()
+    events += (FromScratch(),) if args.factorized_from_scratch else ()
     cfg = _config(args, decompose_at=args.decompose_at, reconstruct_at=args.reconstruct_at, events=events)
     out = args.out or f"runs/{args.model}-{args.dataset}"
     history = train(cfg, out, resume=args.resume)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from factorch.decompositions.svd import singular_values
+
 
 def _phi(z: float) -> float:
     return math.log1p(z) / z - 0.5
@@ -65,21 +67,26 @@ def evbmf(matrix: Tensor | np.ndarray) -> int:
     Invariant to scaling and transposing the matrix; 0 for pure Gaussian noise; never more than
     ``min(L, M)``. Callers must handle 0 (the matrix looks like noise).
     """
-    y = torch.as_tensor(matrix).detach().to(device="cpu", dtype=torch.float64)
+    y = torch.as_tensor(matrix).detach().to(dtype=torch.float64)  # on its device until the Gram's eigenvalues
     if y.dim() != 2:
         raise ValueError(f"evbmf needs a 2-D matrix, got shape {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError("evbmf got a matrix with NaN or Inf entries")
-    if y.shape[0] > y.shape[1]:
-        y = y.T
-    l, m = y.shape
-    if l == 0 or float(y.abs().max()) == 0.0:
+    if min(y.shape) == 0:
         return 0
-    y = y / (y.norm() / math.sqrt(l * m))  # unit mean square entry: scale-free from here on
-    # sigma_i^2 as the eigenvalues of the L x L Gram matrix (L <= M): for a 512 x 4608 unfolding
-    # several times faster than svdvals, and exact to eps * ||Y||^2, far below the noise level
-    # EVBMF thresholds at. (L,), descending.
-    s2 = torch.linalg.eigvalsh(y @ y.T).clamp_min(0.0).flip(0).numpy()
+    return evbmf_rank(singular_values(y), tuple(y.shape))
+
+
+def evbmf_rank(singular_values: Tensor, shape: tuple[int, int]) -> int:
+    """EVBMF rank from the singular values of an ``shape`` matrix (all ``min(shape)`` of them,
+    descending): what ``evbmf`` computes once it has them. Rank rules call this with the spectra
+    ``factorch.rank`` computed once per unfolding."""
+    l, m = sorted(int(v) for v in shape)  # L <= M: the rank of the transpose is the same
+    s = singular_values.detach().to(device="cpu", dtype=torch.float64)
+    if l == 0 or s.numel() == 0 or float(s.max()) == 0.0:
+        return 0
+    # unit mean square entry (||Y||_F^2 = sum sigma^2): scale-free from here on. (L,), descending
+    s2 = (s * s / (float((s * s).sum()) / (l * m))).numpy()
     s = np.sqrt(s2)
     alpha = l / m
     t_bar = tau_bar(alpha)

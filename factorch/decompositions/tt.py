@@ -9,7 +9,7 @@ column indices interleaved to ``(m_1 n_1, ..., m_d n_d)``.
 
 Our own torch code rather than TensorLy's ``tensor_train``, which takes fixed ranks only: TT-SVD
 here also truncates to a relative error ``eps`` (with Oseledets' guarantee) or by a rank rule
-applied to each sequential unfolding. Everything is float64 on the CPU.
+applied to each sequential unfolding. Everything is float64 on the input's device.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import tolerance_rank
+from factorch.decompositions.svd import tolerance_rank, truncated_svd
 
 RankArg = Union[int, Sequence[int], None]
 
@@ -44,7 +44,9 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
 
     * ``rank``: an int for every inner rank (capped at each bond's full rank, ``max_tt_ranks``) or one
       int per bond. A rank above what the unfolding supports (its neighbours were truncated) is
-      padded with zero columns, so the cores always have the requested shapes;
+      padded with zero columns, so the cores always have the requested shapes. Each step is a
+      ``truncated_svd`` (randomized where the rank is small: within its ``tol`` of the best
+      rank-r_k step, so ``||A - A_hat|| <= (1 + tol) sqrt(d - 1) best``);
     * ``eps``: Oseledets' rule: each step keeps the smallest ``r_k`` whose discarded tail
       ``(sum_{i > r_k} sigma_i^2)^(1/2) <= delta = eps ||A|| / sqrt(d - 1)``; then
       ``||A - A_hat|| <= eps ||A||``;
@@ -52,7 +54,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     """
     if sum(v is not None for v in (rank, eps, rule)) != 1:
         raise ValueError("tt_svd takes exactly one of rank, eps or rule")
-    x = tensor.detach().to(device="cpu", dtype=torch.float64)
+    x = tensor.detach().to(dtype=torch.float64)
     shape, d = tuple(x.shape), x.dim()
     if d == 0 or min(shape, default=0) < 1:
         raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
@@ -64,14 +66,14 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     cores, z, r_prev = [], x, 1
     for k in range(d - 1):
         z = z.reshape(r_prev * shape[k], -1)  # (r_{k-1} n_k, n_{k+1} ... n_d)
-        u, s, vh = torch.linalg.svd(z, full_matrices=False)
-        if ranks is not None:
+        if ranks is not None:  # a fixed rank needs no spectrum: the cheapest truncated SVD
             r = ranks[k]
-        elif eps is not None:
-            r = max(tolerance_rank(s, delta), 1)
+            keep = min(r, min(z.shape))
+            u, s, vh = truncated_svd(z, keep)
         else:
-            r = max(int(rule(z)), 1)
-        keep = min(r, s.shape[0])
+            u, s, vh = torch.linalg.svd(z, full_matrices=False)
+            r = max(tolerance_rank(s, delta), 1) if eps is not None else max(int(rule(z)), 1)
+            keep = min(r, s.shape[0])
         u, v = u[:, :keep], s[:keep, None] * vh[:keep]  # (r_{k-1} n_k, keep), (keep, rest)
         if keep < r:  # requested rank above this unfolding's rank: zero-pad (exact, shapes as asked)
             u = torch.cat([u, u.new_zeros(u.shape[0], r - keep)], dim=1)
@@ -123,7 +125,7 @@ def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[i
     """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
     tensor (methods.md 4.2; without the interleave the result is an order-2d TT, not a TT-matrix).
     The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
-    m64 = matrix.detach().to(device="cpu", dtype=torch.float64)
+    m64 = matrix.detach().to(dtype=torch.float64)
     cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)
     return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape)]
 

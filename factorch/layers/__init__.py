@@ -6,6 +6,8 @@ from factorch.layers.cp_conv import CPConv2d
 from factorch.layers.svd import SVDConv2d, SVDLinear
 from factorch.layers.tt_conv import TTConv2d
 from factorch.layers.tt_linear import TTLinear
+from factorch.layers.tucker3_conv import Tucker3Conv2d
 from factorch.layers.tucker_conv import TuckerConv2d
 
-__all__ = ["CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv2d", "SVDLinear", "TTConv2d", "TTLinear", "TuckerConv2d"]
+__all__ = ["CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv2d", "SVDLinear", "TTConv2d", "TTLinear", "Tucker3Conv2d",
+           "TuckerConv2d"]

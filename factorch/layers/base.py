@@ -1,13 +1,15 @@
 """What every factorized layer is: a chain of real modules that can rebuild its dense layer."""
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
-from factorch.layers.conv_spec import dense_conv
+from factorch.layers.conv_spec import ConvSpec, dense_conv
+from factorch.rank import RankSpace, resolve
 
 
 class FactorizedLayer(nn.Module):
@@ -16,19 +18,32 @@ class FactorizedLayer(nn.Module):
     A subclass holds its factors as ordinary child modules (so hooks, ``state_dict`` and
     ``count`` see real convs/linears), and provides:
 
+    * its constructor: the dense layer's arguments plus resolved int ranks (out-of-range ranks are
+      refused), initialised for training from scratch: the kernel the factors imply has the
+      variance of PyTorch's default init of the dense layer;
+    * ``space(config, **options)``: its ``RankSpace`` from the geometry alone (modes, full ranks,
+      params and MACs as functions of the ranks); ``rank_space(dense, **options)`` adds the
+      spectra of ``operands(dense)``;
+    * ``operands(dense, **options)``: the float64 tensors it factorizes, one per group: the one
+      place both the rank rules' spectra and ``from_dense``'s factors come from (a data-aware step
+      substitutes it);
     * ``from_dense(dense, rank)``: decompose a trained layer (math in float64, result in the dense
-      layer's dtype and device);
-    * ``empty_like(dense, rank)``: the same structure without computing anything (used on the
-      ``meta`` device to cost a candidate before decomposing it);
-    * ``dense_weight()``: the kernel the factors represent, in float64 on the CPU;
+      layer's dtype and device); ``empty_like(dense, rank)``: the same structure, freshly initialised
+      (used on the ``meta`` device to cost a candidate, and to train from scratch);
+    * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
     * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
-      ``options(config)`` for structure choices that the dense layer does not determine).
+      ``options(config)`` for structure choices that the dense layer does not determine);
+    * ``input_factor``: the name of the child module that alone applies the input channels (a 1x1
+      conv or linear, weight ``(g R, C/g, ...)``): data-aware decomposition (``factorch.calibration``)
+      factorizes the operand with its input mode whitened and un-whitens this factor. None where
+      the input mode is no single factor (tensor trains split it over cores): weight-only factors.
 
-    Subclasses are found by class name when loading a checkpoint (``LAYER_CLASSES``).
+    Subclasses are found by class name when loading a checkpoint (``registry``).
     """
 
     registry: ClassVar[dict[str, type["FactorizedLayer"]]] = {}
+    input_factor: ClassVar[Optional[str]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -39,12 +54,54 @@ class FactorizedLayer(nn.Module):
     def ranks(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    @classmethod
-    def from_dense(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
+    def reset_parameters(self) -> None:
+        """The from-scratch init: the implied kernel has the variance of PyTorch's default init of
+        the dense layer, ``1 / (3 fan_in)`` (``default_variance``), the bias its default too."""
         raise NotImplementedError
 
     @classmethod
-    def empty_like(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
+    def space(cls, config: Any, **options: Any) -> RankSpace:
+        """The rank space of a layer with this geometry (no spectra)."""
+        raise NotImplementedError
+
+    @classmethod
+    def dense_config(cls, dense: nn.Module) -> Any:
+        """The geometry ``space`` takes, read from a dense layer (a ``ConvSpec`` for convs)."""
+        return ConvSpec.of(dense)
+
+    @classmethod
+    def dense_args(cls, dense: nn.Module, **options: Any) -> dict[str, Any]:
+        """Constructor keyword arguments (all but ``rank``) for the dense layer's structure."""
+        return {**cls.dense_config(dense).as_dict(), **options}
+
+    @classmethod
+    def operands(cls, dense: nn.Module, **options: Any) -> list[Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def unfold(cls, operand: Tensor, **options: Any) -> list[list[Tensor]]:
+        """Per mode, the (tied) matrices of one operand whose singular values rate that mode."""
+        raise NotImplementedError
+
+    @classmethod
+    def rank_space(cls, dense: nn.Module, **options: Any) -> RankSpace:
+        """``space`` of the dense layer's geometry, with the spectra of its ``operands``."""
+        space = cls.space(cls.dense_config(dense), **options)
+        space.unfoldings = lambda: [cls.unfold(op, **options) for op in cls.operands(dense, **options)]
+        return space
+
+    @classmethod
+    def resolve_rank(cls, dense: nn.Module, rank: Any, **options: Any) -> tuple[int, ...]:
+        """The int ranks ``rank`` (any spec) gives for ``dense`` (``factorch.rank.resolve``)."""
+        return resolve(rank, cls.rank_space(dense, **options)).ranks
+
+    @classmethod
+    def empty_like(cls, dense: nn.Module, rank: Any, **options: Any) -> "FactorizedLayer":
+        """A freshly initialised layer with ``dense``'s structure at the ranks ``rank`` resolves to."""
+        return cls(**cls.dense_args(dense, **options), rank=cls.resolve_rank(dense, rank, **options))
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
         raise NotImplementedError
 
     def dense_weight(self) -> Tensor:
@@ -70,8 +127,9 @@ class FactorizedLayer(nn.Module):
 
 
 def as_float64(t: Tensor) -> Tensor:
-    """Detached float64 CPU copy, where all factor math happens."""
-    return t.detach().to(device="cpu", dtype=torch.float64)
+    """Detached float64 copy on ``t``'s device, where all factor math happens (a CUDA layer is
+    decomposed on its GPU)."""
+    return t.detach().to(dtype=torch.float64)
 
 
 class Traced(nn.Module):
@@ -100,6 +158,29 @@ def check_finite(name: str, t: Tensor) -> None:
     """Refuse NaN/Inf weights with a clear message instead of propagating them into factors."""
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} has NaN or Inf values; refusing to decompose it")
+
+
+def default_variance(fan_in: int) -> float:
+    """The weight variance of PyTorch's default ``nn.Conv2d``/``nn.Linear`` init:
+    ``kaiming_uniform_(a=sqrt(5))`` is uniform on ``+-1/sqrt(fan_in)``, variance ``1 / (3 fan_in)``."""
+    return 1.0 / (3.0 * fan_in)
+
+
+def init_uniform_(t: Tensor, variance: float) -> None:
+    """Fill ``t`` uniformly on ``+-sqrt(3 variance)`` (zero mean, that variance): PyTorch's default
+    layers are initialised uniformly too, and a product of uniform factors has far lighter tails
+    than one of Gaussians."""
+    bound = math.sqrt(3.0 * variance)
+    with torch.no_grad():
+        t.uniform_(-bound, bound)
+
+
+def init_bias(bias: Optional[Tensor], fan_in: int) -> None:
+    """PyTorch's default bias init: uniform on ``+-1/sqrt(fan_in)`` of the dense layer."""
+    if bias is not None:
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            bias.uniform_(-bound, bound)
 
 
 class FactorizedConv(FactorizedLayer):

@@ -1,10 +1,12 @@
 """The geometry of a dense ``nn.Conv2d``, kept by every factorized conv so it can rebuild it."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Padding = Union[str, tuple[int, int]]
@@ -66,12 +68,72 @@ class ConvSpec:
                           dilation=(1, self.dilation[1]))
         return vertical, horizontal
 
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.conv2d`` of ``x`` with ``weight`` under this geometry, padding modes included: what
+        ``nn.Conv2d`` does with a weight it does not hold (e.g. one rebuilt from factors per call)."""
+        if self.padding_mode == "zeros":
+            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(F.pad(x, self.explicit_padding(), mode=self.padding_mode), weight, bias, self.stride, 0,
+                        self.dilation, self.groups)
+
+    def explicit_padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) as ``F.pad`` takes it; ``'same'`` pads ``d (k - 1)`` per axis,
+        the smaller half first (PyTorch's convention)."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            (th, tw) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
+
+    def smallest_input(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero ``(1, C, side, side)`` input just large enough for the kernel, the padding and the
+        stride (what a trace of a layer with this geometry is taken on)."""
+        pads = [0, 0] if isinstance(self.padding, str) else list(self.padding)
+        side = max(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)) + 2 * max(pads) + max(self.stride)
+        return like.new_zeros(1, self.in_channels, side, side)
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1`` per axis (methods.md section 0);
+        ``'same'`` keeps the size, ``'valid'`` pads 0."""
+        if self.padding == "same":
+            return tuple(size)
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, k, s, p, d in zip(size, self.kernel_size, self.stride, pad, self.dilation))
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """The dense conv's MACs for one ``(C, H, W)`` input: ``H' W' N (C/g) kh kw``."""
+        h, w = self.output_size(tuple(input_shape[-2:]))
+        return h * w * self.out_channels * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def weight_shape(self) -> tuple[int, int, int, int]:
         """(N, C/g, kh, kw)."""
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """Everything ``nn.Linear`` takes except the weights."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> "LinearSpec":
+        return cls(int(linear.in_features), int(linear.out_features), linear.bias is not None)
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """The dense layer's MACs for one ``(..., C)`` input: ``rows C N``."""
+        return math.prod(input_shape[:-1]) * self.in_features * self.out_features
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def dense_conv(spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None,

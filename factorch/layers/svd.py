@@ -7,33 +7,42 @@ the zero-padded border then gets exactly the bias, as in the dense conv.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.svd import balanced_svd
-from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite
-from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import RankSpec, resolve_rank
+from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite, default_variance, \
+    init_bias, init_uniform_
+from factorch.layers.conv_spec import ConvSpec, LinearSpec
+from factorch.rank import Mode, RankSpace, RankSpec
 
 
-def _resolve(blocks_fn, n: int, c: int, rank: RankSpec) -> tuple[int]:
-    """One rank for an (N, C) weight: rules on the weight itself; a fraction solves R (C + N) = f C N."""
-    return resolve_rank(rank, (min(n, c),), lambda: [blocks_fn()], lambda f: (int(f * c * n / (c + n)),))
+def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -> None:
+    """From scratch (zero-mean uniform factors): ``Var B = 1/C`` keeps the variance, ``Var A = 1/(3R)``: ``W = A B`` (a sum of R
+    products) has ``Var = 1 / (3 C)``, PyTorch's default for the dense layer."""
+    init_uniform_(first, 1.0 / c)
+    init_uniform_(last, default_variance(rank))
+    init_bias(bias, c)
 
 
 class SVDLinear(FactorizedLayer):
     """``first`` Linear (C -> R, no bias), ``last`` Linear (R -> N, bias)."""
 
+    input_factor = "first"
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()
-        rank = int(rank[0]) if isinstance(rank, (tuple, list)) else int(rank)
-        if not 1 <= rank <= min(in_features, out_features):
-            raise ValueError(f"SVD rank {rank} must be in [1, {min(in_features, out_features)}]")
+        (rank,) = self.space(LinearSpec(in_features, out_features, bias)).check(rank)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.first = nn.Linear(in_features, rank, bias=False)
         self.last = nn.Linear(rank, out_features, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self.first.weight, self.last.weight, self.last.bias, self.in_features, self.rank)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last(self.first(x))  # (..., C) -> (..., R) -> (..., N)
@@ -42,20 +51,32 @@ class SVDLinear(FactorizedLayer):
     def ranks(self) -> tuple[int]:
         return (self.rank,)
 
-    @staticmethod
-    def resolve_rank(linear: nn.Linear, rank: RankSpec) -> tuple[int]:
-        return _resolve(lambda: [as_float64(linear.weight)], linear.out_features, linear.in_features, rank)
+    @classmethod
+    def dense_config(cls, linear: nn.Linear) -> LinearSpec:
+        return LinearSpec.of(linear)
 
     @classmethod
-    def empty_like(cls, linear: nn.Linear, rank: RankSpec) -> "SVDLinear":
-        return cls(linear.in_features, linear.out_features, cls.resolve_rank(linear, rank)[0],
-                   bias=linear.bias is not None)
+    def space(cls, spec: LinearSpec) -> RankSpace:
+        """One mode (full ``min(N, C)``); params ``R (C + N)``, MACs ``rows R (C + N)``."""
+        c, n = spec.in_features, spec.out_features
+        return RankSpace("SVDLinear", (Mode("rank", min(n, c)),), params=lambda r: r[0] * (c + n),
+                         macs=lambda r, shape: math.prod(shape[:-1]) * r[0] * (c + n),
+                         dense_params=c * n, dense_macs=spec.macs, bias=n if spec.bias else 0)
+
+    @classmethod
+    def operands(cls, linear: nn.Linear) -> list[Tensor]:
+        return [as_float64(linear.weight)]  # (N, C)
+
+    @classmethod
+    def unfold(cls, weight: Tensor) -> list[list[Tensor]]:
+        return [[weight]]
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: RankSpec) -> "SVDLinear":
         check_finite("linear weight", linear.weight)
         layer = cls.empty_like(linear, rank)._place(linear.weight)
-        a, b = balanced_svd(as_float64(linear.weight), layer.rank)
+        (weight,) = cls.operands(linear)
+        a, b = balanced_svd(weight, layer.rank)
         with torch.no_grad():
             layer.first.weight.copy_(b)  # (R, C)
             layer.last.weight.copy_(a)   # (N, R)
@@ -87,22 +108,24 @@ class SVDLinear(FactorizedLayer):
 class SVDConv2d(FactorizedConv):
     """A 1x1 conv as ``first`` 1x1 (C -> gR, stride/padding) and ``last`` 1x1 (gR -> N, bias); per group."""
 
+    input_factor = "first"
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, rank: int = 1, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:
         super().__init__()
         self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
                                              dilation, groups, bias, padding_mode)
-        if spec.kernel_size != (1, 1):
-            raise ValueError(f"SVDConv2d takes 1x1 convs only, got kernel {spec.kernel_size}")
-        rank = int(rank[0]) if isinstance(rank, (tuple, list)) else int(rank)
-        n, c = spec.out_channels // spec.groups, spec.in_channels // spec.groups
-        if not 1 <= rank <= min(n, c):
-            raise ValueError(f"SVD rank {rank} must be in [1, {min(n, c)}] (per group)")
+        (rank,) = self.space(spec).check(rank)
         self.rank = rank
         g = spec.groups
         self.first = spec.make(out_channels=g * rank, bias=False)
         self.last = nn.Conv2d(g * rank, spec.out_channels, 1, groups=g, bias=spec.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self.first.weight, self.last.weight, self.last.bias, self.config.in_channels // self.config.groups,
+              self.rank)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last(self.first(x))  # (B, C, H, W) -> (B, gR, H', W') -> (B, N, H', W')
@@ -111,22 +134,36 @@ class SVDConv2d(FactorizedConv):
     def ranks(self) -> tuple[int]:
         return (self.rank,)
 
-    @staticmethod
-    def resolve_rank(conv: nn.Conv2d, rank: RankSpec) -> tuple[int]:
-        g = conv.groups
-        blocks = lambda: list(as_float64(conv.weight)[:, :, 0, 0].chunk(g))  # g x (N/g, C/g)
-        return _resolve(blocks, conv.out_channels // g, conv.in_channels // g, rank)
+    @classmethod
+    def space(cls, spec: ConvSpec) -> RankSpace:
+        """One mode (full ``min(N, C)`` per group); params ``g R (C/g + N/g)``, MACs ``H' W' R (C + N)``."""
+        if spec.kernel_size != (1, 1):
+            raise ValueError(f"SVDConv2d takes 1x1 convs only, got kernel {spec.kernel_size}")
+        g = spec.groups
+        n, c = spec.out_channels // g, spec.in_channels // g
+
+        def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
+            ho, wo = spec.output_size(tuple(shape[-2:]))
+            return ho * wo * g * ranks[0] * (c + n)
+
+        return RankSpace("SVDConv2d", (Mode("rank", min(n, c)),), params=lambda r: g * r[0] * (c + n),
+                         macs=macs, dense_params=g * n * c, dense_macs=spec.macs,
+                         bias=spec.out_channels if spec.bias else 0, per_group=g > 1)
 
     @classmethod
-    def empty_like(cls, conv: nn.Conv2d, rank: RankSpec) -> "SVDConv2d":
-        return cls(**ConvSpec.of(conv).as_dict(), rank=cls.resolve_rank(conv, rank)[0])
+    def operands(cls, conv: nn.Conv2d) -> list[Tensor]:
+        """Per group, the (N/g, C/g) weight matrix, float64."""
+        return list(as_float64(conv.weight)[:, :, 0, 0].chunk(conv.groups))
+
+    @classmethod
+    def unfold(cls, weight: Tensor) -> list[list[Tensor]]:
+        return [[weight]]
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: RankSpec) -> "SVDConv2d":
         check_finite("conv weight", conv.weight)
         layer = cls.empty_like(conv, rank)._place(conv.weight)
-        pairs = [balanced_svd(w, layer.rank)
-                 for w in as_float64(conv.weight)[:, :, 0, 0].chunk(layer.config.groups)]
+        pairs = [balanced_svd(w, layer.rank) for w in cls.operands(conv)]
         with torch.no_grad():
             layer.first.weight.copy_(torch.cat([b for _, b in pairs])[:, :, None, None])  # (gR, C/g, 1, 1)
             layer.last.weight.copy_(torch.cat([a for a, _ in pairs])[:, :, None, None])   # (N, R, 1, 1)
@@ -139,8 +176,6 @@ class SVDConv2d(FactorizedConv):
         bs = as_float64(self.first.weight)[:, :, 0, 0].chunk(g)  # g x (R, C/g)
         as_ = as_float64(self.last.weight)[:, :, 0, 0].chunk(g)  # g x (N/g, R)
         return torch.cat([a @ b for a, b in zip(as_, bs)])[:, :, None, None]
-
-
 
     def extra_repr(self) -> str:
         s = self.config

@@ -31,9 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tt import balanced_factors, max_tt_ranks, tt_params, tt_svd, tt_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, traced_for_script
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
 from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
+from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks
+from factorch.rank import Mode, RankSpace, RankSpec
 
 ORDERS = ("efficient", "conventional")
 Shape = Optional[Sequence[int]]
@@ -56,6 +58,19 @@ def tt_conv_shapes(in_channels: int, out_channels: int, in_shape: Shape = None, 
             raise ValueError(f"{name} {tuple(shape)} must multiply to {size}, got {math.prod(shape)}")
         shapes.append(tuple(int(v) for v in shape))
     return shapes[0], shapes[1]
+
+
+def _shapes(spec: ConvSpec, in_shape: Shape, out_shape: Shape, order: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Checked channel factors for a TT-conv of ``spec`` (groups 1, a known order)."""
+    if spec.groups != 1:
+        raise ValueError(f"TTConv2d handles groups=1 only, got groups={spec.groups}")
+    if order not in ORDERS:
+        raise ValueError(f"TTConv2d order must be one of {', '.join(ORDERS)}, got {order!r}")
+    c_s, n_s = tt_conv_shapes(spec.in_channels, spec.out_channels, in_shape, out_shape)
+    if order == "conventional" and len(c_s) != len(n_s):
+        raise ValueError(f"the conventional order pairs input and output factors: in_shape {c_s} "
+                         f"and out_shape {n_s} need the same length")
+    return c_s, n_s
 
 
 def chain_modes(in_shape: Sequence[int], out_shape: Sequence[int], kernel_size: tuple[int, int],
@@ -97,29 +112,22 @@ class TTConv2d(FactorizedConv):
 
     Modules: efficient: ``inputs`` (1x1 convs, run first), ``spatial``, ``outputs`` (1x1 convs);
     conventional: ``spatial`` (1 -> r_0 channels, per input channel), ``channels`` (1x1 convs).
-    ``rank``: an int (every inner TT-rank, capped at each bond's full rank), one int per bond
-    (``len(in_shape) + len(out_shape)`` bonds efficient, ``d`` conventional) or a fraction of the
-    kernel's parameters.
+    ``rank``: an int (every inner TT-rank) or one int per bond (``len(in_shape) + len(out_shape)``
+    bonds efficient, ``d`` conventional), each at most the bond's full rank (``from_dense`` and
+    ``empty_like`` resolve fractions and rules, and cap an int). A new layer's kernel has the
+    variance of PyTorch's default conv init (``reset_parameters``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: RankSpec, stride=1, padding=0,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, ...], stride=1,
+                 padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  in_shape: Shape = None, out_shape: Shape = None, order: str = "efficient") -> None:
         super().__init__()
         self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
                                              dilation, groups, bias, padding_mode)
-        if spec.groups != 1:
-            raise ValueError(f"TTConv2d handles groups=1 only, got groups={spec.groups}")
-        if order not in ORDERS:
-            raise ValueError(f"TTConv2d order must be one of {', '.join(ORDERS)}, got {order!r}")
-        self.in_shape, self.out_shape = tt_conv_shapes(spec.in_channels, spec.out_channels, in_shape, out_shape)
-        if order == "conventional" and len(self.in_shape) != len(self.out_shape):
-            raise ValueError(f"the conventional order pairs input and output factors: in_shape {self.in_shape} "
-                             f"and out_shape {self.out_shape} need the same length")
+        self.in_shape, self.out_shape = _shapes(spec, in_shape, out_shape, order)
         self.order = order
-        modes = chain_modes(self.in_shape, self.out_shape, spec.kernel_size, order)
-        self.tt_ranks = resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
-                                         math.prod(spec.weight_shape()))
+        self.tt_ranks = self.space(spec, in_shape, out_shape, order).check(rank)
         r = (1, *self.tt_ranks, 1)
         if order == "efficient":
             p = len(self.out_shape)
@@ -135,6 +143,20 @@ class TTConv2d(FactorizedConv):
             self.channels = nn.ModuleList(nn.Conv2d(c * r[k], n * r[k + 1], 1, bias=False)
                                           for k, (c, n) in enumerate(zip(self.in_shape, self.out_shape), start=1))
         self.bias = nn.Parameter(torch.zeros(spec.out_channels)) if spec.bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """From scratch: every core entry zero-mean uniform with variance ``s^2``,
+        ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
+        kernel entry is a sum of ``prod r_k`` products of D independent entries, so it has the
+        variance of PyTorch's default conv init, and entries are uncorrelated."""
+        n_cores = len(self.tt_ranks) + 1
+        target = default_variance(math.prod(self.config.weight_shape()[1:]))
+        variance = (target / math.prod(self.tt_ranks)) ** (1.0 / n_cores)
+        for name, p in self.named_parameters():
+            if name != "bias":
+                init_uniform_(p, variance)
+        init_bias(self.bias, math.prod(self.config.weight_shape()[1:]))
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -207,34 +229,74 @@ class TTConv2d(FactorizedConv):
                     r0, _, r1 = core.shape  # (r_{k-1}, c n, r_k) -> (n r_k, c r_{k-1})
                     conv.weight.copy_(core.reshape(r0, c, n, r1).permute(2, 3, 1, 0).reshape(conv.weight.shape))
 
-    # ---- decomposition -----------------------------------------------------------------------
+    # ---- rank space and decomposition ---------------------------------------------------------
     @classmethod
-    def resolve_rank(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
-                     order: str = "efficient") -> tuple[int, ...]:
-        """TT-ranks along the chain (``rank.resolve_tt_ranks``); rules run TT-SVD on the kernel."""
-        spec = ConvSpec.of(conv)
-        c_s, n_s = tt_conv_shapes(spec.in_channels, spec.out_channels, in_shape, out_shape)
-        if order not in ORDERS:
-            raise ValueError(f"TTConv2d order must be one of {', '.join(ORDERS)}, got {order!r}")
+    def space(cls, spec: ConvSpec, in_shape: Shape = None, out_shape: Shape = None,
+              order: str = "efficient") -> RankSpace:
+        """One mode per bond of the chain tensor (``chain_modes``, full ranks ``max_tt_ranks``);
+        params ``sum_k r_{k-1} n_k r_k``; MACs per example, with ``r`` the ranks along the chain
+        padded by 1s and ``H', W'`` the output size (the not-yet-contracted modes are batch):
+
+        * efficient, ``p = len(out_shape)``: input core j (j = q..1) runs at H W on
+          ``c_1..c_{j-1}`` copies: ``(c_1..c_{j-1}) H W c_j r_{p+j+1} r_{p+j}``; the spatial core
+          ``H' W' kh kw r_{p+1} r_p``; output core k (k = 1..p) ``(u_1..u_{k-1}) H' W' r_{p-k+1} u_k r_{p-k}``;
+        * conventional: the spatial core per input channel ``C H' W' kh kw r_1``; channel core k
+          ``(n_1..n_{k-1}) (c_{k+1}..c_d) H' W' c_k r_k n_k r_{k+1}``.
+        """
+        c_s, n_s = _shapes(spec, in_shape, out_shape, order)
         modes = chain_modes(c_s, n_s, spec.kernel_size, order)
-        by_svd = lambda rule: tt_rule_ranks(kernel_to_chain(as_float64(conv.weight), c_s, n_s, order), rule)  # noqa
-        return resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
-                                math.prod(spec.weight_shape()), by_svd)
+        k = math.prod(spec.kernel_size)
+        p, q = len(n_s), len(c_s)
+
+        def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
+            h, w = shape[-2:]
+            ho, wo = spec.output_size((h, w))
+            r = (1, *ranks, 1)
+            if order == "efficient":
+                ins = sum(math.prod(c_s[:j - 1]) * h * w * c_s[j - 1] * r[p + j + 1] * r[p + j] for j in range(1, q + 1))
+                outs = sum(math.prod(n_s[:i - 1]) * ho * wo * r[p - i + 1] * n_s[i - 1] * r[p - i]
+                           for i in range(1, p + 1))
+                return ins + ho * wo * k * r[p + 1] * r[p] + outs
+            chans = sum(math.prod(n_s[:i - 1]) * math.prod(c_s[i:]) * ho * wo * c_s[i - 1] * r[i] * n_s[i - 1] * r[i + 1]
+                        for i in range(1, q + 1))
+            return spec.in_channels * ho * wo * k * r[1] + chans
+
+        return RankSpace("TTConv2d", tuple(Mode(f"bond {i + 1}", f) for i, f in enumerate(max_tt_ranks(modes))),
+                         params=lambda r: tt_params(modes, r), macs=macs,
+                         dense_params=math.prod(spec.weight_shape()), dense_macs=spec.macs,
+                         bias=spec.out_channels if spec.bias else 0, error_modes=len(modes) - 1,
+                         fraction="uniform", unit="bond")
 
     @classmethod
-    def empty_like(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
-                   order: str = "efficient") -> "TTConv2d":
-        ranks = cls.resolve_rank(conv, rank, in_shape, out_shape, order)
-        return cls(**ConvSpec.of(conv).as_dict(), rank=ranks, in_shape=in_shape, out_shape=out_shape, order=order)
+    def operands(cls, conv: nn.Conv2d, in_shape: Shape = None, out_shape: Shape = None,
+                 order: str = "efficient") -> list[Tensor]:
+        """The kernel (N, C, kh, kw), float64 (groups=1)."""
+        return [as_float64(conv.weight)]
+
+    @classmethod
+    def rank_space(cls, conv: nn.Conv2d, in_shape: Shape = None, out_shape: Shape = None,
+                   order: str = "efficient") -> RankSpace:
+        """``space`` with the bond spectra of the chain tensor and TT-SVD choosing ranks under a rule."""
+        space = super().rank_space(conv, in_shape=in_shape, out_shape=out_shape, order=order)
+        c_s, n_s = tt_conv_shapes(conv.in_channels, conv.out_channels, in_shape, out_shape)
+        space.rule_ranks = lambda rule: sequential_ranks(kernel_to_chain(cls.operands(conv)[0], c_s, n_s, order), rule)
+        return space
+
+    @classmethod
+    def unfold(cls, kernel: Tensor, in_shape: Shape = None, out_shape: Shape = None,
+               order: str = "efficient") -> list[list[Tensor]]:
+        """Bond k: the chain tensor as ``(first k modes) x rest`` (Oseledets 2011, Thm 2.2)."""
+        c_s, n_s = tt_conv_shapes(kernel.shape[1], kernel.shape[0], in_shape, out_shape)
+        return bond_unfoldings(kernel_to_chain(kernel, c_s, n_s, order))
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
                    order: str = "efficient") -> "TTConv2d":
         """TT-SVD of ``conv``'s kernel (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank, in_shape, out_shape, order)._place(conv.weight)
-        chain = kernel_to_chain(as_float64(conv.weight), layer.in_shape, layer.out_shape, order)
-        layer._load_cores(tt_svd(chain, layer.tt_ranks))
+        layer = cls.empty_like(conv, rank, in_shape=in_shape, out_shape=out_shape, order=order)._place(conv.weight)
+        (kernel,) = cls.operands(conv)
+        layer._load_cores(tt_svd(kernel_to_chain(kernel, layer.in_shape, layer.out_shape, order), layer.tt_ranks))
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
@@ -259,10 +321,7 @@ class TTConv2d(FactorizedConv):
     def __prepare_scriptable__(self) -> nn.Module:
         """``torch.jit.script``: a trace (``traced_for_script``) on an input just large enough for
         the kernel, the padding and the stride."""
-        s = self.config
-        pads = [0, 0] if isinstance(s.padding, str) else list(s.padding)
-        side = max(d * (k - 1) + 1 for d, k in zip(s.dilation, s.kernel_size)) + 2 * max(pads) + max(s.stride)
-        return traced_for_script(self, self.spatial.weight.new_zeros(1, s.in_channels, side, side))
+        return traced_for_script(self, self.config.smallest_input(self.spatial.weight))
 
     def extra_repr(self) -> str:
         s = self.config

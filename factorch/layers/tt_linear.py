@@ -7,15 +7,17 @@ the input gets zeros in the padded columns and the padded output rows are droppe
 never changes the result.
 
 The forward pass absorbs one core at a time and never builds ``W``, in the cheaper of two orders
-(per example, with ``P``/``Q`` the products of the modes not yet absorbed/already produced):
+(per example):
 
 * ``rtl`` (core d first): step k costs ``(prod_{j<k} n_j) (prod_{j>k} m_j) n_k r_k r_{k-1} m_k``;
 * ``ltr`` (core 1 first): step k costs ``(prod_{j<k} m_j) (prod_{j>k} n_j) r_{k-1} n_k m_k r_k``.
 
-Each step is one GEMM (never one multi-operand einsum without a contraction path).
+Each step is one matrix product on the state as it lies, never a permuted copy of it
+(``tt_contract``). Under ``order="auto"`` a per-batch plan may also merge neighbouring cores
+first, fewer and larger products for a few more multiply-adds (``tt_contract.plan_groups``).
 
-Only when both exceed building ``W`` once plus a dense product (high ranks, large batches) does
-the ``dense`` route build it. ``count_macs`` reports the route actually taken.
+Only when both orders exceed building ``W`` once plus a dense product (high ranks, large batches)
+does the ``dense`` route build it. ``count_macs`` reports the route and plan actually taken.
 """
 from __future__ import annotations
 
@@ -26,10 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from factorch.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
-    tt_params
-from factorch.layers.base import FactorizedLayer, as_float64, check_finite, traced_for_script
-from factorch.rank import RankSpec, resolve_tt_ranks, tt_rule_ranks
+    tt_params, tt_svd
+from factorch.decompositions.svd import singular_values
+from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
+    traced_for_script
+from factorch.layers.conv_spec import LinearSpec
+from factorch.rank import Mode, RankRule, RankSpace, RankSpec, Spectrum
+from factorch.layers.tt_contract import chain_macs, contract_ltr, contract_rtl, group, plan_groups, plan_macs
 
 ORDERS = ("auto", "ltr", "rtl", "dense")
 
@@ -70,13 +77,13 @@ def tt_linear_shapes(in_features: int, out_features: int, in_shape: Optional[Seq
 class TTLinear(FactorizedLayer):
     """``y = W x + b`` with ``W`` a TT-matrix: parameters ``core0 .. core{d-1}`` and ``bias``.
 
-    ``rank``: an int (every inner TT-rank, capped at each bond's full rank), one int per bond, or a
-    fraction of ``in * out`` parameters. ``order``: ``auto`` (cheapest per batch size), ``ltr``,
-    ``rtl`` or ``dense``. A new layer is initialised for training from scratch with the output
-    variance of ``nn.Linear`` (``Var W_ij = 1 / (3 N)``).
+    ``rank``: an int (every inner TT-rank) or one int per bond, each at most the bond's full rank
+    (``from_dense``/``empty_like`` resolve fractions and rules, and cap an int). ``order``: ``auto``
+    (cheapest per batch size), ``ltr``, ``rtl`` or ``dense``. A new layer is initialised for
+    training from scratch with the output variance of ``nn.Linear`` (``Var W_ij = 1 / (3 N)``).
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: RankSpec,
+    def __init__(self, in_features: int, out_features: int, rank: int | tuple[int, ...],
                  in_shape: Optional[Sequence[int]] = None, out_shape: Optional[Sequence[int]] = None,
                  bias: bool = True, order: str = "auto") -> None:
         super().__init__()
@@ -84,9 +91,8 @@ class TTLinear(FactorizedLayer):
         if order not in ORDERS:
             raise ValueError(f"TTLinear order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.in_features, self.out_features, self.order = in_features, out_features, order
-        modes = [m * n for m, n in zip(self.out_shape, self.in_shape)]
-        self.tt_ranks = resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
-                                         in_features * out_features)
+        self.tt_ranks = self.space(LinearSpec(in_features, out_features, bias), self.in_shape, self.out_shape,
+                                   order).check(rank)
         full = (1, *self.tt_ranks, 1)
         for k, (m, n) in enumerate(zip(self.out_shape, self.in_shape)):
             self.register_parameter(f"core{k}", nn.Parameter(torch.empty(full[k], m, n, full[k + 1])))
@@ -110,87 +116,136 @@ class TTLinear(FactorizedLayer):
         return math.prod(self.out_shape), math.prod(self.in_shape)
 
     def reset_parameters(self) -> None:
-        """Cores ~ N(0, s^2) with ``s^(2d) prod_k r_k = 1 / (3 N)``: a TT-matrix entry is a sum of
-        ``prod r_k`` products of d independent entries, so ``Var W_ij = 1 / (3 N)`` as in
-        ``nn.Linear``'s default (uniform +-1/sqrt(N)), and entries are uncorrelated: the output
-        variance matches the dense layer's."""
-        d = len(self.in_shape)
-        target = 1.0 / (3.0 * self.in_features)
-        std = (target / math.prod(self.tt_ranks)) ** (0.5 / d)
-        with torch.no_grad():
-            for core in self.cores:
-                core.normal_(0.0, std)
-            if self.bias is not None:
-                bound = 1.0 / math.sqrt(self.in_features)
-                self.bias.uniform_(-bound, bound)
+        """Core entries zero-mean uniform with variance ``s^2``, ``s^(2d) prod_k r_k = 1 / (3 N)``: a
+        TT-matrix entry is a sum of ``prod r_k`` products of d independent entries, so
+        ``Var W_ij = 1 / (3 N)`` as in ``nn.Linear``'s default (uniform +-1/sqrt(N)), and entries are
+        uncorrelated: the output variance matches the dense layer's."""
+        variance = (default_variance(self.in_features) / math.prod(self.tt_ranks)) ** (1.0 / len(self.in_shape))
+        for core in self.cores:
+            init_uniform_(core, variance)
+        init_bias(self.bias, self.in_features)
 
     # ---- costs and forward -------------------------------------------------------------------
     def _costs(self) -> dict[str, tuple[int, int]]:
-        """Per route: (fixed MACs per call, MACs per example), methods.md 4.2."""
+        """Per route: (fixed MACs per call, MACs per example) of the plain chains, methods.md 4.2."""
         m, n, d = self.out_shape, self.in_shape, len(self.in_shape)
         r = (1, *self.tt_ranks, 1)
-        rtl = sum(math.prod(n[:k]) * math.prod(m[k + 1:]) * n[k] * r[k + 1] * r[k] * m[k] for k in range(d))
-        ltr = sum(math.prod(m[:k]) * math.prod(n[k + 1:]) * r[k] * n[k] * m[k] * r[k + 1] for k in range(d))
         # building W left to right: step k makes (m_1..m_k, n_1..n_k, r_k) from r_{k-1}
         build = sum(math.prod(m[:k + 1]) * math.prod(n[:k + 1]) * r[k] * r[k + 1] for k in range(d))
-        return {"ltr": (0, ltr), "rtl": (0, rtl), "dense": (build, self.in_features * self.out_features)}
+        return {"ltr": (0, chain_macs(m, n, self.tt_ranks, rtl=False)),
+                "rtl": (0, chain_macs(m, n, self.tt_ranks, rtl=True)),
+                "dense": (build, self.in_features * self.out_features)}
 
     def route(self, batch: int) -> str:
-        """The contraction order used for ``batch`` examples."""
+        """The contraction order used for ``batch`` examples: the fewest MACs of the plain chains."""
         if self.order != "auto":
             return self.order
         return min(self._route_costs, key=lambda k: self._route_costs[k][0] + batch * self._route_costs[k][1])
 
+    def plan(self, batch: int) -> tuple[str, tuple[int, ...]]:
+        """``(route, merge)`` for ``batch`` examples: the merge gives the run lengths of cores
+        multiplied into one before the chain (all ones: the plain chain, which the explicit
+        orders ``ltr``/``rtl`` always run); ``()`` for the dense route."""
+        how = self.route(batch)
+        if how == "dense":
+            return how, ()
+        if self.order != "auto":
+            return how, (1,) * len(self.in_shape)
+        return how, plan_groups(self.out_shape, self.in_shape, self.tt_ranks, how == "rtl", batch)
+
     def count_macs(self, input: Tensor, output: Tensor) -> int:
         """MACs of one call for the whole batch (``factorch.count`` protocol); bias adds excluded."""
         batch = input.numel() // self.in_features
-        fixed, per_example = self._route_costs[self.route(batch)]
+        how, sizes = self.plan(batch)
+        fixed, per_example = self._route_costs[how] if how == "dense" else \
+            plan_macs(self.out_shape, self.in_shape, self.tt_ranks, sizes, how == "rtl")
         return fixed + batch * per_example
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)  # (B, N)
-        how = self.route(x.shape[0])
+        how, sizes = self.plan(x.shape[0])
         if how == "dense":
             return F.linear(x, self._weight(), self.bias).reshape(*lead, self.out_features)
         m_pad, n_pad = self.padded
         if n_pad > self.in_features:
             x = F.pad(x, (0, n_pad - self.in_features))  # zero inputs: the padded columns do nothing
-        y = _rtl(x, self.cores) if how == "rtl" else _ltr(x, self.cores)  # (B, M')
+        cores = self.cores
+        if not torch.is_grad_enabled():  # plain tensors: ops on parameters cost ~10 us more each
+            cores = [c.detach() for c in cores]
+        cores = group(cores, sizes)
+        y = contract_rtl(x, cores) if how == "rtl" else contract_ltr(x, cores)  # (B, M')
         if m_pad > self.out_features:
             y = y[:, :self.out_features]
         if self.bias is not None:
-            y = y + self.bias
+            y = y + (self.bias if torch.is_grad_enabled() else self.bias.detach())
         return y.reshape(*lead, self.out_features)
 
     def _weight(self) -> Tensor:
         return tt_matrix_to_matrix(self.cores)[:self.out_features, :self.in_features]
 
-    # ---- decomposition -----------------------------------------------------------------------
+    # ---- rank space and decomposition ---------------------------------------------------------
     @classmethod
-    def resolve_rank(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
-                     out_shape: Optional[Sequence[int]] = None) -> tuple[int, ...]:
-        """TT-ranks for ``linear`` (``rank.resolve_tt_ranks``); rules run TT-SVD on its weight."""
-        n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
-        modes = [m * n for m, n in zip(m_s, n_s)]
-        by_svd = lambda rule: tt_rule_ranks(interleave(_padded_weight(linear, m_s, n_s), m_s, n_s), rule)  # noqa: E731
-        return resolve_tt_ranks(rank, max_tt_ranks(modes), lambda r: tt_params(modes, r),
-                                linear.in_features * linear.out_features, by_svd)
+    def dense_config(cls, linear: nn.Linear) -> LinearSpec:
+        return LinearSpec.of(linear)
 
     @classmethod
-    def empty_like(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
-                   out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> "TTLinear":
+    def dense_args(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,
+                   out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> dict[str, Any]:
         n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
-        return cls(linear.in_features, linear.out_features, cls.resolve_rank(linear, rank, n_s, m_s),
-                   n_s, m_s, bias=linear.bias is not None, order=order)
+        return {**LinearSpec.of(linear).as_dict(), "in_shape": n_s, "out_shape": m_s, "order": order}
+
+    @classmethod
+    def space(cls, spec: LinearSpec, in_shape: Optional[Sequence[int]] = None,
+              out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> RankSpace:
+        """One mode per bond of the interleaved ``(m_1 n_1, ..., m_d n_d)`` tensor (full ranks
+        ``max_tt_ranks``); params ``sum_k r_{k-1} m_k n_k r_k``; MACs of the route ``count`` sees at
+        batch 1 (costed on the ``meta`` device: the same code as the forward pass)."""
+        n_s, m_s = tt_linear_shapes(spec.in_features, spec.out_features, in_shape, out_shape)
+        modes = [m * n for m, n in zip(m_s, n_s)]
+
+        def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
+            with torch.device("meta"):
+                layer = cls(spec.in_features, spec.out_features, ranks, n_s, m_s, bias=spec.bias, order=order)
+            return layer_macs(layer, shape)
+
+        return RankSpace("TTLinear", tuple(Mode(f"bond {k + 1}", f) for k, f in enumerate(max_tt_ranks(modes))),
+                         params=lambda r: tt_params(modes, r), macs=macs,
+                         dense_params=spec.in_features * spec.out_features, dense_macs=spec.macs,
+                         bias=spec.out_features if spec.bias else 0, error_modes=len(modes) - 1,
+                         fraction="uniform", unit="bond")
+
+    @classmethod
+    def operands(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,
+                 out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> list[Tensor]:
+        """The weight, float64, zero-padded to (prod out_shape, prod in_shape)."""
+        n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
+        return [_padded_weight(linear, m_s, n_s)]
+
+    @classmethod
+    def rank_space(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,
+                   out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> RankSpace:
+        """``space`` with the bond spectra of the weight and TT-SVD choosing ranks under a rule."""
+        space = super().rank_space(linear, in_shape=in_shape, out_shape=out_shape, order=order)
+        n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
+        space.rule_ranks = lambda rule: sequential_ranks(interleave(cls.operands(linear, n_s, m_s)[0], m_s, n_s), rule)
+        return space
+
+    @classmethod
+    def unfold(cls, weight: Tensor, in_shape: Optional[Sequence[int]] = None,
+               out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> list[list[Tensor]]:
+        """Bond k: the interleaved tensor as ``(m_1 n_1 .. m_k n_k) x rest`` (Oseledets 2011, Thm 2.2)."""
+        n_s, m_s = tt_linear_shapes(weight.shape[1], weight.shape[0], in_shape, out_shape)
+        return bond_unfoldings(interleave(weight, m_s, n_s))
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
                    out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> "TTLinear":
         """TT-SVD of ``linear``'s weight (float64, zero-padded), in ``linear``'s dtype and device."""
         check_finite("linear weight", linear.weight)
-        layer = cls.empty_like(linear, rank, in_shape, out_shape, order)._place(linear.weight)
-        w = _padded_weight(linear, layer.out_shape, layer.in_shape)
+        layer = cls.empty_like(linear, rank, in_shape=in_shape, out_shape=out_shape, order=order)
+        layer = layer._place(linear.weight)
+        (w,) = cls.operands(linear, layer.in_shape, layer.out_shape)
         cores = tt_matrix_svd(w, layer.out_shape, layer.in_shape, layer.tt_ranks)
         with torch.no_grad():
             for param, core in zip(layer.cores, cores):
@@ -236,37 +291,33 @@ class TTLinear(FactorizedLayer):
                 f"bias={self.bias is not None}")
 
 
+def sequential_ranks(tensor: Tensor, rule: RankRule) -> tuple[int, ...]:
+    """The TT-ranks TT-SVD of ``tensor`` picks under ``rule``: bond k from the spectrum of the
+    unfolding left after bonds 1..k-1 were truncated (Oseledets 2011, Alg. 1; ``Tolerance(eps)``
+    keeps each discarded tail below ``eps ||A|| / sqrt(d - 1)``, which bounds the whole error). A
+    rule's 0 is reported as 0 (the unfolding looks like noise), so callers can skip the layer."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError("its weights have NaN or Inf values; refusing to read their spectra")
+    total, bonds = float((tensor * tensor).sum()), max(tensor.dim() - 1, 1)
+    raw: list[int] = []
+
+    def pick(z: Tensor) -> int:
+        raw.append(int(rule.rank_of(Spectrum(singular_values(z), tuple(z.shape), total), min(z.shape), bonds)))
+        return raw[-1]
+
+    tt_svd(tensor, rule=pick)
+    return tuple(raw)
+
+
+def bond_unfoldings(tensor: Tensor) -> list[list[Tensor]]:
+    """Per bond k of a tensor train over ``tensor``'s axes: ``[[tensor as (n_1..n_k) x (n_{k+1}..n_d)]]``.
+    TT-SVD at ranks r_k has ``||A - A_hat||^2 <= sum_k`` (the discarded sigma^2 of bond k's
+    unfolding) (Oseledets 2011, Thm 2.2): these spectra rate the bonds."""
+    shape = tensor.shape
+    return [[tensor.reshape(math.prod(shape[:k + 1]), -1)] for k in range(len(shape) - 1)]
+
+
 def _padded_weight(linear: nn.Linear, out_shape: Sequence[int], in_shape: Sequence[int]) -> Tensor:
     """``linear.weight`` in float64, zero-padded to (prod out_shape, prod in_shape)."""
     w = as_float64(linear.weight)
     return F.pad(w, (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0]))
-
-
-def _rtl(x: Tensor, cores: Sequence[Tensor]) -> Tensor:
-    """``y = W x`` absorbing core d first (Novikov et al.'s order).
-
-    State ``(B, P, Q, r, m)``: ``P`` = the input modes not yet absorbed (n_1..n_k), ``r`` the open
-    rank, the produced output modes in significance order ``(m, Q)``. Each step is one permute
-    copy of the state and one GEMM ``(B P' m Q, n_k r_k) x (n_k r_k, r_{k-1} m_k)`` against a
-    transposed view of the core: one copy per step (a two-operand einsum made two).
-    """
-    b = x.shape[0]
-    t = x.reshape(b, -1, 1, 1, 1)  # (B, N', Q = 1, r_d = 1, m = 1)
-    for core in reversed(cores):
-        r0, m_k, n, r1 = core.shape
-        _, p, q, _, m = t.shape
-        t = t.reshape(b, p // n, n, q, r1, m).permute(0, 1, 5, 3, 2, 4)  # (B, P', m, Q, n_k, r_k)
-        t = t.reshape(-1, n * r1) @ core.reshape(r0 * m_k, n * r1).T     # (B P' m Q, r_{k-1} m_k)
-        t = t.reshape(b, p // n, m * q, r0, m_k)                         # produced modes (m_k, m, Q)
-    return t.permute(0, 1, 3, 4, 2).reshape(b, -1)  # (B, 1, Q, 1, m_1) -> (B, M')
-
-
-def _ltr(x: Tensor, cores: Sequence[Tensor]) -> Tensor:
-    """``y = W x`` absorbing core 1 first: ``_rtl`` on the mirrored train. Reversing the mode order
-    of x and y and transposing the chain (``H_k = G_{d+1-k}`` with its rank axes swapped) gives the
-    same W, so core 1 is absorbed first at the cost of two extra copies (x and y)."""
-    b, d = x.shape[0], len(cores)
-    n_s, m_s = [c.shape[2] for c in cores], [c.shape[1] for c in cores]
-    x = x.reshape(b, *n_s).permute(0, *range(d, 0, -1)).reshape(b, -1)  # (B, n_d..n_1)
-    y = _rtl(x, [c.permute(3, 1, 2, 0) for c in reversed(cores)])     # (B, m_d..m_1)
-    return y.reshape(b, *reversed(m_s)).permute(0, *range(d, 0, -1)).reshape(b, -1)

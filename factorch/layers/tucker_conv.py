@@ -14,35 +14,41 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.tucker import tucker2, tucker2_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite
+from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import RankSpec, resolve_rank
-
-
-def _group_blocks(weight: Tensor, groups: int) -> list[Tensor]:
-    """(N, C/g, kh, kw) -> g blocks of (N/g, C/g, kh, kw)."""
-    return list(weight.chunk(groups, dim=0))
+from factorch.rank import Mode, RankSpace, RankSpec
 
 
 class TuckerConv2d(FactorizedConv):
-    """``first`` 1x1 (C -> g*R_in), ``core`` kxk (g*R_in -> g*R_out), ``last`` 1x1 (g*R_out -> N, bias)."""
+    """``first`` 1x1 (C -> g*R_in), ``core`` kxk (g*R_in -> g*R_out), ``last`` 1x1 (g*R_out -> N, bias).
+
+    ``rank``: ``(R_out, R_in)`` per group, or one int for both, each at most the full rank."""
+
+    input_factor = "first"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, int],
                  stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.config = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
-                                      dilation, groups, bias, padding_mode)
-        r_out, r_in = (rank, rank) if isinstance(rank, int) else (int(rank[0]), int(rank[1]))
-        g = self.config.groups
-        n, c = self.config.out_channels // g, self.config.in_channels // g
-        if not (1 <= r_out <= n and 1 <= r_in <= c):
-            raise ValueError(f"Tucker-2 ranks (out={r_out}, in={r_in}) must be in [1, {n}] x [1, {c}] (per group)")
-        self.rank_out, self.rank_in = r_out, r_in
-        spec = self.config
+        self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
+                                             dilation, groups, bias, padding_mode)
+        self.rank_out, self.rank_in = r_out, r_in = self.space(spec).check(rank)
+        g = spec.groups
         self.first = nn.Conv2d(spec.in_channels, g * r_in, 1, groups=g, bias=False)
         self.core = spec.make(in_channels=g * r_in, out_channels=g * r_out, bias=False)
         self.last = nn.Conv2d(g * r_out, spec.out_channels, 1, groups=g, bias=spec.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """From scratch (zero-mean uniform factors): ``Var V = 1/C`` and ``Var U = 1/R_out`` keep the variance through the
+        1x1s, the core has the default variance of a kxk conv over R_in channels, so the kernel
+        ``W = G x_0 U x_1 V`` (a sum of R_out R_in products) has ``Var = 1 / (3 C kh kw)``, the default
+        init of the dense conv (per group)."""
+        n, c, kh, kw = self.config.weight_shape()
+        init_uniform_(self.first.weight, 1.0 / c)
+        init_uniform_(self.core.weight, default_variance(self.rank_in * kh * kw))
+        init_uniform_(self.last.weight, 1.0 / self.rank_out)
+        init_bias(self.last.bias, c * kh * kw)
 
     def forward(self, x: Tensor) -> Tensor:
         # (B, C, H, W) -> (B, gR_in, H, W) -> (B, gR_out, H', W') -> (B, N, H', W')
@@ -52,41 +58,47 @@ class TuckerConv2d(FactorizedConv):
     def ranks(self) -> tuple[int, int]:
         return (self.rank_out, self.rank_in)
 
-    @staticmethod
-    def resolve_rank(conv: nn.Conv2d, rank: RankSpec) -> tuple[int, int]:
-        """(R_out, R_in) per group for ``rank``; a fraction keeps ``R_out/R_in = N/C`` and solves
-        ``C R_in + kh kw R_in R_out + R_out N = f kh kw C N`` (per group) for the largest ranks."""
-        g = conv.groups
-        n, c = conv.out_channels // g, conv.in_channels // g
-        k = math.prod(conv.kernel_size)
+    @classmethod
+    def space(cls, spec: ConvSpec) -> RankSpace:
+        """Modes (out N/g, in C/g). Per group: params ``C R_in + kh kw R_in R_out + R_out N``;
+        MACs ``H W C R_in + H' W' kh kw g R_in R_out + H' W' R_out N`` (the first 1x1 runs at the input
+        resolution, methods.md section 1)."""
+        g = spec.groups
+        n, c, kh, kw = spec.weight_shape()
+        n //= g
+        k = kh * kw
 
-        def unfoldings() -> list[list[Tensor]]:
-            blocks = _group_blocks(as_float64(conv.weight), g)
-            return [[b.reshape(n, -1) for b in blocks],                  # (N/g, C/g*kh*kw)
-                    [b.transpose(0, 1).reshape(c, -1) for b in blocks]]  # (C/g, N/g*kh*kw)
+        def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
+            r_out, r_in = ranks
+            h, w = shape[-2:]
+            ho, wo = spec.output_size((h, w))
+            return h * w * g * c * r_in + ho * wo * g * k * r_in * r_out + ho * wo * g * n * r_out
 
-        def from_fraction(f: float) -> tuple[int, int]:
-            # R_in = rho c, R_out = rho n: k c n rho^2 + (c^2 + n^2) rho - f k c n = 0
-            a, b, q = k * c * n, c * c + n * n, f * k * c * n
-            rho = (-b + math.sqrt(b * b + 4 * a * q)) / (2 * a)
-            return (int(rho * n), int(rho * c))
-
-        return resolve_rank(rank, (n, c), unfoldings, from_fraction)
+        return RankSpace(
+            "TuckerConv2d", (Mode("out", n), Mode("in", c)),
+            params=lambda r: g * (c * r[1] + k * r[1] * r[0] + r[0] * n),
+            macs=macs, dense_params=g * n * c * k, dense_macs=spec.macs,
+            bias=spec.out_channels if spec.bias else 0, error_modes=2, per_group=g > 1)
 
     @classmethod
-    def empty_like(cls, conv: nn.Conv2d, rank: RankSpec) -> "TuckerConv2d":
-        spec = ConvSpec.of(conv)
-        return cls(**spec.as_dict(), rank=cls.resolve_rank(conv, rank))
+    def operands(cls, conv: nn.Conv2d) -> list[Tensor]:
+        """Per group, the (N/g, C/g, kh, kw) block of the kernel, float64."""
+        return list(as_float64(conv.weight).chunk(conv.groups, dim=0))
+
+    @classmethod
+    def unfold(cls, block: Tensor) -> list[list[Tensor]]:
+        n, c = block.shape[:2]
+        return [[block.reshape(n, -1)],                  # mode 0: (N/g, C/g kh kw)
+                [block.transpose(0, 1).reshape(c, -1)]]  # mode 1: (C/g, N/g kh kw)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: RankSpec) -> "TuckerConv2d":
         """Decompose ``conv`` by HOOI per group (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
         layer = cls.empty_like(conv, rank)._place(conv.weight)
-        g, (r_out, r_in) = layer.config.groups, layer.ranks
         cores, us, vs = [], [], []
-        for block in _group_blocks(as_float64(conv.weight), g):
-            core, u, v = tucker2(block, (r_out, r_in))
+        for block in cls.operands(conv):
+            core, u, v = tucker2(block, layer.ranks)
             cores.append(core), us.append(u), vs.append(v)
         with torch.no_grad():
             # grouped 1x1 weights stack the groups along dim 0: (g*R_in, C/g, 1, 1), (N, R_out, 1, 1)

@@ -53,7 +53,8 @@ class TrainConfig:
     ``events.Decompose``/``events.Reconstruct``). ``events``: more event objects, e.g.
     ``(events.ADMMPhase(until=20),)``. ``methods``, ``first_conv`` (decompose the first conv too;
     the paper leaves it dense: EVBMF on 3 input channels is noise) and ``exclude`` (regexes, full
-    match, of layer names left dense) say how every event decomposes.
+    match, of layer names left dense) and ``calibration_batches`` (that many training batches, inputs
+    only, for data-aware factors and ranks; 0: weight-only) say how every event decomposes.
 
     ``channels_last``: the memory format of the model and its inputs (None, "auto": channels_last
     for conv models on CPU and CUDA, where it is measured faster; ``loop.uses_channels_last``),
@@ -82,6 +83,7 @@ class TrainConfig:
     methods: tuple[Method, ...] = field(default_factory=lambda: (Tucker2(EVBMF()),))
     first_conv: bool = False
     exclude: tuple[str, ...] = ()
+    calibration_batches: int = 0
     subset: Optional[int] = None
     augment: bool = True
     amp: bool = False
@@ -116,6 +118,10 @@ class TrainConfig:
                 at[epoch] = event.label
         if not self.methods or not all(isinstance(x, Method) for x in self.methods):
             raise ValueError(f"methods must be a non-empty tuple of method configs, got {self.methods!r}")
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) or \
+                self.calibration_batches < 0:
+            raise ValueError(f"calibration_batches must be an int >= 0 (0: weight-only factors), "
+                             f"got {self.calibration_batches!r}")
         exclude_filter(self.exclude)  # a bad regex is one error now; one matching no layer when the run starts
         if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
             raise ValueError(f"subset must be a positive int, got {self.subset!r}")
@@ -148,6 +154,8 @@ class TrainConfig:
         if as_profiler(self.keep_if_faster) is not None:  # absent when off, like events; the clock is no setting
             out["keep_if_faster"] = True
         del out["events"]
+        if not self.calibration_batches:  # absent when 0: checkpoints from before it resume unchanged
+            del out["calibration_batches"]
         if self.events:  # absent when empty: checkpoints from before events resume unchanged
             out["events"] = [e.describe() for e in self.events]
         return out
@@ -158,7 +166,7 @@ RUNTIME_ONLY = ("data_dir", "device", "workers")
 # Settings that only shape a decomposition: irrelevant to a run that never decomposes, so its
 # checkpoint serves runs with other such settings (a resumed original, original-then-dec+E with
 # another --rank started from it).
-DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude", "keep_if_faster")
+DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude", "calibration_batches", "keep_if_faster")
 
 
 def uses_methods(config: dict[str, Any]) -> bool:

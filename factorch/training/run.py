@@ -88,7 +88,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     channels_last = uses_channels_last(cfg.channels_last, model, device)  # the rule: channels_last for conv models
     to_memory_format(model, channels_last)
     events = cfg.build_events()
-    run = RunContext(cfg, model, example, dist, log)
+    run = RunContext(cfg, model, example, dist, log, train_set)
     for event in events:  # before the directory exists: an event's bad input leaves nothing behind
         event.begin(run, len(history))
     if same_run:

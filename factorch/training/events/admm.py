@@ -91,7 +91,7 @@ class ADMMPhase(Event):
             return None
         if epoch == self.until:  # decompose the trained W at Z's ranks (every rank gets rank 0's factors)
             admm, self._admm = self._admm, None
-            report = admm.decompose_()
+            report = admm.decompose_(run.calibration())
             return Change("decompose", [r.name for r in report.decomposed],
                           {r.name: r.skipped for r in report.skipped}, report if run.dist.is_main else None)
         if 0 < epoch and self.update_every is None:  # the official code: not before the first epoch

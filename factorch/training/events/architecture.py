@@ -93,14 +93,16 @@ def _nothing_decomposed(skipped: dict[str, str]) -> str:
 
 def decompose_event(model: nn.Module, methods: Sequence[Method], example_input: torch.Tensor,
                     dist: Distributed, first_conv: bool = False, exclude: Sequence[str] = (),
+                    calibration: Optional[Sequence[torch.Tensor]] = None,
                     keep_if_faster: Optional[Profiler] = None) -> Change:
-    """``decompose_`` the (unwrapped) ``model`` in place, on rank 0, and make every rank identical.
+    """``decompose_`` the (unwrapped) ``model`` in place, on rank 0, and make every rank identical;
+    ``calibration``: input batches for data-aware factors and ranks (rank 0's).
 
     ``keep_if_faster`` (a profiler, see ``training_profiler``): rank 0 times each candidate and
     keeps the layers whose factorized form is not faster dense; the others follow its spec."""
     keep = layer_filter(first_conv, exclude, model)
     return decomposed_on_main(model, dist, lambda: decompose_(model, list(methods), filter_fn=keep,
-                                                                  example_input=example_input,
+                                                                  example_input=example_input, calibration=calibration,
                                                                   keep_if_faster=keep_if_faster or False))
 
 
@@ -146,7 +148,8 @@ class Decompose(Event):
         cfg = run.cfg
         timing = training_profiler(cfg.keep_if_faster, cfg.batch_size // run.dist.world,
                                    uses_channels_last(cfg.channels_last, run.model, run.dist.device), cfg.amp)
-        return decompose_event(run.model, cfg.methods, run.example, run.dist, cfg.first_conv, cfg.exclude, timing)
+        return decompose_event(run.model, cfg.methods, run.example, run.dist, cfg.first_conv, cfg.exclude,
+                               calibration=run.calibration() if run.dist.is_main else None, keep_if_faster=timing)
 
 
 @dataclass

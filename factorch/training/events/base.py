@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from factorch.report import Report
 from factorch.surgery import FilterFn
@@ -59,13 +60,31 @@ class Change:
 @dataclass
 class RunContext:
     """What an event may use: the run's settings, the (unwrapped) model it changes in place, an
-    example input (batch 1, for MACs), the process group and the log."""
+    example input (batch 1, for MACs), the process group, the log and the training set (for
+    calibration batches)."""
 
     cfg: "TrainConfig"
     model: nn.Module
     example: torch.Tensor
     dist: Distributed
     log: Callable[[str], None]
+    train_set: Optional[Dataset] = None
+
+    def calibration(self) -> Optional[list[torch.Tensor]]:
+        """``cfg.calibration_batches`` batches of training inputs (no labels) for data-aware factors
+        and ranks, or None (weight-only). The same examples whenever it is called (a seeded draw),
+        without moving the global RNG that orders and augments the training data: a resumed run
+        decomposes exactly as an uninterrupted one."""
+        n = self.cfg.calibration_batches
+        if not n or self.train_set is None:
+            return None
+        with torch.random.fork_rng(devices=[]):  # augmentation draws from the global RNG: seeded here, restored after
+            torch.manual_seed(self.cfg.seed + 1)
+            order = torch.randperm(len(self.train_set))
+            picks = order[:n * self.cfg.batch_size].tolist()
+            size = self.cfg.batch_size
+            return [torch.stack([self.train_set[i][0] for i in picks[k:k + size]]).to(self.example.device)
+                    for k in range(0, len(picks), size)]
 
     def filter_fn(self) -> FilterFn:
         """The layers the run's decomposition settings leave dense (first conv, ``exclude``)."""

@@ -1,0 +1,131 @@
+"""The one decision path (factorch.registry.decide): a list means the first method that handles a
+layer usefully, notes on ranks that differ from what was asked, and one clear error naming the
+layer for broken input -- the model always left untouched."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.layers import SVDLinear, TTLinear, TuckerConv2d
+
+
+def _snapshot(model):
+    return [(n, t.clone()) for n, t in model.state_dict().items()], [type(m) for m in model.modules()]
+
+
+def _same(model, snap):
+    state, types = snap
+    now = model.state_dict()
+    return types == [type(m) for m in model.modules()] and all(
+        torch.equal(now[n], t) or (torch.isnan(t).any() and torch.equal(now[n].isnan(), t.isnan())) for n, t in state)
+
+
+def test_a_list_passes_over_a_method_that_does_not_reduce_macs():
+    """[TT(8), SVD(8)] on a 64->10 Linear: TT's ranks cost more MACs than the dense layer, so SVD
+    decomposes it and the report says why TT was passed over."""
+    model = nn.Sequential(nn.Linear(64, 10))
+    report = fc.decompose_(model, [fc.TT(8), fc.SVD(8)], example_input=torch.zeros(1, 64))
+    (row,) = report.rows
+    assert isinstance(model[0], SVDLinear) and row.method == "svd" and row.ranks == (8,)
+    assert "tt passed over: ranks" in row.note and "do not reduce MACs" in row.note
+    assert "tt passed over" in str(report)
+    # alone, TT leaves it dense with that reason; the order of the list matters
+    alone = fc.plan(nn.Sequential(nn.Linear(64, 10)), fc.TT(8), example_input=torch.zeros(1, 64))
+    assert "do not reduce MACs" in alone.rows[0].skipped
+    first = fc.plan(nn.Sequential(nn.Linear(64, 10)), [fc.SVD(8), fc.TT(8)], example_input=torch.zeros(1, 64))
+    assert first.rows[0].method == "svd" and not first.rows[0].note
+
+
+def test_a_list_passes_over_rank_zero_and_reports_every_reason_when_nothing_is_useful():
+    model = nn.Sequential(nn.Linear(64, 64))  # random init: EVBMF finds only noise
+    report = fc.plan(model, [fc.SVD(fc.EVBMF()), fc.TT(64)], example_input=torch.zeros(1, 64))
+    (row,) = report.rows
+    assert not row.decomposed and row.method == "svd"
+    assert "svd: rank 0 from EVBMF" in row.skipped and "tt: ranks" in row.skipped
+    fallback = fc.plan(model, [fc.SVD(fc.EVBMF()), fc.SVD(0.25)], example_input=torch.zeros(1, 64))
+    assert fallback.rows[0].decomposed and "svd passed over: rank 0" in fallback.rows[0].note
+
+
+def test_a_fraction_below_rank_1_is_noted():
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
+    report = fc.plan(model, fc.Tucker2(0.001), example_input=torch.zeros(1, 16, 8, 8))
+    for row in report.rows:
+        assert row.ranks == (1, 1) and "fraction 0.001 is below rank 1" in row.note
+        kept = (row.params_after - 32) / (row.params_before - 32)
+        assert kept > 0.001 and f"keep {kept:.3g} of the weights" in row.note
+    assert "below rank 1" in str(report)
+
+
+def test_an_int_rank_above_full_is_capped_with_a_note():
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+    report = fc.decompose_(model, fc.Tucker2(12), example_input=torch.zeros(1, 3, 16, 16))
+    first, second = report.rows
+    assert first.ranks == (12, 3) and "capped at the full ranks (out 64, in 3)" in first.note
+    assert second.ranks == (12, 12) and not second.note
+
+
+@pytest.mark.parametrize("rank", [fc.EVBMF(), fc.Energy(0.9), fc.Tolerance(0.1), fc.Budget(params=0.3),
+                                  fc.Budget(macs=0.5)])
+@pytest.mark.parametrize("method", [fc.Tucker2, fc.TT, fc.CP])
+def test_non_finite_weights_are_one_error_naming_the_layer(method, rank):
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    with torch.no_grad():
+        model[2].weight[3, 1, 0, 2] = float("inf") if isinstance(rank, fc.Energy) else float("nan")
+    snap = _snapshot(model)
+    for verb in (fc.decompose_, fc.plan):
+        with pytest.raises(ValueError, match=r"layer '2' \(conv3x3 16->16\).*NaN or Inf") as e:
+            verb(model, method(rank), example_input=torch.zeros(1, 8, 8, 8))
+        assert "\n" not in str(e.value)
+    assert _same(model, snap)
+
+
+def test_reconstruct_of_a_broken_layer_is_one_error_naming_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Linear(6, 6), nn.Conv2d(16, 16, 3))
+    fc.decompose_(model, [fc.Tucker2(0.5), fc.SVD(0.5)])
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken[3].core.weight[0, 0, 0, 0] = float("nan")
+    snap = _snapshot(broken)
+    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) has NaN or Inf factors"):
+        fc.reconstruct_(broken)
+    assert _same(broken, snap) and isinstance(broken[0], TuckerConv2d)
+    missing = copy.deepcopy(model)
+    del missing[3].core
+    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) cannot be rebuilt as a dense layer: "
+                                         r"AttributeError"):
+        fc.reconstruct_(missing)
+    assert isinstance(missing[0], TuckerConv2d) and isinstance(missing[2], SVDLinear)
+    assert sorted(fc.reconstruct_(model)) == ["0", "2", "3"]
+
+
+@pytest.mark.parametrize("verb", [fc.decompose_, fc.plan])
+def test_a_meta_device_model_is_one_clear_error(verb):
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Linear(6, 6))
+    with pytest.raises(ValueError, match=r"on the meta device \(e.g. '0.weight'\).*to_empty"):
+        verb(model, [fc.Tucker2(0.5), fc.SVD(0.5)])
+    assert isinstance(model[0], nn.Conv2d) and model[0].weight.is_meta
+
+
+def test_tt_budget_allocates_bonds():
+    """Budget works for tensor trains too: bonds are scored by the full tensor's bond unfoldings."""
+    for budget in (fc.Budget(params=0.05), fc.Budget(macs=0.3)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+        report = fc.decompose_(model, fc.TT(budget), example_input=torch.zeros(1, 256))
+        assert all(isinstance(m, TTLinear) for m in (model[0], model[2]))
+        assert budget.fraction - 0.01 <= report.budgets[0].fraction <= budget.fraction
+
+
+def test_propose_is_the_decision_for_one_layer_and_method():
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    proposal = fc.registry.propose(fc.Tucker2(0.25), conv, (16, 8, 8))
+    assert proposal.layer_cls is TuckerConv2d and proposal.ranks == TuckerConv2d.resolve_rank(conv, 0.25)
+    assert isinstance(proposal.build(conv), TuckerConv2d)
+    with pytest.raises(ValueError, match="does not decompose.*1x1 conv: Tucker-2 needs"):
+        fc.registry.propose(fc.Tucker2(2), nn.Conv2d(16, 32, 1))
+    with pytest.raises(ValueError, match="do not reduce MACs"):
+        fc.registry.propose(fc.Tucker2((32, 16)), conv, (16, 8, 8))

@@ -1,0 +1,85 @@
+"""The rank model: every layer class's rank space costs exactly what ``fc.count`` counts on the real
+modules, and the one resolver applies one convention to every method."""
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.layers import FactorizedLayer
+from factorch.rank import resolve
+from factorch.registry import candidate
+from tests.cases import layer_classes, pairs
+
+
+def test_every_factorized_layer_class_is_covered():
+    assert layer_classes() == set(FactorizedLayer.registry.values())
+
+
+@pytest.mark.parametrize("method,make,shape", pairs())
+def test_params_and_macs_equal_fc_count_on_the_real_modules(method, make, shape):
+    torch.manual_seed(0)
+    dense = make()
+    found = candidate(method, dense)
+    space = found.space(dense)
+    x = torch.zeros(1, *shape)
+    counted = fc.count(dense, x)
+    assert counted.macs == space.dense_macs(shape)
+    assert counted.params == space.dense_params + space.bias
+    for spec in (1, 0.3, 0.05, tuple(space.full)):
+        ranks = resolve(spec, space).ranks
+        layer = found.layer_cls.empty_like(dense, ranks, **found.options)
+        assert layer.ranks == ranks
+        counted = fc.count(layer, x)
+        assert counted.macs == space.macs(ranks, shape), (spec, ranks)
+        assert counted.params == space.params(ranks) + space.bias, (spec, ranks)
+
+
+@pytest.mark.parametrize("method,make,shape", pairs())
+def test_one_convention_for_every_method(method, make, shape):
+    """int: a ceiling, capped per mode with a note; tuple: exact, above full is one error naming the
+    mode; fraction: the largest ranks within it, or rank 1 with a note; constructors take ints only."""
+    dense = make()
+    found = candidate(method, dense)
+    space = found.space(dense)
+    big = resolve(10 ** 6, space)
+    assert big.ranks == space.full and big.capped and "capped at the full ranks" in big.note
+    assert resolve(1, space).ranks == (1,) * len(space.modes) and not resolve(1, space).note
+    over = tuple(f + 1 if k == 0 else f for k, f in enumerate(space.full))
+    with pytest.raises(ValueError, match=f"exceeds the full rank of mode '{space.modes[0].name}'"):
+        resolve(over, space)
+    with pytest.raises(ValueError, match=r"has \d+ ranks"):
+        resolve((1,) * (len(space.modes) + 1), space)
+    for f in (0.5, 0.2):
+        r = resolve(f, space)
+        assert space.params(r.ranks) <= f * space.dense_params or (r.ranks == (1,) * len(r.ranks) and r.note)
+    tiny = resolve(1e-6, space)
+    assert tiny.ranks == (1,) * len(space.modes) and "below rank 1" in tiny.note
+    args = found.layer_cls.dense_args(dense, **found.options)
+    for bad in (over, 0.5, fc.Energy(0.9)):
+        with pytest.raises(ValueError, match="must be in|takes int ranks"):
+            found.layer_cls(**args, rank=bad)
+
+
+@pytest.mark.parametrize("method,make,shape", pairs())
+def test_rules_read_each_modes_spectra(method, make, shape):
+    """Energy(1.0) keeps every nonzero singular value: on a random layer, each one-unfolding mode
+    gets its unfolding's rank (at most the mode's full rank); Tolerance(0) likewise."""
+    torch.manual_seed(0)
+    dense = make()
+    found = candidate(method, dense)
+    space = found.space(dense)
+    for rule in (fc.Energy(1.0), fc.Tolerance(0.0)):
+        ranks = resolve(rule, space).ranks
+        assert all(1 <= r <= f for r, f in zip(ranks, space.full))
+        if method.name in ("tucker2", "svd", "tucker3"):  # one unfolding per mode: its rank
+            assert ranks == tuple(min(f, *space.spectra()[k][0][0].shape) for k, f in enumerate(space.full))
+
+
+def test_nan_weights_are_one_error_naming_the_layer_for_every_rule():
+    conv = nn.Conv2d(8, 8, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    space = fc.layers.TuckerConv2d.rank_space(conv)
+    for rule in (fc.EVBMF(), fc.Energy(0.9), fc.Tolerance(0.1)):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            resolve(rule, space)

@@ -134,15 +134,9 @@ def test_keep_if_faster_off_times_nothing(tmp_path, monkeypatch):
     assert TrainConfig(**BASE, keep_if_faster=fc.Profiler(timer=clock())).as_dict()["keep_if_faster"] is True
 
 
-def test_resume_across_the_timed_decomposition_is_exact(tmp_path, monkeypatch):
+def test_resume_across_the_timed_decomposition_is_exact(tmp_path, monkeypatch, kept_checkpoints):
     cfg = TrainConfig(**{**BASE, "epochs": 3}, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock()))
-    save_run, kept = run_module.save_run, tmp_path / "ckpts"
-    kept.mkdir()
-
-    def saving(path, **kw):
-        save_run(path, **kw)
-        shutil.copy(path, kept / f"epoch{kw['epoch']}.pt")
-    monkeypatch.setattr(run_module, "save_run", saving)
+    kept = kept_checkpoints
     train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
     clean = [{k: v for k, v in r.items() if k not in TIMES} for r in _rows(tmp_path / "clean")]

@@ -15,7 +15,7 @@ PLAIN_BASE  := $(PLAIN)/.torch-stamp
 PLAIN_STAMP := $(PLAIN)/.installed-stamp
 SOURCES     := $(shell find factorch -name '*.py')
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ demo: $(STAMP)
 test: $(STAMP) $(PLAIN_STAMP)
 	$(PY) -m pytest -q
 	env -u PYTHONDONTWRITEBYTECODE $(PLAIN_PY) tests/plain_install_smoke.py --installed $(PLAIN)/bin/factorch
+	PYTHON=$(PY) benchmarks/gpu_suite.sh --smoke
+
+# every GPU result file (benchmarks/gpu_suite.sh: under 8 minutes on one GPU; `make test` runs
+# its --smoke mode on the CPU so it cannot rot)
+gpu:
+	benchmarks/gpu_suite.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/decompose_speed.py

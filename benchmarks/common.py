@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where results files go: benchmarks/results, or $BENCH_RESULTS_DIR (gpu_suite.sh --smoke writes
+# its tiny-size runs elsewhere, never over the measured files)
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 
 
 def environment(device: str = "cpu") -> dict[str, str]:

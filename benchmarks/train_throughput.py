@@ -3,10 +3,15 @@
 Seed 000 (Elhoushi et al. 2019) reports total training-time speedups of 2.06x (VGG-19, Table 1),
 1.29x (DenseNet-40, Table 2) and 1.08x (ResNet-56, Table 3) on a K40c/P100 for "Dec. @ 10/20".
 This measures the per-epoch part of that: SGD steps (forward, backward, update) per second of the
-dense and the decomposed model, on synthetic CIFAR-shaped batches (3x32x32, 10 classes), the two
-models measured in alternation in one process (median of ``--repeats``, after warm-up, CUDA
-synchronised). The "dec@10 of 200" column turns the ratio into the paper's total:
-``200 / (10 + 190 / ratio)``.
+dense model, the model with every candidate conv decomposed, and the model as ``factorch train``'s
+decomposition event leaves it by default (``keep_if_faster``: each conv timed dense and factorized,
+forward+backward at the training batch, in the run's layout, and kept dense where factorizing is
+not faster; the event's own profiler, ``events.training_profiler``), on synthetic CIFAR-shaped
+batches (3x32x32, 10 classes), all measured in alternation in one process (median of
+``--repeats``, after warm-up, CUDA synchronised). The memory format is ``factorch train``'s
+(``--channels-last``/``--no-channels-last``; default: the run's rule, channels_last for these conv
+models on CPU and CUDA), the same for every model. The "dec@10 of 200" column turns the ratio into
+the paper's total: ``200 / (10 + 190 / ratio)``.
 
 Ranks: EVBMF needs trained weights (random init gives rank 0), so each model is decomposed at a
 uniform fraction of every kxk conv's parameters (``fc.Tucker2(f)``; the first conv and the
@@ -15,7 +20,7 @@ the paper's parameter count after EVBMF: VGG-19 749K (Table 1, dec@10), DenseNet
 dec@20), ResNet-56 508K (Table 3, dec@10).
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--batch 128] [--steps 3] [--repeats 5]
-        [--amp] [--channels-last] [--models vgg19,resnet56,densenet40]
+        [--amp] [--[no-]channels-last] [--[no-]keep-if-faster] [--models vgg19,resnet56,densenet40]
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 
 import factorch as fc
 from factorch.layers import TuckerConv2d
-from factorch.training.events import layer_filter
+from factorch.training.events import layer_filter, training_profiler
+from factorch.training.loop import to_memory_format, uses_channels_last
 from common import environment, time_alternating, write_results
 
 # the paper's decomposed parameter counts and total speedups (Tables 1-3)
@@ -81,7 +87,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--amp", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format (default: factorch train's rule)")
+    p.add_argument("--keep-if-faster", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the model the decomposition event keeps (default on)")
     p.add_argument("--models", default="vgg19,resnet56,densenet40")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
@@ -89,48 +98,67 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
         dense = fc.models.create(name)
         target, paper_speedup = PAPER[name]
         f = fraction_for(dense, target)
-        small = copy.deepcopy(dense)
-        report = fc.decompose_(small, fc.Tucker2(f), filter_fn=layer_filter(False, [], small),
-                               example_input=torch.zeros(EXAMPLE))
-        dense, small = (m.to(args.device, memory_format=fmt) for m in (dense, small))
+        dense = dense.to(args.device)
+        channels_last = uses_channels_last(args.channels_last, dense, args.device)
         example = torch.zeros(EXAMPLE, device=args.device)
-        counts = [fc.count(m, example) for m in (dense, small)]
+        small = copy.deepcopy(dense)
+        report = fc.decompose_(small, fc.Tucker2(f), filter_fn=layer_filter(False, [], small), example_input=example)
+        models = [dense, small]
+        if args.keep_if_faster:  # what the decomposition event of `factorch train` keeps, by its own timing
+            kept = copy.deepcopy(dense)
+            timing = training_profiler(True, args.batch, channels_last, args.amp)
+            kept_report = fc.decompose_(kept, fc.Tucker2(f), filter_fn=layer_filter(False, [], kept),
+                                        example_input=example, keep_if_faster=timing)
+            models.append(kept)
+        for m in models:
+            to_memory_format(m, channels_last)
+        counts = [fc.count(m, example) for m in models]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.randn(args.batch, 3, 32, 32, device=args.device).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (args.batch,), device=args.device)
-        t_dense, t_small = time_alternating([step_fn(dense, x, y, args.steps, args.amp),
-                                             step_fn(small, x, y, args.steps, args.amp)],
-                                            repeats=args.repeats, warmup=args.warmup, device=args.device)
-        ratio = t_dense / t_small
+        times = time_alternating([step_fn(m, x, y, args.steps, args.amp) for m in models],
+                                 repeats=args.repeats, warmup=args.warmup, device=args.device)
+        img_s = [args.batch * args.steps / t for t in times]
+        ratio = times[0] / times[1]
         print(f"{name}: fraction {f:.4f}, {len(report.decomposed)} convs decomposed, params "
-              f"{counts[0].params:,} -> {counts[1].params:,}, {args.batch * args.steps / t_dense:.1f} -> "
-              f"{args.batch * args.steps / t_small:.1f} img/s, {ratio:.2f}x", flush=True)
-        rows.append({"model": name, "fraction": round(f, 4), "convs_decomposed": len(report.decomposed),
-                     "params": counts[0].params, "params_dec": counts[1].params,
-                     "MACs": counts[0].macs, "MACs_dec": counts[1].macs,
-                     "MACs_ratio": round(counts[0].macs / counts[1].macs, 2),
-                     "img_s": round(args.batch * args.steps / t_dense, 1),
-                     "img_s_dec": round(args.batch * args.steps / t_small, 1),
-                     "epoch_speedup": round(ratio, 3),
-                     "total_dec10_of_200": round(200 / (10 + 190 / ratio), 3),
-                     "paper_total": paper_speedup})
+              f"{counts[0].params:,} -> {counts[1].params:,}, {img_s[0]:.1f} -> {img_s[1]:.1f} img/s, {ratio:.2f}x",
+              flush=True)
+        row = {"model": name, "layout": "channels_last" if channels_last else "NCHW", "fraction": round(f, 4),
+               "convs_decomposed": len(report.decomposed), "params": counts[0].params, "params_dec": counts[1].params,
+               "MACs": counts[0].macs, "MACs_dec": counts[1].macs,
+               "MACs_ratio": round(counts[0].macs / counts[1].macs, 2),
+               "img_s": round(img_s[0], 1), "img_s_dec": round(img_s[1], 1),
+               "epoch_speedup": round(ratio, 3),
+               "total_dec10_of_200": round(200 / (10 + 190 / ratio), 3),
+               "paper_total": paper_speedup}
+        if args.keep_if_faster:
+            kept_ratio = times[0] / times[2]
+            dense_kept = [r.name for r in kept_report.skipped if r.skipped.startswith("kept dense")]
+            print(f"  keep_if_faster: {len(kept_report.decomposed)} factorized, {len(dense_kept)} kept dense, "
+                  f"{counts[2].params:,} params, {img_s[2]:.1f} img/s, {kept_ratio:.2f}x", flush=True)
+            row.update({"convs_kept_dense": len(dense_kept), "params_kept": counts[2].params,
+                        "img_s_kept": round(img_s[2], 1), "epoch_speedup_kept": round(kept_ratio, 3),
+                        "total_dec10_of_200_kept": round(200 / (10 + 190 / kept_ratio), 3)})
+        rows.append(row)
     env = environment(args.device)
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
     notes = [f"Batch {args.batch}, {args.steps} SGD steps per timed run, median of {args.repeats} alternating runs "
-             f"after {args.warmup} warm-up run(s); AMP {'on' if args.amp else 'off'}, "
-             f"channels_last {'on' if args.channels_last else 'off'}.",
+             f"after {args.warmup} warm-up run(s); AMP {'on' if args.amp else 'off'}; layout per row "
+             f"({'given' if args.channels_last is not None else 'factorch train default'}), the same for all models.",
+             "_kept: the model as the decomposition event leaves it with keep_if_faster (factorch train's default): "
+             "convs whose factorized form was not faster forward+backward at this batch stay dense.",
              "Ranks: Tucker-2 at a uniform fraction of each kxk conv's parameters, chosen so the parameter count "
              "matches the paper's EVBMF result (first conv and classifier dense). paper_total: the paper's "
              "measured total training speedup; total_dec10_of_200: this run's ratio applied to 10 dense + 190 "
              "decomposed epochs."]
     tag += "_amp" if args.amp else ""
-    tag += "_channels_last" if args.channels_last else ""
+    tag += {None: "", True: "_channels_last", False: "_nchw"}[args.channels_last]
     paths = write_results(f"train_throughput_{tag}", rows, env, notes)
     print("wrote", *paths)
 

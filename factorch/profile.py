@@ -17,6 +17,7 @@ wall-clock time).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -26,7 +27,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Latency", "Profiler", "Timer", "compare", "default_timer", "measure"]
+__all__ = ["Latency", "Profiler", "Timer", "autocast", "compare", "default_timer", "measure"]
 
 Timer = Callable[[nn.Module, Callable[[], None]], float]
 
@@ -39,7 +40,8 @@ class Profiler:
     caller); ``warmup`` untimed calls, then ``runs`` timed ones (the median is kept);
     ``backward``: also time forward+backward (a training step's cost, gradients w.r.t. the
     parameters and the input); ``device``: where to run (None: where the module is);
-    ``channels_last``: NHWC memory layout for module and input; ``threads``: CPU threads while
+    ``channels_last``: NHWC memory layout for module and input; ``amp``: under autocast, as
+    training's ``--amp`` (float16 on CUDA, bfloat16 elsewhere); ``threads``: CPU threads while
     timing (None: torch's setting; 1 gives stable numbers on a machine shared with other jobs,
     where a multi-threaded op waits for its slowest thread's time slice); ``timer``: the clock
     (None: CUDA events on a GPU, ``perf_counter`` otherwise).
@@ -51,6 +53,7 @@ class Profiler:
     backward: bool = False
     device: Optional[str] = None
     channels_last: bool = False
+    amp: bool = False
     threads: Optional[int] = None
     timer: Optional[Timer] = field(default=None, compare=False)
 
@@ -113,22 +116,32 @@ def _prepare(module: nn.Module, profiler: Profiler, device: torch.device) -> nn.
     return module.to(memory_format=torch.channels_last) if profiler.channels_last else module
 
 
-def _calls(module: nn.Module, x: Tensor, backward: bool) -> Callable[[], None]:
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """Mixed precision as training runs it: float16 on CUDA (with a GradScaler), bfloat16 elsewhere."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+def _calls(module: nn.Module, x: Tensor, backward: bool, amp: bool = False) -> Callable[[], None]:
     """One call of ``module``: inference (eval mode, no grad), or a training step's forward and
-    backward (train mode; gradients w.r.t. parameters and input, as for a mid-network layer)."""
+    backward (train mode; gradients w.r.t. parameters and input, as for a mid-network layer);
+    under autocast with ``amp``."""
     if not backward:
         module.eval()
 
         def forward() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(x.device, amp):
                 module(x)
         return forward
     module.train()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(x.device, amp):
         grad = torch.randn_like(module(x))  # the upstream gradient, made outside the timed calls
 
     def forward_backward() -> None:
-        module(x).backward(grad)
+        with autocast(x.device, amp):
+            out = module(x)
+        out.backward(grad)
     return forward_backward
 
 
@@ -189,7 +202,7 @@ def _time_interleaved(modules: dict[str, nn.Module], x: Tensor, modes: list[tupl
     result: dict[str, dict[str, float]] = {k: {} for k in modules}
     for mode, backward in modes:
         xin = x.detach().requires_grad_(True) if backward else x  # a mid-network layer also gets d/dx
-        calls = {k: _calls(m, xin, backward) for k, m in modules.items()}
+        calls = {k: _calls(m, xin, backward, profiler.amp) for k, m in modules.items()}
         for _ in range(profiler.warmup):
             for run in calls.values():
                 run()

@@ -36,3 +36,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def kept_checkpoints(monkeypatch, tmp_path):
+    """While a training run writes its checkpoints, copy each epoch's aside to the returned folder
+    as ``epoch<N>.pt`` (to resume from every epoch boundary); ``monkeypatch.undo()`` stops it."""
+    import shutil
+
+    import factorch.training.run as run_module
+
+    save_run, into = run_module.save_run, tmp_path / "kept-checkpoints"
+    into.mkdir()
+
+    def saving(path, **kw):
+        save_run(path, **kw)
+        shutil.copy(path, into / f"epoch{kw['epoch']}.pt")
+    monkeypatch.setattr(run_module, "save_run", saving)
+    return into

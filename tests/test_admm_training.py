@@ -185,7 +185,7 @@ def test_experiment_with_admm_table_and_figure(tmp_path, capsys):
     out = tmp_path / "exp"
     argv = ["experiment", "--model", "lenet5", "--subset", "96", "--epochs", "3", "--batch-size", "32",
             "--method", "tucker2,svd", "--rank", "0.5", "--admm-rho", "0.01",
-            "--scenarios", "dec@2,admm@2", "--out", str(out)]
+            "--scenarios", "dec@2,admm@2", "--no-keep-if-faster", "--out", str(out)]  # same layers in both
     assert run(argv) == 0
     rows = {r["scenario"]: r for r in csv.DictReader((out / "results.csv").open())}
     dec, admm = rows["dec@2"], rows["admm@2"]

@@ -65,16 +65,9 @@ def test_calibration_batches_are_the_same_whenever_drawn():
                       data).calibration() is None
 
 
-def test_resume_after_a_calibrated_decomposition_is_exact(tmp_path, monkeypatch):
+def test_resume_after_a_calibrated_decomposition_is_exact(tmp_path, monkeypatch, kept_checkpoints):
     cfg = TrainConfig(**BASE, epochs=3, decompose_at=1, calibration_batches=2)
-    save_run, kept = run_module.save_run, tmp_path / "kept"
-    kept.mkdir()
-
-    def saving(path, **kw):
-        save_run(path, **kw)
-        shutil.copy(path, kept / f"epoch{kw['epoch']}.pt")
-
-    monkeypatch.setattr(run_module, "save_run", saving)
+    kept = kept_checkpoints
     clean = train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
     for k in (1, 2):  # before the decomposition (it runs again) and after it

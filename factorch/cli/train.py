@@ -46,7 +46,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="the memory format (default: channels_last for conv models on CPU and CUDA, where it is "
+                        "faster; --no-channels-last: NCHW)")
+    g.add_argument("--keep-if-faster", action=argparse.BooleanOptionalAction, default=True,
+                   help="at a decomposition, time each layer dense and factorized (forward+backward at the training "
+                        "batch) and keep it dense where factorizing is not faster (default on)")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     g.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the last finished epoch")
 
@@ -67,18 +72,25 @@ def _config(args: argparse.Namespace, **events) -> TrainConfig:
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         methods=tuple(parse_methods(args.method, parse_rank(args.rank))), first_conv=args.first_conv,
-        exclude=tuple(args.exclude), calibration_batches=args.calibration_batches, subset=args.subset, augment=not args.no_augment, amp=args.amp,
-        channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed, **events)
+        exclude=tuple(args.exclude), calibration_batches=args.calibration_batches, subset=args.subset,
+        augment=not args.no_augment, amp=args.amp, channels_last=args.channels_last,
+        keep_if_faster=args.keep_if_faster, device=args.device, workers=args.workers, seed=args.seed, **events)
+
+
+NEGATABLE = ("channels_last", "keep_if_faster")  # --x / --no-x options: False is written as --no-x
 
 
 def _command(args: argparse.Namespace, parser_name: str, skip: tuple[str, ...] = ()) -> str:
     """The command line that reproduces this run, from the parsed values."""
     parts = ["factorch", parser_name]
     for key, value in vars(args).items():
-        if key in ("run", "command", *skip) or value is None or value is False or value == []:
+        if key in ("run", "command", *skip) or value is None or value == [] or \
+                (value is False and key not in NEGATABLE):
             continue
         flag = "--" + key.replace("_", "-")
-        if value is True:
+        if value is False and key in NEGATABLE:
+            parts.append("--no-" + flag[2:])
+        elif value is True:
             parts.append(flag)
         else:
             for v in value if isinstance(value, list) else [value]:

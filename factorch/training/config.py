@@ -4,9 +4,10 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from factorch.methods import Method, Tucker2
+from factorch.profile import Profiler, as_profiler
 from factorch.rank import EVBMF
 from factorch.surgery import exclude_filter
 from factorch.training.events import Decompose, Event, Reconstruct
@@ -54,6 +55,17 @@ class TrainConfig:
     the paper leaves it dense: EVBMF on 3 input channels is noise) and ``exclude`` (regexes, full
     match, of layer names left dense) and ``calibration_batches`` (that many training batches, inputs
     only, for data-aware factors and ranks; 0: weight-only) say how every event decomposes.
+
+    ``channels_last``: the memory format of the model and its inputs (None, "auto": channels_last
+    for conv models on CPU and CUDA, where it is measured faster; ``loop.uses_channels_last``),
+    applied again after every change of architecture. ``keep_if_faster`` (the ``Decompose`` event,
+    ``decompose_at``): time each candidate layer dense and factorized, forward+backward at the
+    per-process training batch, its real input size, the run's memory format and AMP setting, and
+    keep it dense where the factorized form is not faster (``decompose_(keep_if_faster=...)``); a
+    ``fc.Profiler`` gives the clock, warm-up and runs (``events.training_profiler``). Off by
+    default here, so a run's result is a function of its settings and seed alone; ``factorch
+    train`` turns it on (``--no-keep-if-faster``). The decision is made once, on rank 0, and the
+    checkpoint holds the architecture it chose: a resumed run continues it exactly.
     """
 
     model: str = "vgg19"
@@ -75,7 +87,8 @@ class TrainConfig:
     subset: Optional[int] = None
     augment: bool = True
     amp: bool = False
-    channels_last: bool = False
+    channels_last: Optional[bool] = None
+    keep_if_faster: Union[bool, Profiler] = False
     device: str = "auto"
     workers: int = 0
     seed: int = 0
@@ -112,6 +125,9 @@ class TrainConfig:
         exclude_filter(self.exclude)  # a bad regex is one error now; one matching no layer when the run starts
         if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
             raise ValueError(f"subset must be a positive int, got {self.subset!r}")
+        if self.channels_last not in (None, True, False):
+            raise ValueError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
+        as_profiler(self.keep_if_faster)  # True, False or a fc.Profiler
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
@@ -134,6 +150,9 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["methods"] = [repr(m) for m in self.methods]
         out["milestones"], out["exclude"] = list(self.milestones), list(self.exclude)
+        del out["keep_if_faster"]
+        if as_profiler(self.keep_if_faster) is not None:  # absent when off, like events; the clock is no setting
+            out["keep_if_faster"] = True
         del out["events"]
         if not self.calibration_batches:  # absent when 0: checkpoints from before it resume unchanged
             del out["calibration_batches"]
@@ -147,7 +166,7 @@ RUNTIME_ONLY = ("data_dir", "device", "workers")
 # Settings that only shape a decomposition: irrelevant to a run that never decomposes, so its
 # checkpoint serves runs with other such settings (a resumed original, original-then-dec+E with
 # another --rank started from it).
-DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude", "calibration_batches")
+DECOMPOSITION_ONLY = ("methods", "first_conv", "exclude", "calibration_batches", "keep_if_faster")
 
 
 def uses_methods(config: dict[str, Any]) -> bool:

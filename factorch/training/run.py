@@ -37,7 +37,7 @@ from factorch.training.config import (DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainCon
 from factorch.training.distributed import Distributed
 from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
-from factorch.training.loop import count_correct, train_epoch
+from factorch.training.loop import count_correct, to_memory_format, train_epoch, uses_channels_last
 
 
 def print_line(line: str) -> None:
@@ -88,8 +88,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         apply_spec(model, state["factorized"])
         load_weights(model, state["model"], source)
         history = list(state["history"])
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = uses_channels_last(cfg.channels_last, model, device)  # the rule: channels_last for conv models
+    to_memory_format(model, channels_last)
     events = cfg.build_events()
     run = RunContext(cfg, model, example, dist, log, train_set)
     for event in events:  # before the directory exists: an event's bad input leaves nothing behind
@@ -132,24 +132,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         event_seconds = time.perf_counter() - t0
         event_acc = None
         if changes:  # a new architecture: new parameters for the optimizer, DDP and the counts
-            if cfg.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            to_memory_format(model, channels_last)  # the new factor layers too
             optimizer = rebuild_optimizer(optimizer, model)
             net = dist.wrap(model)
             counts = count(model, example)
-            event_acc = _accuracy(model, test_loader, dist, cfg)
+            event_acc = _accuracy(model, test_loader, dist, cfg, channels_last)
             for change in changes:
                 _log_change(log, epoch, change, event_acc, counts.params)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr_at(epoch)
         sampler.set_epoch(epoch)
-        stats = train_epoch(net, loader, optimizer, device, scaler, amp=cfg.amp, channels_last=cfg.channels_last,
+        stats = train_epoch(net, loader, optimizer, device, scaler, amp=cfg.amp, channels_last=channels_last,
                             desc=f"epoch {epoch + 1}/{cfg.epochs}", extra_loss=lambda: _loss_terms(events),
                             after_step=lambda: [event.after_step() for event in events])
         loss_sum, correct, samples = dist.sum([stats["loss"] * stats["samples"], stats["acc"] * stats["samples"],
                                                stats["samples"]])
         t1 = time.perf_counter()
-        test_acc = _accuracy(model, test_loader, dist, cfg)
+        test_acc = _accuracy(model, test_loader, dist, cfg, channels_last)
         elapsed += event_seconds + stats["seconds"]
         row = {"epoch": epoch + 1, "lr": schedule.lr_at(epoch), "train_loss": loss_sum / max(samples, 1),
                "train_acc": correct / max(samples, 1), "test_acc": test_acc,
@@ -229,11 +228,12 @@ def _input_size(dataset: Any, meta: fdata.DatasetInfo) -> tuple[int, int]:
     return tuple(dataset[0][0].shape[-2:]) if len(dataset) else meta.input_size
 
 
-def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg: TrainConfig) -> float:
+def _accuracy(model: torch.nn.Module, loader: DataLoader, dist: Distributed, cfg: TrainConfig,
+              channels_last: bool) -> float:
     """Test accuracy of the model rank 0 saves: its batch-norm statistics on every rank, each rank
     scoring its disjoint shard (no padding), the counts summed."""
     dist.broadcast_model(model, buffers_only=True)
-    correct, total = count_correct(model, loader, dist.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    correct, total = count_correct(model, loader, dist.device, amp=cfg.amp, channels_last=channels_last)
     correct, total = dist.sum([correct, total])
     return correct / max(total, 1)
 

@@ -16,7 +16,7 @@ then the new route; ``cpu_s`` is the process CPU time (less sensitive to other l
 time); ``peak_extra_GB`` the largest resident memory above the level before the call, sampled
 every 5 ms.
 
-    nice python benchmarks/svd_speed.py [--sizes 8192:1024,4096:256] [--decaying]
+    nice python benchmarks/svd_speed.py [--sizes 8192:1024,4096:256] [--decaying] [--no-before --tag cpu_after]
 """
 from __future__ import annotations
 
@@ -64,21 +64,30 @@ def _error(w: torch.Tensor, out) -> float:
     return float((w - (u * s) @ vh).norm())
 
 
-def compare(name: str, w: torch.Tensor, rank: int, with_svdvals: bool) -> list[dict]:
+def compare(name: str, w: torch.Tensor, rank: int, with_svdvals: bool, before: bool = True) -> list[dict]:
+    """Rows for one matrix; ``before=False`` skips the full SVD (minutes) and takes the optimum from
+    ``singular_values`` (the Gram's eigenvalues: exact for the sum of sigma^2 it needs)."""
     rows = []
     norm2 = float((w * w).sum())
-    full, t_full, c_full, m_full = measure(lambda: truncated_svd(w, rank, "full"))
-    optimum = max(norm2 - float((full[1] ** 2).sum()), 0.0) ** 0.5
+    if before:
+        full, t_full, c_full, m_full = measure(lambda: truncated_svd(w, rank, "full"))
+        kept = float((full[1] ** 2).sum())
+    else:
+        kept = float((singular_values(w)[:rank] ** 2).sum())
+    optimum = max(norm2 - kept, 0.0) ** 0.5
     route = svd_method(tuple(w.shape), rank)
     new, t_new, c_new, m_new = measure(lambda: truncated_svd(w, rank))
-    for label, out, t, c, m in (("full SVD (before)", full, t_full, c_full, m_full),
-                                (f"truncated_svd auto = {route} (after)", new, t_new, c_new, m_new)):
+    runs = ((("full SVD (before)", full, t_full, c_full, m_full),) if before else ()) + \
+        ((f"truncated_svd auto = {route} (after)", new, t_new, c_new, m_new),)
+    for label, out, t, c, m in runs:
         err = _error(w, out)
         rows.append({"matrix": name, "rank": rank, "method": label, "seconds": round(t, 2), "cpu_s": round(c, 2),
                      "peak_extra_GB": round(m / 1e9, 2), "rel_error": f"{err / norm2 ** 0.5:.6f}",
                      "error/optimal": f"{err / optimum:.5f}" if optimum > 0 else ""})
-    rows.append({"matrix": name, "rank": rank, "method": "speed-up (before/after)", "seconds": round(t_full / t_new, 1),
-                 "cpu_s": round(c_full / c_new, 1), "peak_extra_GB": "", "rel_error": "", "error/optimal": ""})
+    if before:
+        rows.append({"matrix": name, "rank": rank, "method": "speed-up (before/after)",
+                     "seconds": round(t_full / t_new, 1), "cpu_s": round(c_full / c_new, 1), "peak_extra_GB": "",
+                     "rel_error": "", "error/optimal": ""})
     if with_svdvals:
         for label, fn in (("torch.linalg.svdvals", lambda: torch.linalg.svdvals(w)),
                           ("singular_values (rank rules)", lambda: singular_values(w))):
@@ -95,6 +104,8 @@ def main() -> None:
     p.add_argument("--sizes", default="8192:1024,4096:256", help="comma list of SIZE:RANK (square Linear layers)")
     p.add_argument("--decaying", action="store_true", help="also a 4096 x 4096 low-rank + noise matrix at rank 256")
     p.add_argument("--tag", default="cpu")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip the full SVD (the optimum from the Gram's eigenvalues instead): the new route alone")
     args = p.parse_args()
     torch.manual_seed(0)
     env = environment("cpu")
@@ -102,13 +113,14 @@ def main() -> None:
     for item in args.sizes.split(","):
         size, rank = (int(v) for v in item.split(":"))
         w = nn.Linear(size, size).weight.detach().double()
-        rows += compare(f"nn.Linear({size}, {size}) init", w, rank, with_svdvals=size <= 4096)
+        rows += compare(f"nn.Linear({size}, {size}) init", w, rank, with_svdvals=size <= 4096 and not args.no_before,
+                        before=not args.no_before)
     if args.decaying:
         g = torch.Generator().manual_seed(1)
         a, b = torch.randn(4096, 512, generator=g, dtype=torch.float64), torch.randn(512, 4096, generator=g,
                                                                                      dtype=torch.float64)
         w = a @ b / 512 + 0.05 * torch.randn(4096, 4096, generator=g, dtype=torch.float64)
-        rows += compare("4096 x 4096, rank 512 + noise", w, 256, with_svdvals=False)
+        rows += compare("4096 x 4096, rank 512 + noise", w, 256, with_svdvals=False, before=not args.no_before)
     env["load average (1 min) at the end"] = f"{os.getloadavg()[0]:.2f}"
     notes = [
         "One run per method (the full SVD of 8192 x 8192 takes minutes), full SVD first. seconds: wall; cpu_s: "

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import factorch as fc
-import factorch.training.run as run_module
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
 from factorch.training.checkpoint import load_run
@@ -39,18 +38,6 @@ def _results(run_dir):
 def _same_weights(a, b):
     sa, sb = fc.load(a / "model.pt").state_dict(), fc.load(b / "model.pt").state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def _keep_checkpoints(monkeypatch, into):
-    """Copy every epoch's checkpoint aside while a run writes them."""
-    save_run = run_module.save_run
-
-    def saving(path, **kw):
-        save_run(path, **kw)
-        shutil.copy(path, into / f"epoch{kw['epoch']}.pt")
-
-    into.mkdir()
-    monkeypatch.setattr(run_module, "save_run", saving)
 
 
 BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05, methods=METHODS)
@@ -76,20 +63,19 @@ def test_admm_run_penalty_then_decomposition_at_the_fixed_ranks(tmp_path):
                                 "first_epoch": 0, "uses_methods": True}]
 
 
-def test_resume_at_every_epoch_boundary_is_exact(tmp_path, monkeypatch):
+def test_resume_at_every_epoch_boundary_is_exact(tmp_path, monkeypatch, kept_checkpoints):
     """Resumed from the checkpoint of each epoch (in the ADMM phase, at its end, after the
     decomposition), the run gives the uninterrupted run's metrics and weights, bit for bit; here
     with updates every 3 steps and a growing rho (step count and rho are state too; the per-epoch
     update resumes in the kill -9 test below)."""
     cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05, update_every=3, rho_growth=1.5),))
-    _keep_checkpoints(monkeypatch, tmp_path / "ckpts")
     clean = tmp_path / "clean"
     train(cfg, clean, log=lambda s: None)
     monkeypatch.undo()
     for k in (1, 2, 3):
         d = tmp_path / f"from{k}"
         d.mkdir()
-        shutil.copy(tmp_path / "ckpts" / f"epoch{k}.pt", d / "checkpoint.pt")
+        shutil.copy(kept_checkpoints / f"epoch{k}.pt", d / "checkpoint.pt")
         train(cfg, d, resume=True, log=lambda s: None)
         assert _results(d) == _results(clean), k
         assert _same_weights(d, clean), k
@@ -232,9 +218,8 @@ class CountSteps(Event):
         self._steps = state["steps"]
 
 
-def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch):
+def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch, kept_checkpoints):
     cfg = TrainConfig(**BASE, epochs=3, events=(CountSteps(weight=1e-3),))
-    _keep_checkpoints(monkeypatch, tmp_path / "ckpts")
     history = train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
     assert [r["steps"] for r in history] == [5, 10, 15]  # 160 examples, batch 32
@@ -242,7 +227,7 @@ def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch):
     assert plain[0]["train_loss"] != history[0]["train_loss"]  # its loss term acted
     d = tmp_path / "resumed"
     d.mkdir()
-    shutil.copy(tmp_path / "ckpts" / "epoch1.pt", d / "checkpoint.pt")
+    shutil.copy(kept_checkpoints / "epoch1.pt", d / "checkpoint.pt")
     assert load_run(d / "checkpoint.pt")["events"] == [{"steps": 5}]
     train(cfg, d, resume=True, log=lambda s: None)
     assert _results(d) == _results(tmp_path / "clean")

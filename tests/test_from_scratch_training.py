@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import factorch as fc
-import factorch.training.run as run_module
 from factorch.cli.main import run
 from factorch.layers.base import FactorizedLayer
 from factorch.training import TrainConfig, train
@@ -66,20 +65,12 @@ def test_cli_trains_from_scratch(tmp_path, capsys):
     assert "fresh" in capsys.readouterr().out  # the report: no approximation error for fresh layers
 
 
-def test_resume_after_the_first_epoch_is_exact(tmp_path, monkeypatch):
+def test_resume_after_the_first_epoch_is_exact(tmp_path, monkeypatch, kept_checkpoints):
     cfg = TrainConfig(**BASE, epochs=2, methods=(fc.Tucker2(0.3), fc.SVD(0.3)), events=(FromScratch(),))
-    save_run, kept = run_module.save_run, tmp_path / "epoch1.pt"
-
-    def saving(path, **kw):
-        save_run(path, **kw)
-        if kw["epoch"] == 1:
-            shutil.copy(path, kept)
-
-    monkeypatch.setattr(run_module, "save_run", saving)
     clean = train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
     (tmp_path / "resumed").mkdir()
-    shutil.copy(kept, tmp_path / "resumed" / "checkpoint.pt")
+    shutil.copy(kept_checkpoints / "epoch1.pt", tmp_path / "resumed" / "checkpoint.pt")
     resumed = train(cfg, tmp_path / "resumed", resume=True, log=lambda s: None)
     drop = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \

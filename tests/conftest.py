@@ -54,3 +54,29 @@ def kept_checkpoints(monkeypatch, tmp_path):
         shutil.copy(path, into / f"epoch{kw['epoch']}.pt")
     monkeypatch.setattr(run_module, "save_run", saving)
     return into
+
+
+def kill_after_epochs(argv, out, epochs):
+    """Run ``python -m factorch *argv --out out`` and kill -9 it once ``out/metrics.jsonl`` holds
+    ``epochs`` finished epochs (the next one under way): a crash mid-epoch, for resume tests."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    metrics = out / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "factorch", *argv, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while (len(metrics.read_text().splitlines()) if metrics.exists() else 0) < epochs and \
+                proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL

@@ -2,13 +2,8 @@
 boundary, and after kill -9), events' validation, and the event contract for a new event."""
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +11,7 @@ import pytest
 import torch
 
 import factorch as fc
+from conftest import kill_after_epochs
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
 from factorch.training.checkpoint import load_run
@@ -87,20 +83,7 @@ ARGS = ["train", "--model", "lenet5", "--dataset", "digits", "--subset", "600", 
 
 def test_kill_during_admm_then_resume_equals_uninterrupted(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "factorch", *ARGS, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        # one finished ADMM epoch in the checkpoint (Z, U), the second under way
-        while len(_rows(killed)) < 1 and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_epochs(ARGS, killed, 1)  # one finished ADMM epoch in the checkpoint (Z, U), the second under way
     done = load_run(killed / "checkpoint.pt")["epoch"]
     assert 1 <= done < 2, "killed outside the ADMM phase: the machine is too fast for this test's timing"
     assert load_run(killed / "checkpoint.pt")["events"][0]["admm"]["layers"]

@@ -1,15 +1,11 @@
 """Robust runs: a run killed with SIGKILL in the middle of an epoch resumes to the same result."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 import factorch as fc
+from conftest import kill_after_epochs
 from factorch.cli.main import run
 from factorch.training.checkpoint import load_run
 
@@ -30,20 +26,8 @@ def _results(run_dir):
 
 def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    cmd = [sys.executable, "-m", "factorch", *ARGS, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        # 3 finished epochs: the checkpoint holds the decomposed structure; epoch 4 is under way
-        while len(_lines(killed / "metrics.jsonl")) < 3 and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    # 3 finished epochs: the checkpoint holds the decomposed structure; epoch 4 is under way
+    kill_after_epochs(ARGS, killed, 3)
     done = load_run(killed / "checkpoint.pt")["epoch"]
     assert 3 <= done < 5 and not (killed / "model.pt").exists()
     assert run([*ARGS, "--out", str(killed), "--resume"]) == 0

@@ -8,7 +8,7 @@ and stays dense, and SVD for the classifier; mlp: SVD for all three layers), in 
 * ``weight-only``: ranks from the weights' spectra, factors fitted to the weights;
 * ``data-aware``: ``fc.Calibration(batches, sequential=False)``: ranks from the whitened spectra,
   data-aware factors fitted to the dense model's inputs, the held-out safety rule
-  (``factorch.data_aware``);
+  (``factorch.calibration.safety``);
 * ``data-aware sequential``: as ``data-aware``, each layer fitted to the inputs the already
   decomposed layers produce (``calibration=batches``: the default);
 
@@ -240,7 +240,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], path) -> None:
-    from factorch.plots import pyplot, save_figure
+    from factorch.measure.plots import pyplot, save_figure
 
     plt = pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows))

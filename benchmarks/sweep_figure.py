@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_figure.py benchmarks/results/sweep_vgg16_fashion_features3.csv [OUT.png]
 
-Writes OUT.png (default: the CSV's name with .png) with ``factorch.plots.sweep_panels``.
+Writes OUT.png (default: the CSV's name with .png) with ``factorch.measure.plots.sweep_panels``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from factorch.plots import sweep_panels
+from factorch.measure.plots import sweep_panels
 
 INTS = {"rank", "params_dense", "params_factorized", "macs_dense", "macs_factorized", "batch", "finetune_epochs"}
 TEXT = {"layer", "method", "ranks", "note", "device", "torch"}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import factorch as fc
-from factorch.profile import autocast
+from factorch.measure.latency import autocast
 from factorch.training.loop import to_memory_format, uses_channels_last
 from common import environment, time_alternating, write_results
 

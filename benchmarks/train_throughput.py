@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 import factorch as fc
 from factorch.layers import TuckerConv2d
-from factorch.training.events import layer_filter, training_profiler
+from factorch.selection import layer_filter
+from factorch.training.events import training_profiler
 from factorch.training.loop import to_memory_format, uses_channels_last
 from common import environment, time_alternating, write_results
 

@@ -93,7 +93,7 @@ def main() -> None:
 
 def plot(totals: dict, path) -> None:
     """MACs against params of the whole network's convs, one line per order."""
-    from factorch.plots import pyplot, save_figure
+    from factorch.measure.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -108,7 +108,7 @@ def main() -> None:
 def plot(rows: list[dict], path) -> None:
     import matplotlib.ticker
 
-    from factorch.plots import pyplot, save_figure
+    from factorch.measure.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

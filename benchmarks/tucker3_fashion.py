@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 import factorch as fc
 from common import RESULTS, environment, time_alternating, write_results
 from factorch.data import load
-from factorch.plots import pyplot, save_figure
+from factorch.measure.plots import pyplot, save_figure
 from factorch.training import evaluate, make_optimizer, rebuild_optimizer, train_epoch
 
 METHODS = {"tucker2": fc.Tucker2, "tucker3": fc.Tucker3}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import factorch as fc
 from factorch import data
-from factorch.profile import compare
+from factorch.measure.latency import compare
 
 BATCH = 64
 

@@ -16,11 +16,11 @@ from factorch import layers, models
 from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.calibration import Calibration
-from factorch.count import Counts, LayerCount, count
+from factorch.measure.count import Counts, LayerCount, count
 from factorch.export import export
 from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
-from factorch.profile import Latency, Profiler
+from factorch.measure.latency import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
 from factorch.report import BudgetResult, LayerReport, Report
 

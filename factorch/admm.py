@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.distributed as tdist
 from torch import Tensor, nn
 
 from factorch.api import decompose_, plan
+from factorch.distributed import Distributed
 from factorch.methods import Method
 from factorch.registry import NotApplicable, Proposal, candidate
 from factorch.report import Report
@@ -101,29 +101,6 @@ class _Layer:
         return self.module.weight
 
 
-def _world() -> int:
-    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
-
-
-def _is_main() -> bool:
-    return _world() == 1 or tdist.get_rank() == 0
-
-
-def _broadcast(tensors: Sequence[Tensor]) -> None:
-    """Rank 0's values into every rank's (contiguous) tensors, in place."""
-    if _world() > 1:
-        for t in tensors:
-            tdist.broadcast(t, src=0)
-
-
-def _broadcast_object(obj: Any) -> Any:
-    if _world() == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class ADMM:
     """ADMM state for ``model``: which layers, at which ranks, their ``Z`` and ``U``, and ``rho``.
 
@@ -148,8 +125,9 @@ class ADMM:
         if not self._methods or not all(isinstance(m, Method) for m in self._methods):
             raise ValueError(f"fc.ADMM takes a method config or a non-empty list of them, got {methods!r}")
         self.model, self.example_input, self.decomposed = model, example_input, False
+        self._group = Distributed.current()
         # rank 0 decides the layers and ranks (a rule such as EVBMF looks at the weights)
-        found = _broadcast_object(self._resolve(filter_fn) if _is_main() else None)
+        found = self._group.broadcast_object(self._resolve(filter_fn) if self._group.is_main else None)
         if isinstance(found, str):
             raise ValueError(found)  # on every rank
         self._layers = {name: self._layer(name, method_name, ranks) for name, method_name, ranks in found}
@@ -197,12 +175,12 @@ class ADMM:
     def _project(self) -> None:
         """``Z = P(W + U)`` on rank 0 (factorch's decomposition of a dense layer holding ``W + U``
         at the fixed ranks, rebuilt densely), then broadcast."""
-        if _is_main():
+        if self._group.is_main:
             for layer in self._layers.values():
                 w = layer.weight
                 factorized = layer.proposal.build(_holding(layer.module, w.detach() + layer.u))
                 layer.z.copy_(factorized.dense_weight().reshape(w.shape))  # onto Z's device and dtype
-        _broadcast([layer.z for layer in self._layers.values()])
+        self._group.broadcast_tensors([layer.z for layer in self._layers.values()])
 
     @torch.no_grad()
     def update(self) -> None:
@@ -212,7 +190,7 @@ class ADMM:
         self._project()
         for layer in self._layers.values():
             layer.u.add_(layer.weight.detach() - layer.z)
-        _broadcast([layer.u for layer in self._layers.values()])
+        self._group.broadcast_tensors([layer.u for layer in self._layers.values()])
         if self.rho_growth != 1.0:
             new = min(self.rho * self.rho_growth, self.rho_max)
             for layer in self._layers.values():
@@ -247,7 +225,7 @@ class ADMM:
         with torch.no_grad():
             for row in report.decomposed:
                 module = get_module(self.model, row.name)
-                _broadcast([t for t in (*module.parameters(), *module.buffers())])
+                self._group.broadcast_tensors([*module.parameters(), *module.buffers()])
         self.decomposed = True
         return report
 

@@ -12,11 +12,11 @@ from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
 from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
-from factorch.count import layer_macs, probe
-from factorch.data_aware import select, weight_error
+from factorch.measure.count import layer_macs, probe
+from factorch.calibration.safety import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
-from factorch.profile import Profiler, as_profiler, compare
+from factorch.measure.latency import Profiler, as_profiler, compare
 from factorch.progress import track
 from factorch.rank import RankRule
 from factorch.registry import Context, Decision, decide_all, layer_label, layer_types, nominal_shape
@@ -62,7 +62,7 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     and rank rules and budgets read the whitened spectra (``Energy`` = share of the output energy
     kept). The last quarter of the batches is held out: a layer keeps the data-aware factors only
     where the model's output on it is closer to the dense model's than with weight-only factors at
-    the same ranks (``factorch.data_aware``); the report gives both errors. Without
+    the same ranks (``factorch.calibration.safety``); the report gives both errors. Without
     ``example_input``, the first calibration sample sets the input size for MACs.
     """
     report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from factorch.io import atomic_write_bytes, check_writable
+from factorch.files import atomic_write_bytes, check_writable
 from factorch.layers.tt_linear import TTLinear
 
 __all__ = ["FORMATS", "ExportResult", "export"]

@@ -22,7 +22,7 @@ from factorch.methods import Method
 from factorch.rank import Budget, Item, Pool, RankRule, RankSpace, Resolution, allocate, resolve
 
 if TYPE_CHECKING:
-    from factorch.calibration import Whitening
+    from factorch.calibration.statistics import Whitening
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ class LayerReport:
     to know about a decomposed layer's ranks (capped at full rank, a fraction below rank 1, the
     methods of a list passed over and why).
 
-    With calibration data (``factorch.data_aware``): ``factors`` is ``"data-aware"`` or
+    With calibration data (``factorch.calibration.safety``): ``factors`` is ``"data-aware"`` or
     ``"weight-only"`` (the factors kept); ``output_error_data_aware`` / ``output_error_weight_only``
     are the relative errors of the *model's* output on the held-out calibration batches with this
     layer's data-aware / weight-only factors in place (the layers before it as kept, the rest

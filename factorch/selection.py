@@ -1,12 +1,20 @@
-"""Which method(s) each layer gets: one method, a list (first that applies wins), or a dict keyed
-by exact layer name, ``"re:<regex>"`` (full match, first in insertion order) or ``"_default"``;
-a ``None`` value leaves the matching layers dense."""
+"""Layer selection: which layers a decomposition touches and which method(s) each gets.
+
+``Selection``: one method, a list (first that applies wins), or a dict keyed by exact layer name,
+``"re:<regex>"`` (full match, first in insertion order) or ``"_default"``; a ``None`` value leaves
+the matching layers dense. ``exclude_filter`` / ``layer_filter``: the ``filter_fn`` of
+``--exclude`` regexes and of the convention that leaves a model's first conv dense (Elhoushi et
+al. 2019, section 4; Kim et al. 2016, section 3).
+"""
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+from torch import nn
 
 from factorch.methods import Method
+from factorch.surgery import FilterFn, walk
 
 MethodSpec = Union[Method, Sequence[Method]]
 Config = Union[MethodSpec, Mapping[str, Optional[MethodSpec]]]
@@ -65,3 +73,39 @@ class Selection:
             if pattern.fullmatch(name):
                 return methods
         return self.default
+
+
+def exclude_filter(patterns: Sequence[str], model: Optional[nn.Module] = None) -> Optional[FilterFn]:
+    """``filter_fn`` leaving dense every layer whose dotted name fully matches one of the
+    ``patterns`` (regexes); None without patterns. A bad regex is one clear error; with
+    ``model``, so is a regex that matches none of its layers (with weights): an exclusion that
+    excludes nothing is a typo, not a request."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as e:
+            raise ValueError(f"exclude regex {pattern!r} is invalid: {e}") from None
+    if model is not None and compiled:
+        names = [name for name, m in walk(model) if any(True for _ in m.parameters())]
+        for regex in compiled:
+            if not any(regex.fullmatch(name) for name in names):
+                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                raise ValueError(f"exclude regex {regex.pattern!r} matches no layer of the model (it must match a "
+                                 f"whole layer name); its layers: {shown}")
+    if not compiled:
+        return None
+    return lambda module, name: not any(r.fullmatch(name) for r in compiled)
+
+
+def layer_filter(first_conv: bool, exclude: Sequence[str], model: nn.Module) -> Callable[[nn.Module, str], bool]:
+    """``filter_fn`` for ``decompose_``: drop layers matching an ``exclude`` regex (a regex that
+    matches no layer of ``model`` is an error: ``exclude_filter``) and, unless
+    ``first_conv``, the model's first Conv2d (the paper leaves it dense)."""
+    excluded = exclude_filter(exclude, model)
+    first = None if first_conv else next((n for n, m in walk(model) if isinstance(m, nn.Conv2d)), None)
+
+    def keep(module: nn.Module, name: str) -> bool:
+        return name != first and (excluded is None or excluded(module, name))
+
+    return keep

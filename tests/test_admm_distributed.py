@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 METHODS = "[fc.Tucker2(fc.Energy(0.6)), fc.SVD(fc.Energy(0.6))]"
 WORKER = textwrap.dedent(f'''
     import sys, torch, torch.nn.functional as F, factorch as fc
-    from factorch.training.distributed import Distributed
+    from factorch.distributed import Distributed
     dist = Distributed.from_env("cpu")
     torch.manual_seed(0)
     model = fc.models.create("lenet5", num_classes=10, in_channels=1)

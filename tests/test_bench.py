@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import factorch as fc
-from factorch.bench import MODEL, bench, format_table
+from factorch.measure.bench import MODEL, bench, format_table
 from factorch.layers.base import FactorizedLayer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,7 +80,7 @@ def test_cli_bench_bad_input(tmp_path, capsys, argv, match):
 
 def test_cli_bench_prints_each_row_before_timing_the_next(capsys, monkeypatch):
     """A long bench is never silent: when layer k is timed, the rows of layers 0..k-1 are out."""
-    import factorch.profile
+    import factorch.measure.latency
     from factorch.cli.main import run
 
     seen = []  # per timer call: the table rows printed so far
@@ -90,7 +90,7 @@ def test_cli_bench_prints_each_row_before_timing_the_next(capsys, monkeypatch):
         seen.append(capsys.readouterr().out)
         return 1e-3
 
-    monkeypatch.setattr(factorch.profile, "default_timer", lambda device: clock)
+    monkeypatch.setattr(factorch.measure.latency, "default_timer", lambda device: clock)
     assert run(["bench", "--model", "resnet20", "--method", "tucker2", "--rank", "0.25", "--exclude", "layer[12].*|conv1",
                 "--batch", "2", "--runs", "1", "--warmup", "0", "--forward-only"]) == 0
     seen.append(capsys.readouterr().out)

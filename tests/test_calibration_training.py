@@ -12,7 +12,7 @@ import factorch.training.run as run_module
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
 from factorch.training.events import ADMMPhase, RunContext
-from factorch.training.distributed import Distributed
+from factorch.distributed import Distributed
 
 BASE = dict(model="lenet5", dataset="digits", subset=192, batch_size=32, lr=0.05, methods=(fc.Tucker2(0.4), fc.SVD(0.3)))
 DROP = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")

@@ -10,7 +10,7 @@ from torch import nn
 
 import factorch as fc
 from factorch.calibration import Calibration, Whitening, collect
-from factorch.data_aware import refit
+from factorch.calibration.safety import refit
 from factorch.decompositions.whitening import damped_cholesky
 from factorch.registry import Proposal, candidate
 from tests.cases import pairs

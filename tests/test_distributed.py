@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import factorch as fc
-from factorch.training.distributed import Distributed
+from factorch.distributed import Distributed
 from factorch.training.events import decompose_event
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 WORKER = textwrap.dedent('''
     import sys, torch, factorch as fc
-    from factorch.training.distributed import Distributed
+    from factorch.distributed import Distributed
     from factorch.training.events import decompose_event
     dist = Distributed.from_env("cpu")
     torch.manual_seed(dist.rank)            # different weights on each rank before the event
@@ -94,7 +94,7 @@ def test_ddp_logged_test_accuracy_is_the_saved_models(tmp_path):
 
 def test_torchrun_train_into_a_held_directory_stops_every_rank(tmp_path):
     """Rank 0 alone takes the lock; every rank must learn of the refusal (none left waiting)."""
-    from factorch.io import lock_dir
+    from factorch.files import lock_dir
 
     out = tmp_path / "run"
     with lock_dir(out):

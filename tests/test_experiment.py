@@ -84,7 +84,7 @@ def test_throughput_column_times_the_final_models_against_the_dense_one(tmp_path
     """A fake clock (seconds = the timed model's parameter count): the column is the dense model's
     time over each final model's, every model timed in one interleaved comparison."""
     import factorch as fc
-    from factorch.profile import Profiler
+    from factorch.measure.latency import Profiler
     from factorch.training import TrainConfig
     from factorch.training.experiment import run_experiment
 

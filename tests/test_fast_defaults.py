@@ -181,7 +181,7 @@ WORKER = textwrap.dedent('''
     import sys, torch, factorch as fc
     from torch import nn
     from factorch.layers.base import FactorizedLayer
-    from factorch.training.distributed import Distributed
+    from factorch.distributed import Distributed
     from factorch.training.events import decompose_event
     dist = Distributed.from_env("cpu")
     torch.manual_seed(dist.rank)            # different weights on each rank before the event

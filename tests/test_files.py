@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import factorch as fc
-from factorch.io import DirectoryLocked, atomic_write_text, lock_dir, remove_stale_temps
+from factorch.files import DirectoryLocked, atomic_write_text, lock_dir, remove_stale_temps
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="modes, pids and flock are POSIX")
 
@@ -72,7 +72,7 @@ def test_temps_of_killed_writers_are_removed_on_the_next_write(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from factorch.io import lock_dir
+    from factorch.files import lock_dir
     with lock_dir(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.readline()  # hold it until told (or killed)

@@ -117,7 +117,7 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch)
         fc.save(_decomposed(), path)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         fc.save(_decomposed(), tmp_path / "no" / "dir.pt")
 
 

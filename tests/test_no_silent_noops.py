@@ -6,8 +6,8 @@ from torch import nn
 
 import factorch as fc
 from factorch.cli.main import run
-from factorch.profile import compare, measure
-from factorch.surgery import exclude_filter
+from factorch.measure.latency import compare, measure
+from factorch.selection import exclude_filter
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # decompositions: LAPACK on a shared machine
 

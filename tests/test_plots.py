@@ -5,7 +5,7 @@ import stat
 import subprocess
 import sys
 
-import factorch.plots as plots
+import factorch.measure.plots as plots
 
 
 def _rows(epochs, events=(), time_per_epoch=1.0):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import factorch as fc
-from factorch.profile import compare, measure
+from factorch.measure.latency import compare, measure
 
 
 class FakeClock:

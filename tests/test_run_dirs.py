@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from factorch.cli.main import run
-from factorch.io import DirectoryLocked, lock_dir
+from factorch.files import DirectoryLocked, lock_dir
 from factorch.training import TrainConfig, train
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import parse_scenarios
@@ -74,7 +74,7 @@ def test_an_experiment_holds_its_directory_and_each_run_its_own(tmp_path):
 
 WORKER = textwrap.dedent('''
     import os, sys, time
-    from factorch.training.distributed import Distributed
+    from factorch.distributed import Distributed
     dist = Distributed.from_env("cpu")
     open(os.path.join(sys.argv[1], f"rank{dist.rank}.pid"), "w").write(str(os.getpid()))
     while True:  # a rank that would go on writing for ever

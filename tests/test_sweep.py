@@ -8,8 +8,8 @@ from torch import nn
 
 import factorch as fc
 from factorch.layers.base import FactorizedLayer
-from factorch.plots import sweep_panels
-from factorch.sweep import SweepRow, check_sweep, sweep
+from factorch.measure.plots import sweep_panels
+from factorch.measure.sweep import SweepRow, check_sweep, sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

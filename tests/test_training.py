@@ -5,8 +5,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import factorch as fc
 from factorch.training import Schedule, TrainConfig, evaluate, make_optimizer, rebuild_optimizer, train, train_epoch
-from factorch.training.distributed import Distributed
-from factorch.training.events import decompose_event, layer_filter, reconstruct_event
+from factorch.distributed import Distributed
+from factorch.selection import layer_filter
+from factorch.training.events import decompose_event, reconstruct_event
 
 
 def _stepped_lenet():

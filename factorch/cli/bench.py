@@ -7,8 +7,8 @@ from dataclasses import asdict
 import torch
 
 from factorch.cli.common import add_decomposition_args, add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
-from factorch.cli.results import check_output_dir, csv_text, environment, markdown
-from factorch.io import atomic_write_text
+from factorch.measure.results import check_output_dir, csv_text, environment, markdown
+from factorch.files import atomic_write_text
 from factorch.progress import echo
 
 
@@ -32,7 +32,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from factorch import bench
+    from factorch.measure import bench
     from factorch.models import entry
 
     methods = parse_methods(args.method, parse_rank(args.rank))

@@ -29,8 +29,8 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
 
 
 def run_decompose(args: argparse.Namespace) -> int:
-    from factorch.bench import require_decomposed
-    from factorch.io import check_writable
+    from factorch.measure.bench import require_decomposed
+    from factorch.files import check_writable
 
     methods = parse_methods(args.method, parse_rank(args.rank))
     exclude_filter(args.exclude)  # a bad regex or output directory fails before any work

@@ -10,7 +10,7 @@ from torch import nn
 import factorch as fc
 from factorch.io import load_weights, read_checkpoint
 from factorch.models import entry
-from factorch.surgery import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
+from factorch.selection import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
 
 
 class Loaded:

@@ -25,7 +25,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from factorch.export import export
-    from factorch.io import check_writable
+    from factorch.files import check_writable
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")

@@ -7,7 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from factorch import __version__
-from factorch.cli import results
+from factorch.measure import results
 from factorch.cli.commands import COMMANDS
 
 

@@ -9,8 +9,8 @@ import torch
 
 from factorch.cli.common import add_calibration_args, add_timing_args, calibration_from, load_architecture, \
     profiler_from
-from factorch.cli.results import check_output_dir, csv_text, environment, markdown
-from factorch.io import atomic_write_text
+from factorch.measure.results import check_output_dir, csv_text, environment, markdown
+from factorch.files import atomic_write_text
 
 
 def _ranks(text: str) -> tuple[str, list[int]]:
@@ -64,8 +64,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     import factorch.data as data
-    from factorch import sweep
-    from factorch.plots import sweep_panels
+    from factorch.measure import sweep
+    from factorch.measure.plots import sweep_panels
 
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")

@@ -7,7 +7,7 @@ import functools
 
 from factorch.cli.common import add_decomposition_args, parse_methods, parse_rank
 from factorch.training import TrainConfig, train
-from factorch.training.distributed import is_main_process
+from factorch.distributed import is_main_process
 from factorch.training.events import ADMMPhase, FromScratch
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import FORMS, parse_scenarios

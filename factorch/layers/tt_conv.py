@@ -18,7 +18,7 @@ factors) and ``s = kh kw`` is a tensor train over a chain of modes:
 
 A mode's distance from the spatial core tracks its significance (the core next to it carries
 ``c_1``/``u_1``), so both chains run as real ``nn.Conv2d`` modules with the not-yet-contracted
-factors folded into the batch: hooks (``factorch.count``) see every MAC. Every factor conv is
+factors folded into the batch: hooks (``factorch.measure.count``) see every MAC. Every factor conv is
 bias-free (a 1x1 linear map commutes with any padding mode); the bias is added at the end.
 Grouped convs are not supported (``groups`` must be 1).
 """

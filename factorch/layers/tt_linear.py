@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorch.count import layer_macs
+from factorch.measure.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
     tt_params, tt_svd
 from factorch.decompositions.svd import singular_values
@@ -154,7 +154,7 @@ class TTLinear(FactorizedLayer):
         return how, plan_groups(self.out_shape, self.in_shape, self.tt_ranks, how == "rtl", batch)
 
     def count_macs(self, input: Tensor, output: Tensor) -> int:
-        """MACs of one call for the whole batch (``factorch.count`` protocol); bias adds excluded."""
+        """MACs of one call for the whole batch (``factorch.measure.count`` protocol); bias adds excluded."""
         batch = input.numel() // self.in_features
         how, sizes = self.plan(batch)
         fixed, per_example = self._route_costs[how] if how == "dense" else \

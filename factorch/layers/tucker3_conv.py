@@ -30,7 +30,7 @@ from factorch.rank import Mode, RankSpace, RankSpec
 class SpatialCoreConv(nn.Module):
     """A kxk conv (g C' -> g N', ``groups=g``) whose kernel is ``G x_2 W_D`` per group, rebuilt at
     each call: ``core`` (g N', C', D') holds G, ``basis`` (g, D, D') holds W_D. It counts its own
-    MACs (``factorch.count`` protocol): the conv's plus the rebuild's."""
+    MACs (``factorch.measure.count`` protocol): the conv's plus the rebuild's."""
 
     def __init__(self, spec: ConvSpec, spatial_rank: int) -> None:
         super().__init__()

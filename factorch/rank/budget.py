@@ -15,7 +15,7 @@ under a total-cost constraint (Zhang et al. 2015 style), for every method throug
   gain. (Maximising the plain sum of kept energies did: it raised cheap modes while others stayed
   at rank 1, Tucker-2 ranks like (229, 1), and left whole 256-channel layers at rank (1, 1).)
   A CP rank R keeps at most the least rank-R energy of its unfoldings (one tied mode).
-* cost: the space's exact ``params``/``macs`` functions of the ranks (the ones ``factorch.count``
+* cost: the space's exact ``params``/``macs`` functions of the ranks (the ones ``factorch.measure.count``
   agrees with), so the target holds for the real modules.
 
 Greedy: start at rank 1 everywhere, repeatedly raise the (layer, mode) rank with the most energy

@@ -9,7 +9,7 @@ knows a layer's rank structure.
   spatial; CP and SVD: one; tensor train: one per bond), each with its full rank (per group).
 * ``params(ranks)``: the factorized layer's weight parameters (bias excluded; ``bias`` holds it);
   ``macs(ranks, input_shape)``: its MACs for one example of ``input_shape`` (no batch dim), equal
-  to what ``factorch.count`` counts on the real module (tested).
+  to what ``factorch.measure.count`` counts on the real module (tested).
 * ``unfoldings``: per group of the dense layer, per mode, the matrices whose singular values rate
   that mode. A mode with several matrices is tied (CP: one rank R over every unfolding, since a
   rank-R CP tensor has rank <= R in each of them): a rule takes the largest rank they give, the

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from factorch.io import CheckpointError, atomic_save, factorization_spec, read_checkpoint
+from factorch.files import atomic_save
+from factorch.io import CheckpointError, factorization_spec, read_checkpoint
 
 FORMAT, VERSION = "factorch-run", 1
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
 from factorch.methods import Method, Tucker2
-from factorch.profile import Profiler, as_profiler
+from factorch.measure.latency import Profiler, as_profiler
 from factorch.rank import EVBMF
-from factorch.surgery import exclude_filter
+from factorch.selection import exclude_filter
 from factorch.training.events import Decompose, Event, Reconstruct
 
 

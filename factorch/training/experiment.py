@@ -11,7 +11,7 @@ Two speed-ups, side by side: ``speedup`` is the original's training time over th
 (wall clock of the whole run: it swings with the machine's load), ``throughput_speedup`` the
 steady-state cost of one training step (forward+backward at the run's batch size) of the dense
 model over the scenario's final model, timed interleaved in one process after the runs
-(``factorch.profile.compare``: warm-up, median; one CPU thread by default), which a busy machine
+(``factorch.measure.latency.compare``: warm-up, median; one CPU thread by default), which a busy machine
 moves alike for both.
 """
 from __future__ import annotations
@@ -28,11 +28,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from factorch.api import reconstruct_
-from factorch.io import atomic_write_text, load, read_checkpoint
-from factorch.plots import training_curves
-from factorch.profile import Profiler, compare
+from factorch.files import atomic_write_text
+from factorch.io import load, read_checkpoint
+from factorch.measure.plots import training_curves
+from factorch.measure.latency import Profiler, compare
 from factorch.training.config import TrainConfig
-from factorch.training.distributed import Distributed, pick_device
+from factorch.distributed import Distributed, pick_device
 from factorch.training.run import CHECKPOINT, FINAL, print_line, train
 from factorch.training.scenarios import Scenario
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from factorch.profile import autocast
+from factorch.measure.latency import autocast
 from factorch.progress import track
 
 

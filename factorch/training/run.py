@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from factorch import data as fdata
 from factorch import models as fmodels
-from factorch.count import count
-from factorch.io import CheckpointError, apply_spec, atomic_write_text, load_weights, save
+from factorch.measure.count import count
+from factorch.files import atomic_write_text
+from factorch.io import CheckpointError, apply_spec, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
 from factorch.training.config import (DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainConfig, first_event_epoch,
                                       uses_methods)
-from factorch.training.distributed import Distributed
+from factorch.distributed import Distributed
 from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
 from factorch.training.loop import count_correct, to_memory_format, train_epoch, uses_channels_last

@@ -6,9 +6,9 @@
 """
 from factorch.training.events.admm import ADMMPhase
 from factorch.training.events.architecture import (Decompose, Reconstruct, decompose_event, decomposed_on_main,
-                                                   layer_filter, reconstruct_event, training_profiler)
+                                                   reconstruct_event, training_profiler)
 from factorch.training.events.base import Change, Event, RunContext
 from factorch.training.events.scratch import FromScratch
 
 __all__ = ["ADMMPhase", "Change", "Decompose", "Event", "FromScratch", "Reconstruct", "RunContext", "decompose_event",
-           "decomposed_on_main", "layer_filter", "reconstruct_event", "training_profiler"]
+           "decomposed_on_main", "reconstruct_event", "training_profiler"]

@@ -21,10 +21,11 @@ from factorch.api import decompose_, reconstruct_
 from factorch.io import apply_spec, factorization_spec
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
-from factorch.profile import Profiler, as_profiler
+from factorch.measure.latency import Profiler, as_profiler
 from factorch.report import Report
-from factorch.surgery import exclude_filter, walk
-from factorch.training.distributed import Distributed
+from factorch.selection import layer_filter
+from factorch.surgery import walk
+from factorch.distributed import Distributed
 from factorch.training.events.base import Change, Event, RunContext
 from factorch.training.loop import uses_channels_last
 
@@ -52,19 +53,6 @@ def training_profiler(keep_if_faster: bool | Profiler, batch: int, channels_last
         return None
     base = TRAINING_TIMING if keep_if_faster is True else given
     return dataclasses.replace(base, batch=base.batch or batch, backward=True, channels_last=channels_last, amp=amp)
-
-
-def layer_filter(first_conv: bool, exclude: Sequence[str], model: nn.Module) -> Callable[[nn.Module, str], bool]:
-    """``filter_fn`` for ``decompose_``: drop layers matching an ``exclude`` regex (a regex that
-    matches no layer of ``model`` is an error: ``surgery.exclude_filter``) and, unless
-    ``first_conv``, the model's first Conv2d (the paper leaves it dense)."""
-    excluded = exclude_filter(exclude, model)
-    first = None if first_conv else next((n for n, m in walk(model) if isinstance(m, nn.Conv2d)), None)
-
-    def keep(module: nn.Module, name: str) -> bool:
-        return name != first and (excluded is None or excluded(module, name))
-
-    return keep
 
 
 def decomposed_on_main(model: nn.Module, dist: Distributed, decompose: Callable[[], Report]) -> Change:

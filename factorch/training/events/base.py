@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from factorch.report import Report
 from factorch.surgery import FilterFn
-from factorch.training.distributed import Distributed
+from factorch.distributed import Distributed
 
 if TYPE_CHECKING:
     from factorch.training.config import TrainConfig
@@ -88,7 +88,7 @@ class RunContext:
 
     def filter_fn(self) -> FilterFn:
         """The layers the run's decomposition settings leave dense (first conv, ``exclude``)."""
-        from factorch.training.events.architecture import layer_filter
+        from factorch.selection import layer_filter
 
         return layer_filter(self.cfg.first_conv, self.cfg.exclude, self.model)
 

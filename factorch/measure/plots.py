@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from factorch.io import CheckpointError, atomic_write_bytes
+from factorch.files import atomic_write_bytes
+from factorch.io import CheckpointError
 
 MARKERS = {"decompose": ("v", "decomposed"), "reconstruct": ("^", "reconstructed")}
 # one (line style, point marker) per scenario: runs that share their first epochs (dec@K and
@@ -121,7 +122,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
 
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """One figure row per (layer, method) of a rank sweep (``factorch.sweep.SweepRow`` as dicts),
+    """One figure row per (layer, method) of a rank sweep (``factorch.measure.sweep.SweepRow`` as dicts),
     four panels against the rank. Points that were not decomposed are left out. Returns the path."""
     path = Path(path)
     if not path.parent.is_dir():

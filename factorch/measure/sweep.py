@@ -4,7 +4,7 @@ For every (layer, method, rank), a copy of the model gets only that layer decomp
 ``fc.decompose_``, the one flow) and we record the seed's four panels:
 
 * parameter reduction: dense / factorized parameters of the layer;
-* speed-up: dense / factorized layer latency, measured side by side (``factorch.profile``) at the
+* speed-up: dense / factorized layer latency, measured side by side (``factorch.measure.latency``) at the
   layer's real input size; the theoretical MAC reduction is recorded next to it;
 * approximation error ``||W - W_hat||_F / ||W||_F`` (the seed's Eq. 14);
 * accuracy with only that layer decomposed, and after ``finetune`` (the drop vs the dense model);
@@ -26,9 +26,9 @@ from torch import nn
 
 from factorch.api import decompose_
 from factorch.calibration import as_calibration
-from factorch.count import count
+from factorch.measure.count import count
 from factorch.methods import Method
-from factorch.profile import Profiler, compare
+from factorch.measure.latency import Profiler, compare
 from factorch.progress import track
 from factorch.registry import Context, decide, nominal_shape
 from factorch.surgery import get_module
@@ -65,7 +65,7 @@ class SweepRow:
     accuracy_drop_finetuned: float
     note: str = ""
     factors: str = ""                                   # with calibration: the factors kept, data-aware or weight-only
-    output_error_weight_only: float = math.nan           # held-out model output errors (factorch.data_aware)
+    output_error_weight_only: float = math.nan           # held-out model output errors (factorch.calibration.safety)
     output_error_data_aware: float = math.nan
     accuracy_data_aware: float = math.nan                # accuracy with the calibrated decomposition
     accuracy_drop_data_aware: float = math.nan

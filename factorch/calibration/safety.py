@@ -18,7 +18,7 @@ produce: the second moment of those inputs and their cross moment with the dense
 inputs, over the fit batches (``factorch.decompositions.whitening``). Ranks stay those the
 decision path chose from the plain statistics.
 
-Candidates are put in place by forward hooks (``factorch.count.probe``): the model itself is
+Candidates are put in place by forward hooks (``factorch.measure.count.probe``): the model itself is
 never changed here.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from factorch.calibration import Calibration, InputStats, Whitening, input_kind, model_place, run
+from factorch.calibration.batches import Calibration
+from factorch.calibration.statistics import InputStats, Whitening, input_kind, model_place, run
 from factorch.registry import Decision
 from factorch.report import LayerReport
 

@@ -2,7 +2,7 @@
 
 methods.md section 7: the theoretical speed-up is ``MACs_dense / MACs_factorized``; the measured
 one is what the hardware gives. For each decomposed layer (and for the whole model) three
-variants are timed side by side on the same input (``factorch.profile.compare``: warm-up,
+variants are timed side by side on the same input (``factorch.measure.latency.compare``: warm-up,
 interleaved runs, median, CUDA events on a GPU):
 
 * ``dense``: the original layer;
@@ -22,8 +22,8 @@ from typing import Any, Iterator, Optional, Sequence
 from torch import nn
 
 from factorch.api import decompose_, reconstruct_
-from factorch.count import count
-from factorch.profile import Latency, Profiler, compare
+from factorch.measure.count import count
+from factorch.measure.latency import Latency, Profiler, compare
 from factorch.progress import track
 from factorch.report import Report
 from factorch.selection import Config

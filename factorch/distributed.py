@@ -1,8 +1,10 @@
-"""Single process or DDP under ``torchrun``: one object that knows the rank and does the collectives.
+"""Single process or a ``torch.distributed`` group: one object that knows the rank and does the
+collectives, for the training loop, its events and ``fc.ADMM`` alike.
 
 ``torchrun --nproc_per_node=N -m factorch train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
-the process group uses NCCL on CUDA and Gloo on the CPU. With one process every collective is the
-identity, so the training loop has a single code path. A worker exits when its launcher dies
+``Distributed.from_env`` joins that group (NCCL on CUDA, Gloo on the CPU); ``Distributed.current``
+describes a group the user's own script initialised. With one process every collective is the
+identity, so callers have a single code path. A worker exits when its launcher dies
 (``exit_with_parent``): a ``kill -9`` of torchrun must not leave ranks writing into the run.
 """
 from __future__ import annotations
@@ -63,6 +65,16 @@ class Distributed:
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), dev, owns)
 
+    @classmethod
+    def current(cls) -> "Distributed":
+        """The default process group as it is (none: a single process); nothing is initialised.
+        Collectives of an NCCL group run on this process's current GPU."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return cls()
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -91,24 +103,28 @@ class Distributed:
         return out
 
     @torch.no_grad()
-    def broadcast_model(self, model: nn.Module, buffers_only: bool = False) -> None:
-        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure).
-        ``buffers_only``: the buffers alone, e.g. batch-norm statistics, which DDP keeps in step
-        at the start of each forward but every rank then updates with its own batch."""
+    def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Copy rank 0's values into every rank's ``tensors`` (same shapes), in place."""
         if self.world == 1:
             return
-        for t in ([] if buffers_only else list(model.parameters())) + list(model.buffers()):
+        for t in tensors:
             buf = t.detach().contiguous()  # collectives want dense, contiguous tensors
             dist.broadcast(buf, src=0)
             if buf.data_ptr() != t.data_ptr():
                 t.copy_(buf)
 
+    def broadcast_model(self, model: nn.Module, buffers_only: bool = False) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``model`` (same structure).
+        ``buffers_only``: the buffers alone, e.g. batch-norm statistics, which DDP keeps in step
+        at the start of each forward but every rank then updates with its own batch."""
+        self.broadcast_tensors(([] if buffers_only else list(model.parameters())) + list(model.buffers()))
+
     @contextlib.contextmanager
     def lock(self, path: str | os.PathLike) -> Iterator[None]:
-        """Hold the run directory ``path`` (``factorch.io.lock_dir``) while the ranks write into it:
+        """Hold the run directory ``path`` (``factorch.files.lock_dir``) while the ranks write into it:
         rank 0 takes the lock (it alone writes) and every rank learns the outcome, so a directory
         another run holds is the same ``DirectoryLocked`` on every rank (no rank left waiting)."""
-        from factorch.io import DirectoryLocked, lock_dir
+        from factorch.files import DirectoryLocked, lock_dir
 
         with contextlib.ExitStack() as stack:
             refusal = None

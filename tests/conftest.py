@@ -1,5 +1,18 @@
+import subprocess
+import sys
+
 import pytest
 import torch
+
+# DDP tests run 2 CPU processes under torchrun (Gloo)
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with Gloo is not available")
+
+
+def torchrun(args, **kw):
+    """``python -m torch.distributed.run --standalone --nproc_per_node=2 *args`` (5 minutes at most)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
 
 
 @pytest.fixture(autouse=True)

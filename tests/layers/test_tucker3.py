@@ -10,7 +10,7 @@ import factorch as fc
 from factorch.cli.main import run
 from factorch.decompositions import tucker2, tucker2_to_tensor, tucker3, tucker3_to_tensor
 from factorch.layers import Tucker3Conv2d
-from tests.test_layers_generic import GRID
+from tests.layers.test_generic import GRID
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

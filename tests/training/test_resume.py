@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import factorch as fc
-from conftest import kill_after_epochs
+from tests.conftest import kill_after_epochs
 from factorch.cli.main import run
 from factorch.training.checkpoint import load_run
 

@@ -12,9 +12,9 @@ import torch
 import factorch as fc
 from factorch.distributed import Distributed
 from factorch.training.events import decompose_event
+from tests.conftest import needs_gloo, torchrun
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with Gloo is not available")
+pytestmark = needs_gloo
 
 WORKER = textwrap.dedent('''
     import sys, torch, factorch as fc
@@ -32,17 +32,12 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _torchrun(args, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-
-
 def test_decomposition_event_leaves_identical_weights_on_both_ranks(tmp_path):
     torch.manual_seed(0)
     start = fc.models.create("lenet5", num_classes=10, in_channels=1)
     torch.save(start.state_dict(), tmp_path / "start.pt")
     (tmp_path / "worker.py").write_text(WORKER)
-    proc = _torchrun([str(tmp_path / "worker.py"), str(tmp_path / "start.pt"), str(tmp_path)])
+    proc = torchrun([str(tmp_path / "worker.py"), str(tmp_path / "start.pt"), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-1500:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["changed"] == r1["changed"] == ["conv2", "fc1", "fc2", "fc3"] and r0["skipped"] == r1["skipped"]
@@ -62,7 +57,7 @@ def test_decomposition_event_leaves_identical_weights_on_both_ranks(tmp_path):
 
 def test_torchrun_train_with_decomposition(tmp_path):
     out = tmp_path / "run"
-    proc = _torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "128", "--epochs", "3",
+    proc = torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "128", "--epochs", "3",
                       "--batch-size", "32", "--decompose-at", "1", "--method", "tucker2,svd", "--rank", "0.5",
                       "--no-keep-if-faster",
                       "--device", "cpu", "--out", str(out)])
@@ -81,7 +76,7 @@ def test_ddp_logged_test_accuracy_is_the_saved_models(tmp_path):
     from factorch.training.loop import count_correct
 
     out = tmp_path / "run"
-    proc = _torchrun(["-m", "factorch", "train", "--model", "vgg-small", "--epochs", "1", "--batch-size", "8",
+    proc = torchrun(["-m", "factorch", "train", "--model", "vgg-small", "--epochs", "1", "--batch-size", "8",
                       "--lr", "0.05", "--device", "cpu", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-1500:]
     logged = json.loads((out / "metrics.jsonl").read_text())["test_acc"]
@@ -98,7 +93,7 @@ def test_torchrun_train_into_a_held_directory_stops_every_rank(tmp_path):
 
     out = tmp_path / "run"
     with lock_dir(out):
-        proc = _torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "64", "--epochs", "1",
+        proc = torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "64", "--epochs", "1",
                           "--batch-size", "32", "--device", "cpu", "--out", str(out)])
     assert proc.returncode != 0
     assert proc.stderr.count(f"error: another factorch process (pid {os.getpid()}) is writing into '{out}'") == 2

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import factorch as fc
-from conftest import kill_after_epochs
+from tests.conftest import kill_after_epochs
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
 from factorch.training.checkpoint import load_run
 from factorch.training.events import ADMMPhase, Event
+from tests.conftest import needs_gloo, torchrun
 from factorch.training.scenarios import Scenario, parse_scenarios
 
 TIMES = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
@@ -228,3 +229,17 @@ def test_help_names_every_rank_form_method_and_option(command, capsys):
                    "--seed SEED seeds", "--admm-rho RHO penalty weight"):
         assert option in text
     assert ("--admm-until K" in text) == (command == "train")
+
+
+@needs_gloo
+def test_torchrun_train_with_admm(tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(["-m", "factorch", "train", "--model", "lenet5", "--subset", "128", "--epochs", "3",
+                      "--batch-size", "32", "--admm-until", "2", "--method", "tucker2,svd", "--rank", "0.5",
+                      "--device", "cpu", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [bool(r.get("admm_distance")) for r in rows] == [True, True, False]
+    assert rows[2]["event"]["kind"] == "decompose" and rows[2]["params"] < rows[1]["params"]
+    assert proc.stdout.count("epoch 3/3") == 1  # only rank 0 prints
+    assert isinstance(fc.load(out / "model.pt").conv2, fc.layers.TuckerConv2d)

@@ -8,7 +8,6 @@ make border pixels wrong). A grouped conv is decomposed per group: every factor 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn

@@ -88,7 +88,19 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> Optional[str]:
-    """A readable list of settings that differ (None if the run may continue)."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if k not in ignore and saved.get(k) != current.get(k)]
+    """A readable list of settings that differ (None if the run may continue): each by its path,
+    e.g. ``lr: checkpoint 0.1, now 0.5`` or ``events[0].rho: checkpoint 0.001, now 0.01``."""
+    diffs = [d for k in sorted(set(saved) | set(current)) if k not in ignore
+             for d in _differences(k, saved.get(k), current.get(k))]
     return "; ".join(diffs) or None
+
+
+def _differences(path: str, saved: Any, current: Any) -> list[str]:
+    """Where ``saved`` and ``current`` differ: dicts key by key, lists of one length item by item."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for k in list(dict.fromkeys([*saved, *current]))
+                for d in _differences(f"{path}.{k}", saved.get(k), current.get(k))]
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current) and \
+            any(isinstance(v, dict) for v in saved):
+        return [d for i, (a, b) in enumerate(zip(saved, current)) for d in _differences(f"{path}[{i}]", a, b)]
+    return [] if saved == current else [f"{path}: checkpoint {saved!r}, now {current!r}"]

@@ -202,8 +202,7 @@ def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = (),
              f"- date: {datetime.date.today().isoformat()}",
              f"- settings: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr} (x0.1 at "
              f"{', '.join(f'{m:g}' for m in cfg.milestones)} of the epochs), momentum {cfg.momentum}, "
-             f"weight decay {cfg.weight_decay}, methods {', '.join(repr(m) for m in cfg.methods)}, "
-             f"first conv {'decomposed' if cfg.first_conv else 'left dense'}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
+             f"weight decay {cfg.weight_decay}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
              "- training time: training passes plus the events (decomposition, reconstruction, ADMM updates), "
              "without test evaluation; speedup (training time): the original's over the scenario's (wall clock, "
              "moves with the machine's load)"]
@@ -213,7 +212,7 @@ def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = (),
                      f"dense model over the scenario's final model, timed side by side in one process after "
                      f"training (interleaved, {profiler.warmup} warm-up calls, median of {profiler.runs}, "
                      f"{threads}); a dense final model shows the measurement's noise")
-    for s in scenarios:
+    for s in scenarios:  # each event's own settings (methods, ranks, ...)
         if s.events:
             lines.append(f"- {s.name}: {', '.join(repr(e) for e in s.events)}")
     if command:

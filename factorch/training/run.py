@@ -1,8 +1,8 @@
 """One training run, epoch by epoch, calling its events (``training/events``) at fixed points.
 
-Train from scratch; every event acts when it says: the seed-000 pipeline (Elhoushi et al. 2019)
-decomposes at ``decompose_at`` (Tucker-2, EVBMF ranks by default) and optionally reconstructs
-at ``reconstruct_at``; ADMM (seed 002) adds its penalty to the loss and decomposes at its end.
+Train from scratch; every event acts when it says: ``Decompose`` (Elhoushi et al. 2019: Tucker-2,
+EVBMF ranks by default) and ``Reconstruct``, ``ADMMPhase`` (Yin et al. 2021: a penalty on the loss,
+a decomposition at its end), ``FromScratch``, or any registered event.
 After a change of architecture the optimizer is handed over and training goes on with the same
 LR schedule. After every epoch: a JSON line in ``RUN_DIR/metrics.jsonl`` (with each event's
 metrics) and an atomic checkpoint ``RUN_DIR/checkpoint.pt`` (with each event's state); at the end
@@ -33,8 +33,7 @@ from factorch.files import atomic_write_text
 from factorch.io import CheckpointError, apply_spec, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
-from factorch.training.config import (DECOMPOSITION_ONLY, RUNTIME_ONLY, TrainConfig, first_event_epoch,
-                                      uses_methods)
+from factorch.training.config import RUNTIME_ONLY, TrainConfig, first_event_epoch, upgrade_config
 from factorch.distributed import Distributed
 from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
@@ -48,7 +47,7 @@ def print_line(line: str) -> None:
 
 CHECKPOINT, METRICS, FINAL = "checkpoint.pt", "metrics.jsonl", "model.pt"
 # settings a run started from another run's checkpoint may change (see ``train(start_from=...)``)
-EXTENDABLE = ("epochs", "decompose_at", "reconstruct_at", "events")
+EXTENDABLE = ("epochs", "events")
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
@@ -92,7 +91,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     channels_last = uses_channels_last(cfg.channels_last, model, device)  # the rule: channels_last for conv models
     to_memory_format(model, channels_last)
     events = cfg.build_events()
-    run = RunContext(cfg, model, example, dist, log, train_set)
+    run = RunContext(model, example, dist, log, train_set, channels_last=channels_last, amp=cfg.amp,
+                     batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed)
     for event in events:  # before the directory exists: an event's bad input leaves nothing behind
         event.begin(run, len(history))
     if same_run:
@@ -198,18 +198,15 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: 
     current = cfg.as_dict()
     if resume and ckpt_path.exists():
         state = load_run(ckpt_path)
-        dense_only = not uses_methods(state["config"]) and not uses_methods(current)
-        diff = config_mismatch(state["config"], current, RUNTIME_ONLY + (DECOMPOSITION_ONLY if dense_only else ()))
+        diff = config_mismatch(upgrade_config(state["config"]), current, RUNTIME_ONLY)
         if diff:
             raise CheckpointError(f"cannot resume {ckpt_path.parent}: settings differ ({diff})")
         return state, str(ckpt_path), True
     if start_from is None:
         return None, "", False
     state = load_run(start_from)
-    saved = state["config"]
-    # the run started from never decomposed: how this one decomposes is its own business
-    ignore = RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",) + (DECOMPOSITION_ONLY if not uses_methods(saved) else ())
-    diff = config_mismatch(saved, current, ignore)
+    saved = upgrade_config(state["config"])
+    diff = config_mismatch(saved, current, RUNTIME_ONLY + EXTENDABLE + ("schedule_epochs",))
     if diff or (saved.get("schedule_epochs") or saved["epochs"]) != (cfg.schedule_epochs or cfg.epochs):
         raise CheckpointError(f"cannot start from {start_from}: settings differ ({diff or 'LR schedule length'})")
     own_first, first = first_event_epoch(saved), first_event_epoch(current)

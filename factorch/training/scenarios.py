@@ -1,48 +1,53 @@
-"""The papers' scenarios as strings: ``original``, ``dec@K``, ``dec@K+rec@M``, ``admm@K``,
-``original-then-dec+E``.
+"""Experiment scenarios as strings, spelled by the registered events (``training/events``).
+
+A scenario is ``original`` (no event), ``original-then-dec+E``, or registered event tokens joined
+by ``+``: ``dec@K``, ``dec@K+rec@M``, ``admm@K``, ``scratch``, ... (``Event.syntax``); ``@K`` is
+an epoch, or ``@P%`` the fraction P of the run's epochs (rounded):
 
 * ``original``: dense for all the epochs;
-* ``dec@K``: dense for K epochs, decomposed for the rest (seed 000, Tables 1-3 "Dec. @ K");
-* ``dec@K+rec@M``: as dec@K, back to the dense architecture after epoch M ("Dec. @ K Rec. @ M");
+* ``dec@K``: dense for K epochs, decomposed for the rest (Elhoushi et al. 2019, Tables 1-3
+  "Dec. @ K"); ``dec@K+rec@M``: back to the dense architecture after epoch M ("Dec. @ K Rec. @ M");
 * ``admm@K``: low-rank ADMM training for K epochs, then decomposed at the same ranks and trained
-  on (seed 002, Yin et al. 2021);
+  on (Yin et al. 2021);
+* ``scratch``: factorized layers with fresh factors from the first step;
 * ``original-then-dec+E``: the full original run, then decomposed and trained E more epochs at the
-  schedule's final LR ("Original then Dec.", Table 1 last row).
+  schedule's final LR ("Original then Dec.", Elhoushi et al. 2019, Table 1 last row).
+
+Every event a scenario names gets the experiment's ``settings`` (the decomposition settings and
+any given option, e.g. ADMM's rho) where it has them.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Mapping, Optional
 
 from factorch.training.config import TrainConfig
-from factorch.training.events import ADMMPhase, Event
+from factorch.training.events import EVENTS, Decompose, Event
 
-FORMS = "original, dec@K, dec@K+rec@M, admm@K, original-then-dec+E"
-_PATTERNS = (  # -> (decompose_at, reconstruct_at, admm_until, extra_epochs)
-    (re.compile(r"original"), lambda m: (None, None, None, 0)),
-    (re.compile(r"dec@(\d+)"), lambda m: (int(m[1]), None, None, 0)),
-    (re.compile(r"dec@(\d+)\+rec@(\d+)"), lambda m: (int(m[1]), int(m[2]), None, 0)),
-    (re.compile(r"admm@(\d+)"), lambda m: (None, None, int(m[1]), 0)),
-    (re.compile(r"original-then-dec\+(\d+)"), lambda m: (None, None, None, int(m[1]))),
-)
+AFTER_ORIGINAL = re.compile(r"original-then-dec\+(\d+)")
+TOKEN = re.compile(r"([a-z][a-z0-9_]*)(?:@(\d+)(%?))?")
+
+
+def forms() -> str:
+    """The accepted forms, for messages and help."""
+    return ", ".join(["original", *(cls.syntax() for cls in EVENTS.values()), "dec@K+rec@M", "original-then-dec+E"])
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario of an experiment; ``config(base)`` is its run's settings."""
+    """One scenario of an experiment: its ``events`` and, for original-then-dec+E, the ``extra_epochs``
+    trained after the original's; ``config(base)`` is its run's settings."""
 
     name: str
-    decompose_at: Optional[int] = None
-    reconstruct_at: Optional[int] = None
-    extra_epochs: int = 0  # original-then-dec+E: E
-    events: tuple[Event, ...] = ()  # admm@K: (ADMMPhase(K),)
+    events: tuple[Event, ...] = ()
+    extra_epochs: int = 0
 
     @property
     def slug(self) -> str:
-        """A directory name: ``dec@10+rec@190`` -> ``dec10-rec190``."""
-        return self.name.replace("@", "").replace("+", "-")
+        """A directory name: ``dec@10+rec@190`` -> ``dec10-rec190``, ``dec@5%`` -> ``dec5pct``."""
+        return self.name.replace("@", "").replace("+", "-").replace("%", "pct")
 
     @property
     def after_original(self) -> bool:
@@ -51,39 +56,45 @@ class Scenario:
     def config(self, base: TrainConfig) -> TrainConfig:
         if self.after_original:
             return dataclasses.replace(base, epochs=base.epochs + self.extra_epochs, schedule_epochs=base.epochs,
-                                       decompose_at=base.epochs, reconstruct_at=None, events=())
-        return dataclasses.replace(base, decompose_at=self.decompose_at, reconstruct_at=self.reconstruct_at,
-                                   events=self.events)
+                                       events=self.events)
+        return dataclasses.replace(base, events=self.events)
 
 
-def parse_scenario(text: str, epochs: int, admm: Callable[[int], Event] = ADMMPhase) -> Scenario:
-    """``Scenario`` for ``text``; ``ValueError`` naming the scenario and the accepted forms.
-    ``admm(K)`` builds the event of ``admm@K`` (e.g. ``functools.partial(ADMMPhase, rho=1e-2)``)."""
+def parse_scenario(text: str, epochs: int, settings: Optional[Mapping[str, Any]] = None) -> Scenario:
+    """``Scenario`` for ``text`` in a run of ``epochs`` epochs; ``ValueError`` naming the scenario
+    and the accepted forms, or what is wrong with one of its events."""
     t = text.strip().lower()
-    for pattern, fields in _PATTERNS:
-        m = pattern.fullmatch(t)
-        if m:
-            k, rec, until, extra = fields(m)
-            break
-    else:
-        raise ValueError(f"scenario {text!r} not understood; use {FORMS}")
-    if k is not None and not 0 <= k < epochs:
-        raise ValueError(f"scenario {text!r}: the decomposition epoch {k} must be in [0, {epochs - 1}] for {epochs} epochs")
-    if rec is not None and not k < rec < epochs:
-        raise ValueError(f"scenario {text!r}: the reconstruction epoch {rec} must be in [{k + 1}, {epochs - 1}]")
-    if until is not None and not 1 <= until < epochs:
-        raise ValueError(f"scenario {text!r}: the ADMM end epoch {until} must be in [1, {epochs - 1}] for {epochs} epochs")
-    if m.re.pattern.startswith("original-then") and extra < 1:
-        raise ValueError(f"scenario {text!r}: E must be at least 1 epoch")
-    return Scenario(t, k, rec, extra, (admm(until),) if until is not None else ())
+    given = dict(settings or {})
+    if t == "original":
+        return Scenario(t)
+    after = AFTER_ORIGINAL.fullmatch(t)
+    if after:
+        extra = int(after[1])
+        if extra < 1:
+            raise ValueError(f"scenario {text!r}: E must be at least 1 epoch")
+        return Scenario(t, (Decompose.spelled(epochs, given),), extra)
+    events = []
+    for token in t.split("+"):
+        m = TOKEN.fullmatch(token)
+        cls = EVENTS.get(m[1]) if m else None
+        if cls is None or (m[2] is None) == cls.takes_epoch:
+            raise ValueError(f"scenario {text!r} not understood; use {forms()}")
+        epoch = None if m[2] is None else (round(int(m[2]) / 100 * epochs) if m[3] else int(m[2]))
+        events.append(cls.spelled(epoch, given))
+    events = tuple(events)
+    try:
+        TrainConfig(epochs=epochs, events=events)  # every event validated against the run
+    except ValueError as e:
+        raise ValueError(f"scenario {text!r}: {e}") from None
+    return Scenario(t, events)
 
 
-def parse_scenarios(text: str, epochs: int, admm: Callable[[int], Event] = ADMMPhase) -> list[Scenario]:
+def parse_scenarios(text: str, epochs: int, settings: Optional[Mapping[str, Any]] = None) -> list[Scenario]:
     """Comma list of scenarios, validated, duplicates refused."""
     items = [s for s in text.split(",") if s.strip()]
     if not items:
-        raise ValueError(f"no scenario given; use a comma list of {FORMS}")
-    scenarios = [parse_scenario(s, epochs, admm) for s in items]
+        raise ValueError(f"no scenario given; use a comma list of {forms()}")
+    scenarios = [parse_scenario(s, epochs, settings) for s in items]
     names = [s.name for s in scenarios]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 import factorch as fc

@@ -1,7 +1,6 @@
 """A request that would do nothing is an error, not a quiet success: an --exclude regex that
 matches no layer, a decompose that changes no layer, a latency input shape holding the batch."""
 import pytest
-import torch
 from torch import nn
 
 import factorch as fc

@@ -2,11 +2,8 @@
 rank ends with identical weights."""
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
 
 import factorch as fc

@@ -6,16 +6,18 @@ import pytest
 
 from factorch.cli.main import run
 from factorch.cli.train import paper_scenarios
+from factorch.training.events import Decompose, Reconstruct
 from factorch.training.scenarios import Scenario, parse_scenarios
 
 
 def test_parse_the_papers_scenarios():
     got = parse_scenarios("original, dec@10,dec@20,dec@10+rec@190,original-then-dec+40", 200)
-    assert got == [Scenario("original"), Scenario("dec@10", 10), Scenario("dec@20", 20),
-                   Scenario("dec@10+rec@190", 10, 190), Scenario("original-then-dec+40", extra_epochs=40)]
+    assert got == [Scenario("original"), Scenario("dec@10", (Decompose(10),)), Scenario("dec@20", (Decompose(20),)),
+                   Scenario("dec@10+rec@190", (Decompose(10), Reconstruct(190))),
+                   Scenario("original-then-dec+40", (Decompose(200),), extra_epochs=40)]
     assert paper_scenarios(200) == "original,dec@10,dec@20,dec@10+rec@190,original-then-dec+40"
     cfg = got[4].config(__import__("factorch.training", fromlist=["TrainConfig"]).TrainConfig(epochs=200))
-    assert (cfg.epochs, cfg.schedule_epochs, cfg.decompose_at) == (240, 200, 200)
+    assert (cfg.epochs, cfg.schedule_epochs, cfg.events) == (240, 200, (Decompose(200),))
     assert cfg.schedule.lr_at(239) == pytest.approx(0.001)  # fine-tuning at the final LR
 
 
@@ -23,9 +25,12 @@ def test_parse_the_papers_scenarios():
     ("dec@", "not understood"),
     ("dec@x", "not understood"),
     ("decompose@3", "not understood; use original, dec@K"),
-    ("dec@10", r"decomposition epoch 10 must be in \[0, 9\]"),
-    ("dec@3+rec@2", r"reconstruction epoch 2 must be in \[4, 9\]"),
-    ("dec@3+rec@10", "reconstruction epoch 10"),
+    ("dec@10", r"scenario 'dec@10': decompose_at must be an epoch in \[0, 9\], got 10"),
+    ("dec@3+rec@2", r"reconstruct_at must be an epoch in \[4, 9\]"),
+    ("dec@3+rec@10", "reconstruct_at must be an epoch in"),
+    ("rec@3", "reconstruct_at needs decompose_at"),
+    ("scratch@3", "not understood"),
+    ("dec", "not understood"),
     ("original-then-dec+0", "at least 1"),
     ("original,original", "given twice"),
     (" , ", "no scenario"),
@@ -95,10 +100,10 @@ def test_throughput_column_times_the_final_models_against_the_dense_one(tmp_path
         timed.append(module)
         return float(sum(p.numel() for p in module.parameters()))
 
-    base = TrainConfig(model="lenet5", dataset="digits", epochs=2, subset=64, batch_size=32,
-                       methods=(fc.Tucker2(0.5), fc.SVD(0.5)))
+    base = TrainConfig(model="lenet5", dataset="digits", epochs=2, subset=64, batch_size=32)
     profiler = Profiler(batch=4, warmup=0, runs=3, backward=True, timer=params_clock)
-    result = run_experiment(base, parse_scenarios("original,dec@1", 2), tmp_path / "exp", log=lambda s: None,
+    scenarios = parse_scenarios("original,dec@1", 2, {"methods": (fc.Tucker2(0.5), fc.SVD(0.5))})
+    result = run_experiment(base, scenarios, tmp_path / "exp", log=lambda s: None,
                             profiler=profiler)
     by = {r["scenario"]: r for r in result.rows}
     dense, small = by["original"]["params"], by["dec@1"]["params"]

@@ -16,13 +16,19 @@ from factorch import registry
 from factorch.cli.main import build_parser
 from factorch.cli.train import _command
 from factorch.layers.base import FactorizedLayer
+from factorch.cli.events import event_settings, events_from_flags
 from factorch.training import TrainConfig, train
-from factorch.training.events import training_profiler
+from factorch.training.events import Decompose, training_profiler
 from factorch.training.loop import uses_channels_last
 
 TIMES = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
-BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05, epochs=3, decompose_at=1,
-            methods=(fc.Tucker2(0.5), fc.SVD(0.5)))
+BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05, epochs=3)
+
+
+def _cfg(keep_if_faster=False, **kw):
+    """A run with a decomposition after epoch 1 (Tucker-2 + SVD at half the parameters)."""
+    return TrainConfig(**{**BASE, **kw}, events=(Decompose(1, methods=(fc.Tucker2(0.5), fc.SVD(0.5)),
+                                                           keep_if_faster=keep_if_faster),))
 
 
 class ConvNet(nn.Module):
@@ -80,7 +86,7 @@ def _rows(run_dir):
 
 def test_event_keeps_slower_layers_dense_and_says_why(tmp_path):
     lines = []
-    cfg = TrainConfig(**BASE, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock()))
+    cfg = _cfg(keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock()))
     train(cfg, tmp_path / "run", log=lines.append)
     event = _rows(tmp_path / "run")[1]["event"]
     assert event["layers"] == ["fc1", "fc2", "fc3"]  # SVD: "faster"; Tucker-2 conv2: "slower", kept dense
@@ -93,7 +99,7 @@ def test_event_keeps_slower_layers_dense_and_says_why(tmp_path):
     # every factorized layer "slower": nothing decomposed, and the warning names keep_if_faster
     lines.clear()
     slow = clock(slower=(FactorizedLayer,))
-    train(TrainConfig(**BASE, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=slow)), tmp_path / "none",
+    train(_cfg(keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=slow)), tmp_path / "none",
           log=lines.append)
     assert _rows(tmp_path / "none")[1]["event"]["changed"] == 0
     assert any("no factorized layer was faster" in line and "--no-keep-if-faster" in line for line in lines)
@@ -101,7 +107,7 @@ def test_event_keeps_slower_layers_dense_and_says_why(tmp_path):
 
 def test_event_times_a_training_step_at_the_training_batch_and_layout(tmp_path):
     seen = []
-    cfg = TrainConfig(**BASE, amp=True, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock(spy=seen)))
+    cfg = _cfg(amp=True, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock(spy=seen)))
     train(cfg, tmp_path / "run", log=lambda s: None)
     conv2 = {s for s in seen if len(s[0]) == 4}
     # conv2's real input (6 channels, 8x8: digits are 16x16, pooled once after conv1) at batch 32,
@@ -123,19 +129,19 @@ def test_keep_if_faster_off_times_nothing(tmp_path, monkeypatch):
     def never(*args, **kw):
         raise AssertionError("timed although keep_if_faster is off")
     monkeypatch.setattr("factorch.api.compare", never)
-    cfg = TrainConfig(**BASE, keep_if_faster=False)
+    cfg = _cfg(keep_if_faster=False)
     train(cfg, tmp_path / "run", log=lambda s: None)
     assert _rows(tmp_path / "run")[1]["event"]["layers"] == ["conv2", "fc1", "fc2", "fc3"]
     with pytest.raises(ValueError, match="keep_if_faster"):
-        TrainConfig(**BASE, keep_if_faster="yes")
+        _cfg(keep_if_faster="yes")
     with pytest.raises(ValueError, match="channels_last"):
-        TrainConfig(**BASE, channels_last="auto")
-    assert "keep_if_faster" not in cfg.as_dict()  # absent when off: checkpoints from before resume unchanged
-    assert TrainConfig(**BASE, keep_if_faster=fc.Profiler(timer=clock())).as_dict()["keep_if_faster"] is True
+        _cfg(channels_last="auto")
+    assert cfg.as_dict()["events"][0]["keep_if_faster"] is False  # the clock is no setting: a profiler is True
+    assert _cfg(keep_if_faster=fc.Profiler(timer=clock())).as_dict()["events"][0]["keep_if_faster"] is True
 
 
 def test_resume_across_the_timed_decomposition_is_exact(tmp_path, monkeypatch, kept_checkpoints):
-    cfg = TrainConfig(**{**BASE, "epochs": 3}, keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock()))
+    cfg = _cfg(keep_if_faster=fc.Profiler(warmup=0, runs=1, timer=clock()))
     kept = kept_checkpoints
     train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
@@ -159,20 +165,22 @@ def test_new_layers_follow_the_run_layout(tmp_path, monkeypatch):
         formats.append((kw["channels_last"], all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)))
         return train_epoch(net, *args, **kw)
     monkeypatch.setattr(run_module, "train_epoch", recording)
-    train(TrainConfig(**BASE, keep_if_faster=False), tmp_path / "auto", log=lambda s: None)
+    train(_cfg(keep_if_faster=False), tmp_path / "auto", log=lambda s: None)
     assert formats == [(True, True)] * 3  # the factor convs of epoch 2 on too
     formats.clear()
-    train(TrainConfig(**BASE, channels_last=False), tmp_path / "nchw", log=lambda s: None)
+    train(_cfg(channels_last=False), tmp_path / "nchw", log=lambda s: None)
     assert [cl for cl, _ in formats] == [False] * 3
 
 
 def test_cli_flags():
     parser = build_parser()
     base = ["train", "--model", "lenet5"]
-    args = parser.parse_args(base)
-    assert args.keep_if_faster is True and args.channels_last is None  # on by default; layout auto
-    args = parser.parse_args([*base, "--no-keep-if-faster", "--no-channels-last"])
-    assert args.keep_if_faster is False and args.channels_last is False
+    args = parser.parse_args([*base, "--decompose-at", "1"])
+    (event,) = events_from_flags(args, event_settings(args))
+    assert event.keep_if_faster is True and args.channels_last is None  # on by default; layout auto
+    args = parser.parse_args([*base, "--decompose-at", "1", "--no-keep-if-faster", "--no-channels-last"])
+    (event,) = events_from_flags(args, event_settings(args))
+    assert event.keep_if_faster is False and args.channels_last is False
     assert {"--no-keep-if-faster", "--no-channels-last"} <= set(_command(args, "train").split())
     assert parser.parse_args([*base, "--channels-last"]).channels_last is True
 

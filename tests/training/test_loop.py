@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import factorch as fc
-from factorch.training import Schedule, TrainConfig, evaluate, make_optimizer, rebuild_optimizer, train, train_epoch
+from factorch.training import (Decompose, Reconstruct, Schedule, TrainConfig, evaluate, make_optimizer,
+                                rebuild_optimizer, train, train_epoch)
 from factorch.distributed import Distributed
 from factorch.selection import layer_filter
 from factorch.training.events import decompose_event, reconstruct_event
@@ -62,8 +63,8 @@ def test_run_hands_off_at_the_schedules_lr(tmp_path, monkeypatch):
 
     original = run_module.train_epoch
     monkeypatch.setattr(run_module, "train_epoch", spy)
-    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=4, decompose_at=2, reconstruct_at=3,
-                      methods=(fc.Tucker2(0.5), fc.SVD(0.5)), subset=64, batch_size=32, lr=0.1, milestones=(0.5, 0.75))
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=4, subset=64, batch_size=32, lr=0.1, milestones=(0.5, 0.75),
+                      events=(Decompose(2, methods=(fc.Tucker2(0.5), fc.SVD(0.5))), Reconstruct(3)))
     history = train(cfg, tmp_path / "run", log=lambda s: None)
     assert [s["lr"] for s in seen] == pytest.approx([0.1, 0.1, 0.01, 0.001])
     assert all(s["exact"] for s in seen)
@@ -133,16 +134,27 @@ def test_train_epoch_and_evaluate_contract():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(epochs=0), "epochs"),
-    (dict(epochs=5, decompose_at=5), "decompose_at"),
-    (dict(epochs=5, reconstruct_at=3), "needs decompose_at"),
-    (dict(epochs=5, decompose_at=3, reconstruct_at=2), "reconstruct_at"),
+    (dict(epochs=5, events=(Decompose(5),)), "decompose_at"),
+    (dict(epochs=5, events=(Reconstruct(3),)), "needs decompose_at"),
+    (dict(epochs=5, events=(Decompose(3), Reconstruct(2))), "reconstruct_at"),
     (dict(lr=-1.0), "learning rate"),
-    (dict(exclude=("(",)), "regex"),
-    (dict(methods=()), "methods"),
+    (dict(events=(dict(at=1),)), "events must be a tuple of training events"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(exclude=("(",)), "regex"),
+    (dict(methods=()), "methods"),
+    (dict(methods=[fc.SVD(2)]), "methods"),
+    (dict(calibration_batches=-1), "calibration_batches"),
+    (dict(keep_if_faster="yes"), "keep_if_faster"),
+])
+def test_decompose_settings_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Decompose(1, **kwargs)
 
 
 def test_event_that_changes_nothing_leaves_the_run_identical(tmp_path):
@@ -150,16 +162,16 @@ def test_event_that_changes_nothing_leaves_the_run_identical(tmp_path):
     decomposition that leaves every layer dense gives exactly the original's run."""
     base = dict(model="lenet5", dataset="digits", epochs=3, subset=96, batch_size=32)
     plain = train(TrainConfig(**base), tmp_path / "a", log=lambda s: None)
-    noop = train(TrainConfig(**base, decompose_at=1, exclude=(".*",)), tmp_path / "b", log=lambda s: None)
+    noop = train(TrainConfig(**base, events=(Decompose(1, exclude=(".*",)),)), tmp_path / "b", log=lambda s: None)
     assert noop[1]["event"]["changed"] == 0
     assert [(r["train_loss"], r["test_acc"]) for r in noop] == [(r["train_loss"], r["test_acc"]) for r in plain]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_with_amp_channels_last_and_events(tmp_path):
-    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=3, decompose_at=1, reconstruct_at=2,
-                      methods=(fc.Tucker2(0.5), fc.SVD(0.5)), subset=128, batch_size=32,
-                      amp=True, channels_last=True, device="cuda")
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=3, subset=128, batch_size=32,
+                      amp=True, channels_last=True, device="cuda",
+                      events=(Decompose(1, methods=(fc.Tucker2(0.5), fc.SVD(0.5))), Reconstruct(2)))
     history = train(cfg, tmp_path / "run", log=lambda s: None)
     assert [r["event"]["kind"] if r["event"] else None for r in history] == [None, "decompose", "reconstruct"]
     assert all(0.0 <= r["test_acc"] <= 1.0 and r["train_loss"] == r["train_loss"] for r in history)  # no NaN

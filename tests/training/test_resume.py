@@ -1,5 +1,6 @@
 """Robust runs: a run killed with SIGKILL in the middle of an epoch resumes to the same result."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,9 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
     (["--dataset", "nope"], "unknown dataset"),
     (["--model", "nope"], "unknown model"),
     (["--rank", "lots"], "not understood"),
-    (["--exclude", "("], "regex"),
+    (["--decompose-at", "1", "--exclude", "("], "regex"),
+    (["--exclude", "conv2"], "--exclude need(s) --decompose-at K or --admm-until K or --factorized-from-scratch"),
+    (["--calibration-batches", "2"], "--calibration-batches need(s) --decompose-at K or --admm-until K"),
 ])
 def test_train_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "3", "--out", str(tmp_path / "r")]
@@ -81,4 +84,35 @@ def test_decomposition_settings_do_not_bind_a_run_that_never_decomposes(tmp_path
     assert run([*base, "--decompose-at", "1", "--rank", "0.5", "--out", str(dec)]) == 0
     capsys.readouterr()
     assert run([*base, "--decompose-at", "1", "--rank", "0.25", "--out", str(dec), "--resume"]) == 2
-    assert "settings differ (methods:" in capsys.readouterr().err
+    assert "settings differ (events[0].methods: checkpoint ['Tucker2(rank=0.5)'], now ['Tucker2(rank=0.25)'])" \
+        in capsys.readouterr().err
+
+
+OLD = json.loads((Path(__file__).parent / "fixtures" / "old_run_configs.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(OLD))
+def test_checkpoints_from_before_events_owned_their_settings_keep_resuming(name, tmp_path, monkeypatch,
+                                                                             kept_checkpoints):
+    """The configs of run checkpoints written when ``TrainConfig`` held ``decompose_at`` and the
+    decomposition settings (recorded from real runs of that code, ``fixtures/old_run_configs.json``)
+    resume under today's events: same command line, same result; another rank is still refused."""
+    argv, old = OLD[name]["argv"], OLD[name]["config"]
+    clean = tmp_path / "clean"
+    assert run([*argv, "--out", str(clean)]) == 0
+    monkeypatch.undo()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    ckpt = torch.load(kept_checkpoints / "epoch1.pt", weights_only=True)
+    torch.save({**ckpt, "config": old}, resumed / "checkpoint.pt")
+    assert run([*argv, "--out", str(resumed), "--resume"]) == 0
+    timed = old.get("keep_if_faster") and old.get("decompose_at") is not None  # the clock chose the layers
+    assert len(_results(resumed)) == old["epochs"]
+    if not timed:
+        assert _results(resumed) == _results(clean)
+    if "--rank" in argv:
+        other = tmp_path / "other"
+        other.mkdir()
+        torch.save({**ckpt, "config": old}, other / "checkpoint.pt")
+        changed = [*argv[:argv.index("--rank") + 1], "0.25", *argv[argv.index("--rank") + 2:]]
+        assert run([*changed, "--out", str(other), "--resume"]) == 2

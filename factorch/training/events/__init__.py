@@ -1,14 +1,24 @@
-"""Training events as objects (see ``base``): decompose and reconstruct (seed 000), ADMM (seed 002).
+"""Training events as objects (see ``base``): decompose and reconstruct (Elhoushi et al. 2019), ADMM
+(Yin et al. 2021), factorized from scratch. Each owns its settings and its spelling:
 
-    TrainConfig(..., decompose_at=10)                    # builds Decompose(10)
-    TrainConfig(..., events=(ADMMPhase(until=20),))      # ADMM for 20 epochs, then decomposed
-    TrainConfig(..., events=(FromScratch(),))            # factorized layers from the first step
+    TrainConfig(..., events=(Decompose(10, methods=(fc.Tucker2(0.25),)),))   # dec@10, --decompose-at 10
+    TrainConfig(..., events=(Decompose(10), Reconstruct(190)))               # dec@10+rec@190
+    TrainConfig(..., events=(ADMMPhase(until=20, rho=1e-2),))                # admm@20, --admm-until 20
+    TrainConfig(..., events=(FromScratch(methods=(fc.TT(8),)),))             # scratch, --factorized-from-scratch
+
+A new event is one module: a class derived from ``Event`` (or ``Decomposing``) and ``@register``;
+importing it makes its token and flags known to the scenario parser and the CLI (the built-in
+ones are imported here).
 """
+# registration order is the order a command line's events are built in (the order of earlier
+# checkpoints' event states): decompose, reconstruct, ADMM, from scratch
+from factorch.training.events.architecture import (Decompose, Reconstruct, decompose_event,  # noqa: I001
+                                                   decomposed_on_main, reconstruct_event, training_profiler)
 from factorch.training.events.admm import ADMMPhase
-from factorch.training.events.architecture import (Decompose, Reconstruct, decompose_event, decomposed_on_main,
-                                                   reconstruct_event, training_profiler)
-from factorch.training.events.base import Change, Event, RunContext
+from factorch.training.events.base import EVENTS, Change, Event, Option, RunContext, register
+from factorch.training.events.decomposing import DEFAULT_METHODS, Decomposing
 from factorch.training.events.scratch import FromScratch
 
-__all__ = ["ADMMPhase", "Change", "Decompose", "Event", "FromScratch", "Reconstruct", "RunContext", "decompose_event",
-           "decomposed_on_main", "reconstruct_event", "training_profiler"]
+__all__ = ["ADMMPhase", "Change", "DEFAULT_METHODS", "Decompose", "Decomposing", "EVENTS", "Event", "FromScratch",
+           "Option", "Reconstruct", "RunContext", "decompose_event", "decomposed_on_main", "reconstruct_event",
+           "register", "training_profiler"]

@@ -1,9 +1,9 @@
-"""Low-rank training by ADMM for the first ``until`` epochs, then decomposed (seed 002, Yin et al.
-2021; methods.md section 5): ``--admm-until K``, scenario ``admm@K``.
+"""Low-rank training by ADMM for the first ``until`` epochs, then decomposed (Yin et al., CVPR 2021,
+section 3): ``--admm-until K``, scenario ``admm@K``.
 
 The dense model trains with ``fc.ADMM``'s penalty added to every batch's loss, towards the ranks
-that the run's ``--method``/``--rank`` (and ``--first-conv``/``--exclude``) give at the start
-(resolved once, on the initial weights). As the official code does: ``Z = P(W)``, ``U = 0`` at
+that the event's methods (and ``first_conv``/``exclude``) give at the start (resolved once, on
+the initial weights). As the official code does: ``Z = P(W)``, ``U = 0`` at
 the start, ``Z``/``U`` updated at the start of every later epoch (or every ``update_every``
 optimizer steps), and before epoch ``until`` the trained ``W`` is decomposed at exactly ``Z``'s
 ranks; training goes on with the decomposed model. Its checkpoint state is ``fc.ADMM``'s
@@ -11,33 +11,49 @@ ranks; training goes on with the decomposed model. Its checkpoint state is ``fc.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
 from factorch.admm import ADMM, check_growth, check_rho
-from factorch.training.events.base import Change, Event, RunContext
-
-if TYPE_CHECKING:
-    from factorch.training.config import TrainConfig
+from factorch.training.events.base import Change, Event, Option, RunContext, register
+from factorch.training.events.decomposing import CALIBRATION_BATCHES, Decomposing, check_batches
 
 
+@register
 @dataclass
-class ADMMPhase(Event):
-    """ADMM with the run's methods for epochs ``[0, until)``, decomposition before epoch ``until``.
+class ADMMPhase(Decomposing):
+    """ADMM with its methods for epochs ``[0, until)``, decomposition before epoch ``until``.
 
     ``rho``: the penalty weight (official default 1e-3); ``update_every``: optimizer steps between
-    Z/U updates (None: once per epoch, at its start); ``rho_growth``: rho's factor at each update."""
+    Z/U updates (None: once per epoch, at its start); ``rho_growth``: rho's factor at each update;
+    ``calibration_batches``: training batches for data-aware factors in the final decomposition."""
 
     until: int
     rho: float = 1e-3
     update_every: Optional[int] = None
     rho_growth: float = 1.0
+    calibration_batches: int = field(default=0, kw_only=True)
+
     kind: ClassVar[str] = "admm"
-    uses_methods: ClassVar[bool] = True
+    token: ClassVar[str] = "admm"
+    flag: ClassVar[str] = "--admm-until"
+    flag_help: ClassVar[str] = ("ADMM towards the --method/--rank ranks for the first K epochs, then decompose at "
+                                "exactly those ranks and train on")
+    options = (
+        Option("rho", "--admm-rho", "penalty weight rho (default 1e-3, the official code's)", type=float,
+               metavar="RHO"),
+        Option("update_every", "--admm-update-every",
+               "update Z and U every N optimizer steps (default: once per epoch, at its start)", type=int, metavar="N"),
+        Option("rho_growth", "--admm-rho-growth", "multiply rho by F at every update (default 1)", type=float,
+               metavar="F"),
+        CALIBRATION_BATCHES,
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_batches(self.calibration_batches)
         check_rho(self.rho)
         check_growth(self.rho_growth)
         if self.update_every is not None and (isinstance(self.update_every, bool) or
@@ -59,11 +75,11 @@ class ADMMPhase(Event):
     def label(self) -> str:
         return f"admm_until={self.until}"
 
-    def validate(self, cfg: "TrainConfig", events: Sequence[Event]) -> None:
+    def validate(self, epochs: int, events: Sequence[Event]) -> None:
         k = self.until
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.epochs - 1:
-            raise ValueError(f"ADMM until epoch {k!r} is outside the run: it must be in [1, {cfg.epochs - 1}] "
-                             f"for {cfg.epochs} epochs (ADMM for K epochs, then decomposed and fine-tuned)")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= epochs - 1:
+            raise ValueError(f"ADMM until epoch {k!r} is outside the run: it must be in [1, {epochs - 1}] "
+                             f"for {epochs} epochs (ADMM for K epochs, then decomposed and fine-tuned)")
         for other in events:
             early = [epoch for epoch, _ in other.changes() if epoch <= k]
             if other is not self and early:
@@ -78,7 +94,7 @@ class ADMMPhase(Event):
         """Set the target ranks (on the weights now) and ``Z = P(W)``, unless past the ADMM phase
         (a resumed run then loads its state: Z, U, rho and the ranks fixed at the start)."""
         if 0 <= first_epoch <= self.until:
-            self._admm = ADMM(run.model, list(run.cfg.methods), self.rho, run.filter_fn(),
+            self._admm = ADMM(run.model, list(self.methods), self.rho, self.filter_fn(run.model),
                               example_input=run.example, rho_growth=self.rho_growth)
             if first_epoch == 0:
                 ranks = ", ".join(f"{n} {'x'.join(map(str, r))}" for n, r in self._admm.ranks.items())
@@ -91,7 +107,7 @@ class ADMMPhase(Event):
             return None
         if epoch == self.until:  # decompose the trained W at Z's ranks (every rank gets rank 0's factors)
             admm, self._admm = self._admm, None
-            report = admm.decompose_(run.calibration())
+            report = admm.decompose_(run.calibration(self.calibration_batches))
             return Change("decompose", [r.name for r in report.decomposed],
                           {r.name: r.skipped for r in report.skipped}, report if run.dist.is_main else None)
         if 0 < epoch and self.update_every is None:  # the official code: not before the first epoch

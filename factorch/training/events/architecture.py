@@ -1,18 +1,18 @@
-"""The architecture changes of seed 000 (Elhoushi et al. 2019): decompose before epoch k,
-reconstruct the dense layers before epoch m.
+"""The architecture changes of Elhoushi et al. 2019 (section 3): decompose before epoch k (``dec@K``,
+``--decompose-at K``), reconstruct the dense layers before epoch m (``rec@M``, ``--reconstruct-at M``).
 
 Under DDP the decomposition is computed once, on rank 0: the other ranks receive its
 factorization spec, build the same (empty) structure with ``io.apply_spec`` and get every
 parameter and buffer from rank 0, so all ranks end with identical weights whatever they held.
 Every layer left dense is named with its reason in the change record (EVBMF gives rank 0 on
-barely-trained weights, methods.md 2.1 issue 2; or, with ``keep_if_faster``, the factorized form
+barely-trained weights: they look like noise, Nakajima et al. 2013; or, with ``keep_if_faster``, the factorized form
 was not faster at the training batch: both measured times are in the reason).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,17 +20,14 @@ from torch import nn
 from factorch.api import decompose_, reconstruct_
 from factorch.io import apply_spec, factorization_spec
 from factorch.layers.base import FactorizedLayer
-from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler
+from factorch.methods import Method
 from factorch.report import Report
+from factorch.distributed import Distributed
 from factorch.selection import layer_filter
 from factorch.surgery import walk
-from factorch.distributed import Distributed
-from factorch.training.events.base import Change, Event, RunContext
-from factorch.training.loop import uses_channels_last
-
-if TYPE_CHECKING:
-    from factorch.training.config import TrainConfig
+from factorch.training.events.base import Change, Event, Option, RunContext, register
+from factorch.training.events.decomposing import CALIBRATION_BATCHES, Decomposing, calibration, check_batches
 
 NOTHING_DECOMPOSED = ("warning: no layer was decomposed (EVBMF gives rank 0 on barely-trained weights); "
                       "decompose later or use --rank evbmf:W / a fraction")
@@ -101,19 +98,44 @@ def reconstruct_event(model: nn.Module, dist: Distributed) -> Change:
     return Change("reconstruct", names)
 
 
-def _epoch_in(value: object, low: int, high: int) -> bool:
+def epoch_in(value: object, low: int, high: int) -> bool:
+    """Whether ``value`` is an int epoch in ``[low, high]``."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+KEEP_IF_FASTER = Option(
+    "keep_if_faster", "--keep-if-faster", switch=True, cli_default=True,
+    help="at a decomposition, time each layer dense and factorized (forward+backward at the training batch) and "
+         "keep it dense where factorizing is not faster (default on)")
+
+
+@register
 @dataclass
-class Decompose(Event):
-    """``decompose_`` the model with the run's methods before epoch ``at`` (after ``at`` dense
-    epochs; ``TrainConfig(decompose_at=k)``, ``--decompose-at K``, scenario ``dec@K``); with the
-    run's ``keep_if_faster``, only the layers measured faster factorized (``training_profiler``)."""
+class Decompose(Decomposing):
+    """``decompose_`` the model with its ``methods`` before epoch ``at`` (after ``at`` dense
+    epochs). ``calibration_batches``: that many training batches (inputs only) for data-aware
+    factors and ranks (0: weight-only). ``keep_if_faster`` (True or a ``fc.Profiler``): time each
+    candidate layer dense and factorized, forward+backward at the per-process training batch, its
+    real input size, the run's memory format and AMP setting, and keep it dense where the
+    factorized form is not faster (``training_profiler``). Off by default, so a run's result is a
+    function of its settings and seed alone; ``factorch train`` turns it on. The decision is made
+    once, on rank 0, and the checkpoint holds the architecture it chose: a resumed run continues
+    it exactly."""
 
     at: int
+    calibration_batches: int = field(default=0, kw_only=True)
+    keep_if_faster: bool | Profiler = field(default=False, kw_only=True)
+
     kind: ClassVar[str] = "decompose"
-    uses_methods: ClassVar[bool] = True
+    token: ClassVar[str] = "dec"
+    flag: ClassVar[str] = "--decompose-at"
+    flag_help: ClassVar[str] = "decompose after K epochs"
+    options = (CALIBRATION_BATCHES, KEEP_IF_FASTER)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_batches(self.calibration_batches)
+        as_profiler(self.keep_if_faster)  # True, False or a fc.Profiler
 
     def changes(self) -> tuple[tuple[int, str], ...]:
         return ((self.at, "decompose"),)
@@ -122,30 +144,37 @@ class Decompose(Event):
     def label(self) -> str:
         return f"decompose_at={self.at}"
 
-    def validate(self, cfg: "TrainConfig", events: Sequence[Event]) -> None:
-        if not _epoch_in(self.at, 0, cfg.epochs - 1):
-            raise ValueError(f"decompose_at must be an epoch in [0, {cfg.epochs - 1}], got {self.at!r}")
+    def describe(self) -> dict:
+        return {**super().describe(), "keep_if_faster": as_profiler(self.keep_if_faster) is not None}
+
+    def validate(self, epochs: int, events: Sequence[Event]) -> None:
+        if not epoch_in(self.at, 0, epochs - 1):
+            raise ValueError(f"decompose_at must be an epoch in [0, {epochs - 1}], got {self.at!r}")
 
     def begin(self, run: RunContext, first_epoch: int) -> None:
         if first_epoch <= self.at:
-            run.filter_fn()  # an --exclude that matches no layer fails now, not after `at` epochs
+            self.filter_fn(run.model)  # an --exclude that matches no layer fails now, not after `at` epochs
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         if epoch != self.at:
             return None
-        cfg = run.cfg
-        timing = training_profiler(cfg.keep_if_faster, cfg.batch_size // run.dist.world,
-                                   uses_channels_last(cfg.channels_last, run.model, run.dist.device), cfg.amp)
-        return decompose_event(run.model, cfg.methods, run.example, run.dist, cfg.first_conv, cfg.exclude,
-                               calibration=run.calibration() if run.dist.is_main else None, keep_if_faster=timing)
+        timing = training_profiler(self.keep_if_faster, run.process_batch, run.channels_last, run.amp)
+        return decompose_event(run.model, self.methods, run.example, run.dist, self.first_conv, self.exclude,
+                               calibration=calibration(run, self.calibration_batches), keep_if_faster=timing)
 
 
+@register
 @dataclass
 class Reconstruct(Event):
-    """Back to the dense architecture before epoch ``at`` (``reconstruct_at=m``, ``dec@K+rec@M``)."""
+    """Back to the dense architecture before epoch ``at``, from the current (trained) factors,
+    losslessly (``fc.reconstruct_``)."""
 
     at: int
+
     kind: ClassVar[str] = "reconstruct"
+    token: ClassVar[str] = "rec"
+    flag: ClassVar[str] = "--reconstruct-at"
+    flag_help: ClassVar[str] = "back to the dense architecture after M epochs"
 
     def changes(self) -> tuple[tuple[int, str], ...]:
         return ((self.at, "reconstruct"),)
@@ -154,14 +183,14 @@ class Reconstruct(Event):
     def label(self) -> str:
         return f"reconstruct_at={self.at}"
 
-    def validate(self, cfg: "TrainConfig", events: Sequence[Event]) -> None:
+    def validate(self, epochs: int, events: Sequence[Event]) -> None:
         decompositions = [epoch for e in events for epoch, kind in e.changes() if kind == "decompose"]
         if not decompositions:
             raise ValueError("reconstruct_at needs decompose_at (or an ADMM phase) before it: nothing to "
                              "reconstruct otherwise")
         k = min(decompositions)
-        if not _epoch_in(self.at, k + 1, cfg.epochs - 1):
-            raise ValueError(f"reconstruct_at must be an epoch in [{k + 1}, {cfg.epochs - 1}] "
+        if not epoch_in(self.at, k + 1, epochs - 1):
+            raise ValueError(f"reconstruct_at must be an epoch in [{k + 1}, {epochs - 1}] "
                              f"(after the decomposition at {k}), got {self.at!r}")
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:

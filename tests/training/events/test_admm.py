@@ -4,8 +4,6 @@ import csv
 import json
 import re
 import shutil
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
@@ -15,7 +13,7 @@ from tests.conftest import kill_after_epochs
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
 from factorch.training.checkpoint import load_run
-from factorch.training.events import ADMMPhase, Event
+from factorch.training.events import ADMMPhase, Decompose, Reconstruct
 from tests.conftest import needs_gloo, torchrun
 from factorch.training.scenarios import Scenario, parse_scenarios
 
@@ -37,11 +35,11 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05, methods=METHODS)
+BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05)
 
 
 def test_admm_run_penalty_then_decomposition_at_the_fixed_ranks(tmp_path):
-    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05),))
+    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05, methods=METHODS),))
     history = train(cfg, tmp_path / "run", log=lambda s: None)
     expected = {r.name: r.ranks for r in fc.plan(fc.models.create("lenet5", 10, 1), list(METHODS),
                                                  filter_fn=lambda m, n: n != "conv1").decomposed}
@@ -56,8 +54,9 @@ def test_admm_run_penalty_then_decomposition_at_the_fixed_ranks(tmp_path):
     assert dense[0]["test_acc"] == history[0]["test_acc"] or dense[0]["train_loss"] != history[0]["train_loss"]
     assert dense[0]["train_loss"] != history[0]["train_loss"]
     saved = load_run(tmp_path / "run" / "checkpoint.pt")["config"]
-    assert saved["events"] == [{"kind": "admm", "until": 2, "rho": 0.05, "update_every": None, "rho_growth": 1.0,
-                                "first_epoch": 0, "uses_methods": True}]
+    assert saved["events"] == [{"kind": "admm", "methods": [repr(m) for m in METHODS], "first_conv": False,
+                                "exclude": [], "until": 2, "rho": 0.05, "update_every": None, "rho_growth": 1.0,
+                                "calibration_batches": 0, "first_epoch": 0}]
 
 
 def test_resume_at_every_epoch_boundary_is_exact(tmp_path, monkeypatch, kept_checkpoints):
@@ -65,7 +64,7 @@ def test_resume_at_every_epoch_boundary_is_exact(tmp_path, monkeypatch, kept_che
     decomposition), the run gives the uninterrupted run's metrics and weights, bit for bit; here
     with updates every 3 steps and a growing rho (step count and rho are state too; the per-epoch
     update resumes in the kill -9 test below)."""
-    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05, update_every=3, rho_growth=1.5),))
+    cfg = TrainConfig(**BASE, epochs=4, events=(ADMMPhase(until=2, rho=0.05, update_every=3, rho_growth=1.5, methods=METHODS),))
     clean = tmp_path / "clean"
     train(cfg, clean, log=lambda s: None)
     monkeypatch.undo()
@@ -119,10 +118,10 @@ def test_admm_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
 
 def test_event_rules_in_the_config():
     admm = ADMMPhase(until=2)
-    TrainConfig(epochs=5, events=(admm,), reconstruct_at=3)  # ADMM's decomposition can be reconstructed
-    TrainConfig(epochs=5, events=(admm,), decompose_at=3)    # later: the layers ADMM left dense
+    TrainConfig(epochs=5, events=(admm, Reconstruct(3)))  # ADMM's decomposition can be reconstructed
+    TrainConfig(epochs=5, events=(admm, Decompose(3)))    # later: the layers ADMM left dense
     with pytest.raises(ValueError, match=r"reconstruct_at must be an epoch in \[3, 4\]"):
-        TrainConfig(epochs=5, events=(admm,), reconstruct_at=2)
+        TrainConfig(epochs=5, events=(Reconstruct(2), admm))
     with pytest.raises(ValueError, match="events must be a tuple of training events"):
         TrainConfig(events=[admm])
     cfg = TrainConfig(epochs=5, events=(admm,))
@@ -137,16 +136,20 @@ def test_resume_refuses_other_admm_settings(tmp_path, capsys):
     capsys.readouterr()
     assert run([*base, "--admm-rho", "0.01", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "settings differ (events:" in err and "'rho': 0.001" in err and "'rho': 0.01" in err
+    assert "settings differ (events[0].rho: checkpoint 0.001, now 0.01)" in err
 
 
 def test_admm_scenarios():
     got = parse_scenarios("original,dec@3,admm@3", 5)
     assert got[2] == Scenario("admm@3", events=(ADMMPhase(3),))
-    cfg = got[2].config(TrainConfig(epochs=5, decompose_at=1))
-    assert cfg.decompose_at is None and cfg.events == (ADMMPhase(3),)
-    for text, match in (("admm@0", r"ADMM end epoch 0 must be in \[1, 4\]"), ("admm@5", "ADMM end epoch 5"),
-                        ("admm@", "not understood; use original, dec@K, dec@K\\+rec@M, admm@K")):
+    cfg = got[2].config(TrainConfig(epochs=5, events=(Decompose(1),)))
+    assert cfg.events == (ADMMPhase(3),)  # the scenario's events replace the base's
+    for text, match in (("admm@0", r"scenario 'admm@0': ADMM until epoch 0 is outside the run: it must be in \[1, 4\]"),
+                        ("admm@5", "ADMM until epoch 5"), ("admm@", "not understood; use original, dec@K, rec@K, admm@K"),
+                        ("admm@40%", r"ADMMPhase\(.*until=2")):  # a fraction of the epochs, like dec@P%
+        if text.endswith("%"):
+            assert repr(parse_scenarios(text, 5)[0].events[0]).count("until=2") == 1
+            continue
         with pytest.raises(ValueError, match=match):
             parse_scenarios(text, 5)
 
@@ -164,57 +167,14 @@ def test_experiment_with_admm_table_and_figure(tmp_path, capsys):
         assert float(row["acc_before_dec"]) == h[1]["test_acc"] and float(row["acc_after_dec"]) == h[2]["event_test_acc"]
     assert admm["params"] == dec["params"] and admm["decomposed_layers"] == dec["decomposed_layers"] == "4"
     md = (out / "results.md").read_text()
-    assert "admm@2: ADMMPhase(until=2, rho=0.01, update_every=None, rho_growth=1.0)" in md
+    assert "admm@2: ADMMPhase(methods=(Tucker2(rank=0.5), SVD(rank=0.5)), first_conv=False, exclude=(), until=2, " \
+           "rho=0.01, update_every=None, rho_growth=1.0, calibration_batches=0)" in md
     assert "| admm@2 | " in md and "% -> " in md
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert run(["experiment", "--model", "lenet5", "--epochs", "3", "--admm-rho", "0.1", "--scenarios",
                 "original,dec@1", "--out", str(tmp_path / "x")]) == 2
     assert "--admm-rho apply to admm@K scenarios; none given" in capsys.readouterr().err
-
-
-@dataclass
-class CountSteps(Event):
-    """A new event, defined outside factorch: state, a loss term, metrics -- no change elsewhere."""
-
-    weight: float = 0.0
-    kind: ClassVar[str] = "count"
-
-    def __post_init__(self):
-        self._steps, self._model = 0, None
-
-    def begin(self, run, first_epoch):
-        self._model = run.model
-
-    def loss(self):
-        return self.weight * sum(p.square().sum() for p in self._model.parameters())
-
-    def after_step(self):
-        self._steps += 1
-
-    def metrics(self):
-        return {"steps": self._steps}
-
-    def state_dict(self):
-        return {"steps": self._steps}
-
-    def load_state_dict(self, state):
-        self._steps = state["steps"]
-
-
-def test_a_new_event_needs_no_change_to_the_loop(tmp_path, monkeypatch, kept_checkpoints):
-    cfg = TrainConfig(**BASE, epochs=3, events=(CountSteps(weight=1e-3),))
-    history = train(cfg, tmp_path / "clean", log=lambda s: None)
-    monkeypatch.undo()
-    assert [r["steps"] for r in history] == [5, 10, 15]  # 160 examples, batch 32
-    plain = train(TrainConfig(**BASE, epochs=1), tmp_path / "plain", log=lambda s: None)
-    assert plain[0]["train_loss"] != history[0]["train_loss"]  # its loss term acted
-    d = tmp_path / "resumed"
-    d.mkdir()
-    shutil.copy(kept_checkpoints / "epoch1.pt", d / "checkpoint.pt")
-    assert load_run(d / "checkpoint.pt")["events"] == [{"steps": 5}]
-    train(cfg, d, resume=True, log=lambda s: None)
-    assert _results(d) == _results(tmp_path / "clean")
 
 
 @pytest.mark.parametrize("command", ["train", "experiment"])

@@ -4,17 +4,17 @@ moving the run's RNG, so a resumed run decomposes exactly as an uninterrupted on
 import re
 import shutil
 
-import pytest
 import torch
 
 import factorch as fc
 import factorch.training.run as run_module
 from factorch.cli.main import run
 from factorch.training import TrainConfig, train
-from factorch.training.events import ADMMPhase, RunContext
+from factorch.training.events import ADMMPhase, Decompose, RunContext
 from factorch.distributed import Distributed
 
-BASE = dict(model="lenet5", dataset="digits", subset=192, batch_size=32, lr=0.05, methods=(fc.Tucker2(0.4), fc.SVD(0.3)))
+BASE = dict(model="lenet5", dataset="digits", subset=192, batch_size=32, lr=0.05)
+METHODS = (fc.Tucker2(0.4), fc.SVD(0.3))
 DROP = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
 
 
@@ -37,8 +37,8 @@ def _reports(monkeypatch):
 
 def test_decompose_event_fits_to_training_batches(tmp_path, monkeypatch):
     seen = _reports(monkeypatch)
-    aware = train(TrainConfig(**BASE, epochs=2, decompose_at=1, calibration_batches=2), tmp_path / "a", log=lambda s: None)
-    plain = train(TrainConfig(**BASE, epochs=2, decompose_at=1), tmp_path / "b", log=lambda s: None)
+    aware = train(TrainConfig(**BASE, epochs=2, events=(Decompose(1, methods=METHODS, calibration_batches=2),)), tmp_path / "a", log=lambda s: None)
+    plain = train(TrainConfig(**BASE, epochs=2, events=(Decompose(1, methods=METHODS),)), tmp_path / "b", log=lambda s: None)
     calibrated, weight_only = seen
     assert {r.factors for r in calibrated.decomposed} <= {"data-aware", "weight-only"}
     assert any(r.factors == "data-aware" for r in calibrated.decomposed)
@@ -50,23 +50,21 @@ def test_decompose_event_fits_to_training_batches(tmp_path, monkeypatch):
 
 
 def test_calibration_batches_are_the_same_whenever_drawn():
-    cfg = TrainConfig(**BASE, epochs=1, calibration_batches=3)
     data = fc.data.load("digits", train=True, subset=192, augment=True, seed=0)
-    ctx = RunContext(cfg, torch.nn.Identity(), torch.zeros(1, 1, 8, 8), Distributed(), print, data)
+    ctx = RunContext(torch.nn.Identity(), torch.zeros(1, 1, 8, 8), Distributed(), print, data, batch_size=32)
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    first = ctx.calibration()
+    first = ctx.calibration(3)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG did not move
     torch.manual_seed(2)
-    second = ctx.calibration()
+    second = ctx.calibration(3)
     assert [b.shape for b in first] == [torch.Size([32, 1, 16, 16])] * 3
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    assert RunContext(TrainConfig(**BASE, epochs=1), torch.nn.Identity(), torch.zeros(1), Distributed(), print,
-                      data).calibration() is None
+    assert ctx.calibration(0) is None
 
 
 def test_resume_after_a_calibrated_decomposition_is_exact(tmp_path, monkeypatch, kept_checkpoints):
-    cfg = TrainConfig(**BASE, epochs=3, decompose_at=1, calibration_batches=2)
+    cfg = TrainConfig(**BASE, epochs=3, events=(Decompose(1, methods=METHODS, calibration_batches=2),))
     kept = kept_checkpoints
     clean = train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
@@ -81,10 +79,10 @@ def test_resume_after_a_calibrated_decomposition_is_exact(tmp_path, monkeypatch,
 
 def test_admm_final_decomposition_is_calibrated_at_the_fixed_ranks(tmp_path, monkeypatch):
     seen = _reports(monkeypatch)
-    cfg = TrainConfig(**BASE, epochs=3, calibration_batches=2, events=(ADMMPhase(until=2, rho=0.05),))
+    cfg = TrainConfig(**BASE, epochs=3, events=(ADMMPhase(until=2, rho=0.05, methods=METHODS, calibration_batches=2),))
     train(cfg, tmp_path / "run", log=lambda s: None)
     (report,) = seen
-    expected = {r.name: r.ranks for r in fc.plan(fc.models.create("lenet5", 10, 1), list(BASE["methods"]),
+    expected = {r.name: r.ranks for r in fc.plan(fc.models.create("lenet5", 10, 1), list(METHODS),
                                                  filter_fn=lambda m, n: n != "conv1").decomposed}
     assert {r.name: r.ranks for r in report.decomposed} == expected
     assert any(r.factors == "data-aware" for r in report.decomposed)

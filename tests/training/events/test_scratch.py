@@ -12,7 +12,7 @@ import factorch as fc
 from factorch.cli.main import run
 from factorch.layers.base import FactorizedLayer
 from factorch.training import TrainConfig, train
-from factorch.training.events import FromScratch
+from factorch.training.events import Decompose, FromScratch
 
 BASE = dict(model="lenet5", dataset="digits", subset=160, batch_size=32, lr=0.05)
 
@@ -25,7 +25,7 @@ def _factorized(model):
                                      (fc.CP(6), fc.SVD(fc.Budget(params=0.3)))],
                          ids=["tucker2-svd", "tucker3-tt", "cp-budget"])
 def test_run_is_factorized_before_the_first_step(tmp_path, methods):
-    cfg = TrainConfig(**BASE, epochs=2, methods=methods, events=(FromScratch(),))
+    cfg = TrainConfig(**BASE, epochs=2, events=(FromScratch(methods=methods),))
     history = train(cfg, tmp_path / "run", log=lambda s: None)
     assert history[0]["event"]["kind"] == "decompose" and history[1]["event"] is None
     model = fc.load(tmp_path / "run" / "model.pt")
@@ -45,9 +45,9 @@ def test_fresh_factors_are_not_a_decomposition_of_the_dense_init(tmp_path):
     """The same seed with decompose_at=0 decomposes the dense init; from scratch initialises the
     factors directly: different weights, both factorized at the same ranks."""
     methods = (fc.Tucker2((4, 3)), fc.SVD(8))
-    scratch = train(TrainConfig(**BASE, epochs=1, methods=methods, events=(FromScratch(),)), tmp_path / "a",
+    scratch = train(TrainConfig(**BASE, epochs=1, events=(FromScratch(methods=methods),)), tmp_path / "a",
                     log=lambda s: None)
-    decomposed = train(TrainConfig(**BASE, epochs=1, methods=methods, decompose_at=0), tmp_path / "b",
+    decomposed = train(TrainConfig(**BASE, epochs=1, events=(Decompose(0, methods=methods),)), tmp_path / "b",
                        log=lambda s: None)
     a, b = fc.load(tmp_path / "a" / "model.pt"), fc.load(tmp_path / "b" / "model.pt")
     assert _factorized(a) == _factorized(b) and scratch[0]["params"] == decomposed[0]["params"]
@@ -66,7 +66,7 @@ def test_cli_trains_from_scratch(tmp_path, capsys):
 
 
 def test_resume_after_the_first_epoch_is_exact(tmp_path, monkeypatch, kept_checkpoints):
-    cfg = TrainConfig(**BASE, epochs=2, methods=(fc.Tucker2(0.3), fc.SVD(0.3)), events=(FromScratch(),))
+    cfg = TrainConfig(**BASE, epochs=2, events=(FromScratch(methods=(fc.Tucker2(0.3), fc.SVD(0.3))),))
     clean = train(cfg, tmp_path / "clean", log=lambda s: None)
     monkeypatch.undo()
     (tmp_path / "resumed").mkdir()
@@ -92,4 +92,4 @@ def test_rules_that_read_trained_weights_are_refused(tmp_path, capsys, rank):
 
 def test_one_change_before_epoch_0():
     with pytest.raises(ValueError, match="both change the architecture before epoch 1"):
-        TrainConfig(**BASE, epochs=2, methods=(fc.SVD(4),), decompose_at=0, events=(FromScratch(),))
+        TrainConfig(**BASE, epochs=2, events=(Decompose(0, methods=(fc.SVD(4),)), FromScratch(methods=(fc.SVD(4),))))

@@ -1,4 +1,5 @@
-"""The optimizer hand-off when the architecture changes mid-training (methods.md section 6).
+"""The optimizer hand-off when the architecture changes mid-training (Elhoushi et al. 2019, section 3;
+``docs/math.md``, "Decomposing during training").
 
 After ``decompose_``/``reconstruct_`` the model holds new parameter tensors (the factors, or the
 rebuilt dense kernels) and has lost the replaced ones. ``rebuild_optimizer`` makes an optimizer

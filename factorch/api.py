@@ -79,6 +79,30 @@ def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = N
     return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration)[0]
 
 
+def check(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
+          example_input: Any = None, from_scratch: bool = False) -> None:
+    """Raise the ``ValueError`` that ``decompose_``/``plan`` would raise for these settings on this
+    model, without decomposing anything: a config naming an unknown layer, a tuple rank above a
+    layer's full rank, a rule given for a from-scratch decomposition. What depends on the weights
+    at the time of the decomposition (rank rules, budgets: they read spectra) is left to it. A
+    training run calls this before its first step, so a bad setting never costs epochs."""
+    selection = Selection(methods)
+    candidates = [(n, m) for n, m in walk(model) if isinstance(m, layer_types())]
+    selection.check_names([n for n, _ in candidates])
+
+    def methods_for(name: str, module: nn.Module) -> Optional[list[Method]]:
+        if filter_fn is not None and not filter_fn(module, name):
+            return None
+        given = selection.methods_for(name)
+        return [m for m in given or [] if from_scratch or not isinstance(m.rank, RankRule)] or None
+
+    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
+    decide_all(candidates, methods_for,
+               lambda n, m: Context(shapes.get(n) or nominal_shape(m), nominal=n not in shapes,
+                                    from_scratch=from_scratch, explicit=selection.is_explicit(n)),
+               exact_shapes=example_input is not None)
+
+
 def reconstruct_(model: nn.Module) -> list[str]:
     """Replace every factorized layer by its equivalent dense layer, built from the current
     (possibly trained) factors; returns the names of the layers rebuilt. A layer that cannot be

@@ -49,20 +49,32 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+CHECK_EVERY = 16  # steps between reads of the non-finite-loss flag on a GPU (a read waits for the device)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops (its last good checkpoint stays)."""
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 device: Optional[torch.device | str] = None, scaler: Optional[Any] = None,
                 scheduler: Optional[Any] = None, *, amp: bool = False, channels_last: bool = False,
                 desc: str = "train", extra_loss: Optional[Callable[[], Optional[Tensor]]] = None,
-                after_step: Optional[Callable[[], None]] = None) -> dict[str, float]:
+                after_step: Optional[Callable[[], None]] = None, stop_on_nonfinite: bool = True
+                ) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader`` with cross-entropy; returns
-    ``{"loss", "acc", "seconds", "samples"}`` (mean loss and top-1 accuracy over the epoch).
+    ``{"loss", "acc", "seconds", "samples", "bad_step"}`` (mean loss and top-1 accuracy over the
+    epoch; ``bad_step``: the first step, from 1, whose training loss was NaN or infinite, else 0).
 
     ``scaler``: a ``torch.amp.GradScaler`` (float16 AMP); ``scheduler``: stepped after every
     optimizer step (per-batch schedules; an epoch schedule is the caller's); ``device``: default
     the model's. ``extra_loss()``: a term added to every batch's loss before the backward pass
     (e.g. ``fc.ADMM.penalty``; None: nothing); the reported loss is the cross-entropy alone.
     ``after_step()``: called after every optimizer step. Loss and accuracy are summed on the
-    device and read once (no per-batch sync).
+    device and read once (no per-batch sync). A non-finite loss is flagged on the device too; with
+    ``stop_on_nonfinite`` the pass ends at the first one (checked every step on the CPU, every
+    ``CHECK_EVERY`` steps on a GPU; under DDP the caller lets every rank finish the pass, so none
+    waits for another in a collective, and decides from every rank's ``bad_step``).
     """
     device = torch.device(device) if device is not None else model_device(model)
     use_scaler = scaler is not None and scaler.is_enabled()
@@ -70,8 +82,10 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     samples = 0
+    bad = torch.zeros((), dtype=torch.int64, device=device)  # first step with a non-finite loss (0: none)
+    check = 1 if device.type == "cpu" else CHECK_EVERY
     start = time.perf_counter()
-    for x, y in track(loader, desc=desc, total=len(loader)):
+    for step, (x, y) in enumerate(track(loader, desc=desc, total=len(loader)), 1):
         x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
         with autocast(device, amp):
             out = model(x)                                   # (B, classes)
@@ -93,11 +107,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         loss_sum += loss.detach().double() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
         samples += len(y)
+        bad = torch.where((bad == 0) & ~torch.isfinite(total.detach()), step, bad)
+        if stop_on_nonfinite and step % check == 0 and int(bad):
+            break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     n = max(samples, 1)
-    return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "seconds": seconds, "samples": samples}
+    return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "seconds": seconds, "samples": samples,
+            "bad_step": int(bad)}
 
 
 @torch.no_grad()

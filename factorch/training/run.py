@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from factorch import data as fdata
 from factorch import models as fmodels
 from factorch.measure.count import count
-from factorch.files import atomic_write_text
+from factorch.files import LOCK_FILE, DirectoryLocked, atomic_write_text
 from factorch.io import CheckpointError, apply_spec, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
@@ -37,7 +37,8 @@ from factorch.training.config import RUNTIME_ONLY, TrainConfig, first_event_epoc
 from factorch.distributed import Distributed
 from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
-from factorch.training.loop import count_correct, to_memory_format, train_epoch, uses_channels_last
+from factorch.training.loop import (TrainingDiverged, count_correct, to_memory_format, train_epoch,
+                                    uses_channels_last)
 
 
 def print_line(line: str) -> None:
@@ -62,12 +63,31 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     it must not have passed this run's first event). Under ``torchrun`` every rank calls this.
     """
     dist = Distributed.from_env(cfg.device)
+    out = Path(out_dir)
+    existed = out.exists()
     try:
         with contextlib.ExitStack() as hold:  # the run directory's lock, taken once the input is checked
-            return _train(cfg, Path(out_dir), resume, start_from, log if dist.is_main else (lambda s: None), dist,
-                          hold)
+            return _train(cfg, out, resume, start_from, log if dist.is_main else (lambda s: None), dist, hold)
+    except DirectoryLocked:
+        raise  # another process's run: nothing of it is ours to remove
+    except BaseException:
+        if dist.is_main:
+            _remove_unstarted(out, existed)
+        raise
     finally:
         dist.close()
+
+
+def _remove_unstarted(out: Path, existed: bool) -> None:
+    """After a run failed before its first checkpoint, remove what it wrote (its empty metrics log,
+    its lock file, the directory if it made it): a failed run leaves nothing behind. A run with a
+    checkpoint stays, to be resumed."""
+    if (out / CHECKPOINT).exists() or not out.is_dir():
+        return
+    for name in (METRICS, LOCK_FILE):
+        (out / name).unlink(missing_ok=True)
+    if not existed and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str | os.PathLike],
@@ -145,7 +165,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         sampler.set_epoch(epoch)
         stats = train_epoch(net, loader, optimizer, device, scaler, amp=cfg.amp, channels_last=channels_last,
                             desc=f"epoch {epoch + 1}/{cfg.epochs}", extra_loss=lambda: _loss_terms(events),
-                            after_step=lambda: [event.after_step() for event in events])
+                            after_step=lambda: [event.after_step() for event in events],
+                            stop_on_nonfinite=dist.world == 1)
+        _check_finite(stats, epoch, dist, ckpt_path)
         loss_sum, correct, samples = dist.sum([stats["loss"] * stats["samples"], stats["acc"] * stats["samples"],
                                                stats["samples"]])
         t1 = time.perf_counter()
@@ -174,20 +196,45 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     return history
 
 
+def _check_finite(stats: dict[str, Any], epoch: int, dist: Distributed, ckpt_path: Path) -> None:
+    """Stop the run (every rank) at the first non-finite training loss of any rank, naming the
+    epoch and step; the checkpoint of the last finished epoch is kept, nothing of this one is
+    written."""
+    steps = dist.gather_object(stats["bad_step"])
+    bad = [(rank, s) for rank, s in enumerate(steps) if s]
+    if not bad:
+        return
+    rank, step = bad[0]
+    where = f" on rank {rank}" if dist.world > 1 else ""
+    kept = f"{ckpt_path} (after epoch {epoch}) is kept" if epoch else "no epoch finished, so no checkpoint was written"
+    raise TrainingDiverged(f"the training loss is NaN or infinite at epoch {epoch + 1}, step {step}{where}: training "
+                           f"stopped; {kept} (try a lower --lr or other ranks)")
+
+
 def _loss_terms(events: tuple[Event, ...]) -> Optional[torch.Tensor]:
     """The sum of the events' loss terms for this batch (None when no event adds one)."""
     terms = [t for t in (event.loss() for event in events) if t is not None]
     return sum(terms[1:], terms[0]) if terms else None
 
 
+def _acted(events: list[dict[str, Any]], epochs_done: int) -> list[int]:
+    """The indices of the events (``describe()`` dicts) that acted within ``epochs_done`` epochs."""
+    return [i for i, e in enumerate(events) if e["first_epoch"] < epochs_done]
+
+
 def _load_event_states(events: tuple[Event, ...], state: dict[str, Any], source: str) -> None:
+    """Each event that acted before the checkpoint continues from its saved state (they pair up
+    in order: ``_initial_state`` checked they are the same); the others start fresh."""
+    described = upgrade_config(state["config"])["events"]
     saved = state.get("events")
     if saved is None:  # a checkpoint written before events had state
-        saved = [{} for _ in events]
-    if len(saved) != len(events):
-        raise CheckpointError(f"{source!r} holds the state of {len(saved)} event(s); this run has {len(events)}")
-    for event, entry in zip(events, saved):
-        event.load_state_dict(entry)
+        saved = [{} for _ in described]
+    if len(saved) != len(described):
+        raise CheckpointError(f"{source!r} holds the state of {len(saved)} event(s) for {len(described)}")
+    states = [saved[i] for i in _acted(described, state["epoch"])]
+    for event in events:
+        if event.first_epoch < state["epoch"]:
+            event.load_state_dict(states.pop(0))
 
 
 def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: Optional[str | os.PathLike]
@@ -198,7 +245,12 @@ def _initial_state(cfg: TrainConfig, ckpt_path: Path, resume: bool, start_from: 
     current = cfg.as_dict()
     if resume and ckpt_path.exists():
         state = load_run(ckpt_path)
-        diff = config_mismatch(upgrade_config(state["config"]), current, RUNTIME_ONLY)
+        saved, done = upgrade_config(state["config"]), state["epoch"]
+        # an event that has not acted yet may be given other settings (e.g. a rank corrected after
+        # a run stopped on it); the ones that acted must be the same
+        acted = {"events": [saved["events"][i] for i in _acted(saved["events"], done)]}
+        now = {"events": [current["events"][i] for i in _acted(current["events"], done)]}
+        diff = config_mismatch(saved, current, RUNTIME_ONLY + ("events",)) or config_mismatch(acted, now, ())
         if diff:
             raise CheckpointError(f"cannot resume {ckpt_path.parent}: settings differ ({diff})")
         return state, str(ckpt_path), True

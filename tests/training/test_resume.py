@@ -1,5 +1,6 @@
 """Robust runs: a run killed with SIGKILL in the middle of an epoch resumes to the same result."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,30 @@ def test_checkpoints_from_before_events_owned_their_settings_keep_resuming(name,
     assert len(_results(resumed)) == old["epochs"]
     if not timed:
         assert _results(resumed) == _results(clean)
-    if "--rank" in argv:
+    if "--rank" in argv:  # after every event acted, another rank is refused
         other = tmp_path / "other"
         other.mkdir()
-        torch.save({**ckpt, "config": old}, other / "checkpoint.pt")
+        after = torch.load(kept_checkpoints / "epoch2.pt", weights_only=True)
+        torch.save({**after, "config": old}, other / "checkpoint.pt")
         changed = [*argv[:argv.index("--rank") + 1], "0.25", *argv[argv.index("--rank") + 2:]]
         assert run([*changed, "--out", str(other), "--resume"]) == 2
+
+
+def test_a_run_stopped_before_its_event_resumes_with_corrected_settings(tmp_path, capsys, monkeypatch,
+                                                                        kept_checkpoints):
+    """Settings of an event that has not acted yet may change on resume (a wrong rank found late
+    costs no epochs); an event that acted may not change."""
+    base = ["train", "--model", "lenet5", "--subset", "64", "--epochs", "3", "--batch-size", "32",
+            "--method", "tucker2,svd", "--no-keep-if-faster", "--decompose-at", "2"]
+    first = tmp_path / "first"
+    assert run([*base, "--rank", "0.5", "--out", str(first)]) == 0
+    monkeypatch.undo()
+    partial, clean = tmp_path / "partial", tmp_path / "clean"
+    partial.mkdir()
+    shutil.copy(kept_checkpoints / "epoch1.pt", partial / "checkpoint.pt")  # before the decomposition
+    assert run([*base, "--rank", "0.25", "--out", str(partial), "--resume"]) == 0
+    assert run([*base, "--rank", "0.25", "--out", str(clean)]) == 0
+    assert _results(partial) == _results(clean)
+    capsys.readouterr()
+    assert run([*base, "--rank", "0.25", "--out", str(first), "--resume"]) == 2  # it acted: its settings bind
+    assert "settings differ (events[0].methods" in capsys.readouterr().err

@@ -1,12 +1,15 @@
 """One run per directory: ``factorch train``/``experiment`` hold their ``--out`` (``lock_dir``) and a
 second run there is one ``error:`` line that writes nothing; torchrun workers die with their
-launcher (a ``kill -9`` of torchrun leaves no rank writing)."""
+launcher (a ``kill -9`` of torchrun leaves no rank writing); a run that diverges stops with its last
+good checkpoint, and one that fails before its first checkpoint leaves nothing."""
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ import torch
 from factorch.cli.main import run
 from factorch.files import DirectoryLocked, lock_dir
 from factorch.training import TrainConfig, train
+from factorch.training.checkpoint import load_run
+from factorch.training.events import Event
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import parse_scenarios
 
@@ -122,3 +127,53 @@ def test_torchrun_workers_exit_when_the_launcher_is_killed(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@dataclass
+class NaNAt(Event):
+    """A loss term that is NaN at one step (counted over the run): a divergence on cue."""
+
+    step: int = 1
+    kind: ClassVar[str] = "nan"
+
+    def __post_init__(self):
+        self._steps = 0
+
+    def loss(self):
+        self._steps += 1
+        return torch.tensor(float("nan")) if self._steps == self.step else None
+
+
+def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=4, subset=64, batch_size=32, events=(NaNAt(step=6),))
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"the training loss is NaN or infinite at epoch 3, step 2: training stopped; "
+                                           r".*checkpoint\.pt \(after epoch 2\) is kept"):
+        train(cfg, out, log=lambda s: None)
+    assert load_run(out / "checkpoint.pt")["epoch"] == 2  # 2 steps per epoch: step 6 is epoch 3's second
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2 and not (out / "model.pt").exists()
+    assert all(torch.isfinite(t).all() for t in load_run(out / "checkpoint.pt")["model"].values())
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, capsys):
+    first = TrainConfig(model="lenet5", dataset="digits", epochs=2, subset=64, batch_size=32, events=(NaNAt(step=1),))
+    with pytest.raises(RuntimeError, match="at epoch 1, step 1: .*no epoch finished, so no checkpoint was written"):
+        train(first, tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # no lock file, no empty metrics log, no directory
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError):
+        train(first, tmp_path / "mine", log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]  # what was there stays
+    # settings that no epoch can fix are refused before anything is written
+    base = ["train", "--model", "lenet5", "--dataset", "digits", "--subset", "64", "--epochs", "2"]
+    for argv, message in (
+            (["--decompose-at", "1", "--method", "tucker2", "--rank", "64,64"],
+             "error: layer 'conv2' (conv5x5 6->16): rank (64, 64) exceeds the full rank of mode 'out' (16)"),
+            (["--factorized-from-scratch", "--method", "cp", "--rank", "4", "--exclude", "conv2"],
+             "error: no layer was decomposed (3 x CP does not handle Linear; 2 x excluded by filter_fn), so training "
+             "from scratch would train the dense model; nothing was written")):
+        assert run([*base, *argv, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(message), err
+        assert not (tmp_path / "bad").exists()

@@ -11,13 +11,14 @@ was not faster at the training batch: both measured times are in the reason).
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
 
-from factorch.api import decompose_, reconstruct_
+from factorch.api import check, decompose_, reconstruct_
 from factorch.io import apply_spec, factorization_spec
 from factorch.layers.base import FactorizedLayer
 from factorch.measure.latency import Profiler, as_profiler
@@ -29,8 +30,7 @@ from factorch.surgery import walk
 from factorch.training.events.base import Change, Event, Option, RunContext, register
 from factorch.training.events.decomposing import CALIBRATION_BATCHES, Decomposing, calibration, check_batches
 
-NOTHING_DECOMPOSED = ("warning: no layer was decomposed (EVBMF gives rank 0 on barely-trained weights); "
-                      "decompose later or use --rank evbmf:W / a fraction")
+RANK_ZERO_HINT = "EVBMF gives rank 0 on barely-trained weights: decompose later or use --rank evbmf:W / a fraction"
 NOTHING_FASTER = ("warning: no layer was decomposed: no factorized layer was faster here at the training batch "
                   "(keep_if_faster; --no-keep-if-faster decomposes anyway)")
 KEPT_DENSE = "kept dense"  # how decompose_'s report starts the reason of a layer keep_if_faster left dense
@@ -72,8 +72,14 @@ def decomposed_on_main(model: nn.Module, dist: Distributed, decompose: Callable[
 
 
 def _nothing_decomposed(skipped: dict[str, str]) -> str:
-    timed = [reason for reason in skipped.values() if reason.startswith(KEPT_DENSE)]
-    return NOTHING_FASTER if timed else NOTHING_DECOMPOSED
+    """The warning when a decomposition changed no layer: the reasons it was given, most common
+    first (and the cure for rank 0 only where a rule found rank 0)."""
+    if any(reason.startswith(KEPT_DENSE) for reason in skipped.values()):
+        return NOTHING_FASTER
+    reasons = Counter(skipped.values()).most_common()
+    said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    hint = f" ({RANK_ZERO_HINT})" if any("rank 0" in reason for reason, _ in reasons) else ""
+    return f"warning: no layer was decomposed: {said or 'the model has no layer a method handles'}{hint}"
 
 
 def decompose_event(model: nn.Module, methods: Sequence[Method], example_input: torch.Tensor,
@@ -152,8 +158,8 @@ class Decompose(Decomposing):
             raise ValueError(f"decompose_at must be an epoch in [0, {epochs - 1}], got {self.at!r}")
 
     def begin(self, run: RunContext, first_epoch: int) -> None:
-        if first_epoch <= self.at:
-            self.filter_fn(run.model)  # an --exclude that matches no layer fails now, not after `at` epochs
+        if first_epoch <= self.at:  # bad settings fail now, not after `at` epochs
+            check(run.model, list(self.methods), filter_fn=self.filter_fn(run.model), example_input=run.example)
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         if epoch != self.at:

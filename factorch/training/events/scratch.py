@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
-from factorch.api import decompose_
+import torch
+
+from factorch.api import decompose_, plan
+from factorch.measure.bench import require_decomposed
 from factorch.rank import Budget
 from factorch.rank.rules import RankRule
 from factorch.registry import RULES_NEED_WEIGHTS
@@ -47,8 +50,13 @@ class FromScratch(Decomposing):
                 raise ValueError(f"factorized from scratch: {method!r}'s rank {method.rank!r} {RULES_NEED_WEIGHTS}")
 
     def begin(self, run: RunContext, first_epoch: int) -> None:
+        """Before the run directory exists: refuse settings that factorize no layer (training
+        the dense model instead would be a silent no-op) or that ``decompose_`` would refuse."""
         if first_epoch == 0:
-            self.filter_fn(run.model)  # an --exclude that matches no layer fails before the run directory exists
+            with torch.random.fork_rng(devices=[]):  # fresh factors draw from the RNG: the run's draws stay as they were
+                report = plan(run.model, list(self.methods), filter_fn=self.filter_fn(run.model),
+                              example_input=run.example, from_scratch=True)
+            require_decomposed(report, "training from scratch would train the dense model; nothing was written")
 
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         if epoch != 0:

@@ -163,6 +163,9 @@ def export(model: nn.Module, example_input: Tensor, format: str, path: str | os.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    for name, value in (("rtol", rtol), ("atol", atol)):  # a bad tolerance is no verdict on the export
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"export tolerance {name} must be a finite number >= 0, got {value!r}")
     if not isinstance(example_input, Tensor) or example_input.dim() < 1 or not example_input.is_floating_point():
         raise ValueError("example_input must be one floating-point tensor with a batch dimension, e.g. (1, 3, 32, 32)")
     fmt = FORMATS[format]

@@ -166,3 +166,18 @@ def test_cli_export(tmp_path, capsys):
     assert printed.startswith(f"wrote {out} (torchscript") and "batch sizes 1, 9" in printed
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(torch.jit.load(str(out))(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag,value", [("--atol", "-1"), ("--rtol", "nan"), ("--atol", "inf"), ("--rtol", "-0.1")])
+def test_bad_tolerances_are_refused_before_exporting(tmp_path, capsys, flag, value):
+    """A tolerance that is negative, NaN or infinite is the user's input, not the export's fault:
+    one line naming it, nothing written (an infinite one would silently disable the check)."""
+    from factorch.cli.main import run
+
+    out = tmp_path / "m.pt"
+    assert run(["export", "--model", "lenet5", "--in-channels", "1", "--format", "torchscript", flag, value,
+                "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = flag.lstrip("-")
+    assert len(err) == 1 and err[0].startswith(f"error: export tolerance {name} must be a finite number >= 0"), err
+    assert not out.exists()

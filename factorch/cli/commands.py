@@ -5,7 +5,7 @@ import argparse
 
 import factorch as fc
 from factorch.cli.common import add_calibration_args, add_decomposition_args, add_model_args, add_timing_args, \
-    calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
+    calibration_flags_given, calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,10 @@ def run_decompose(args: argparse.Namespace) -> int:
         args.num_classes = args.num_classes or info.num_classes
         args.input_shape = args.input_shape or (args.in_channels, *info.input_size)
     args.in_channels, args.num_classes = args.in_channels or 3, args.num_classes or 10
-    calibration = calibration_from(args, args.calibration) if args.calibration else None
+    if not args.calibration and calibration_flags_given(args):
+        raise ValueError(f"{', '.join(calibration_flags_given(args))} need(s) --calibration DATASET (without it the "
+                         "factors are fitted to the weights alone)")
+    calibration = calibration_from(args, args.calibration, batches=8) if args.calibration else None
     loaded = load_model(args)
     keep = exclude_filter(args.exclude, loaded.model)
     timing = profiler_from(args) if args.keep_if_faster else False

@@ -147,32 +147,54 @@ def parse_rank(text: str):
 
 
 def add_calibration_args(p: argparse.ArgumentParser, batches: int) -> None:
-    """--calibration-batches, --calibration-batch-size, --[no-]sequential: data-aware factors (``fc.Calibration``)."""
-    p.add_argument("--calibration-batches", type=int, default=batches, metavar="N",
+    """--calibration-batches, --calibration-batch-size, --[no-]sequential: data-aware factors
+    (``fc.Calibration``). Their defaults are applied by ``calibration_from``, so a flag given to a
+    command that calibrates nothing is seen (``calibration_flags_given``) and refused."""
+    p.add_argument("--calibration-batches", type=int, metavar="N",
                    help=f"calibration batches drawn (seeded) from the data set's training split, inputs only; the "
                         f"last quarter is held out to check the data-aware factors (default {batches})")
-    p.add_argument("--calibration-batch-size", type=int, default=128, metavar="B",
-                   help="examples per calibration batch (default 128)")
-    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--calibration-batch-size", type=int, metavar="B",
+                   help=f"examples per calibration batch (default {CALIBRATION_BATCH})")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
                    help="fit each layer to the inputs the already decomposed layers produce (Zhang et al. 2016; "
                         "default); --no-sequential fits every layer to the dense model's inputs")
 
 
-def calibration_from(args: argparse.Namespace, dataset: str) -> fc.Calibration:
-    """``fc.Calibration`` of ``--calibration-batches`` seeded batches of ``--calibration-batch-size``
-    inputs from ``dataset``'s training split (``--data-dir``); labels are dropped."""
+CALIBRATION_BATCH = 128  # --calibration-batch-size's default
+
+
+def calibration_flags_given(args: argparse.Namespace) -> list[str]:
+    """The calibration flags given on the command line (for "needs --calibration" errors)."""
+    return [flag for flag, value in (("--calibration-batches", args.calibration_batches),
+                                     ("--calibration-batch-size", args.calibration_batch_size),
+                                     ("--[no-]sequential", args.sequential)) if value is not None]
+
+
+def calibration_from(args: argparse.Namespace, dataset: str, batches: int) -> fc.Calibration:
+    """``fc.Calibration`` of ``--calibration-batches`` (default ``batches``) seeded batches of
+    ``--calibration-batch-size`` inputs from ``dataset``'s training split (``--data-dir``); labels
+    are dropped. A split smaller than asked gives fewer batches, and a note on stderr says so."""
+    import sys
+
     import factorch.data as data
 
-    for flag, value in (("--calibration-batches", args.calibration_batches),
-                        ("--calibration-batch-size", args.calibration_batch_size)):
+    n_batches = batches if args.calibration_batches is None else args.calibration_batches
+    size = CALIBRATION_BATCH if args.calibration_batch_size is None else args.calibration_batch_size
+    for flag, value in (("--calibration-batches", n_batches), ("--calibration-batch-size", size)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    n = args.calibration_batches * args.calibration_batch_size
-    examples = data.load(dataset, args.data_dir, train=True, subset=n, seed=0)
+    if n_batches * size < 2:
+        raise ValueError(f"calibration needs at least 2 examples (a quarter is held out); {n_batches} batch(es) of "
+                         f"{size} is {n_batches * size}")
+    examples = data.load(dataset, args.data_dir, train=True, subset=n_batches * size, seed=0)
     if len(examples) < 2:
         raise ValueError(f"the training split of {dataset} has {len(examples)} example(s); calibration needs 2")
     xs = torch.stack([examples[i][0] for i in range(len(examples))])  # (n, C, H, W)
-    return fc.Calibration(list(xs.split(args.calibration_batch_size)), sequential=args.sequential)
+    split = list(xs.split(size))
+    if len(examples) < n_batches * size:
+        print(f"note: the training split of {dataset} has {len(examples):,} examples: {len(split)} calibration "
+              f"batch(es) of up to {size} instead of the {n_batches:,} asked", file=sys.stderr)
+    return fc.Calibration(split, sequential=args.sequential is not False)
 
 
 def add_timing_args(p: argparse.ArgumentParser, batch: int) -> None:

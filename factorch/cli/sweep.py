@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from factorch.cli.common import add_calibration_args, add_timing_args, calibration_from, load_architecture, \
-    profiler_from
+from factorch.cli.common import add_calibration_args, add_timing_args, calibration_flags_given, calibration_from, \
+    load_architecture, profiler_from
 from factorch.measure.results import check_output_dir, csv_text, environment, markdown
 from factorch.files import atomic_write_text
 
@@ -69,8 +69,11 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    if args.calibration_batches < 0:
+    if args.calibration_batches is not None and args.calibration_batches < 0:
         raise ValueError(f"--calibration-batches must be >= 0 (0: no data-aware columns), got {args.calibration_batches}")
+    if not args.calibration_batches and calibration_flags_given(args)[1:]:
+        raise ValueError(f"{', '.join(calibration_flags_given(args)[1:])} need(s) --calibration-batches N (the "
+                         "data-aware columns)")
     check_output_dir(args.output)
     info = data.info(args.dataset, args.data_dir)
     shape = (info.in_channels, *info.input_size)
@@ -81,7 +84,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = model.to(device)
     evaluate, finetune = _data_callables(args, data, device)
-    calibration = calibration_from(args, args.dataset) if args.calibration_batches else None
+    calibration = calibration_from(args, args.dataset, batches=0) if args.calibration_batches else None
     rows = sweep.sweep(model, args.layers, args.method, grid,
                        example_input=torch.zeros((1, *shape), device=device), evaluate=evaluate,
                        finetune=finetune if args.finetune_epochs else None,

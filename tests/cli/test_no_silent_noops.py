@@ -65,3 +65,23 @@ def test_compare_refuses_an_input_shape_with_the_batch():
     assert measure(conv, (3, 8, 8), profiler).forward == 1e-3
     with pytest.raises(RuntimeError):  # a shape that is wrong in another way keeps torch's own error
         measure(conv, (5, 8, 8), profiler)
+
+
+def test_calibration_flags_without_calibration_are_refused(tmp_path, capsys):
+    """Calibration flags on a command that calibrates nothing would silently give weight-only
+    factors; a split smaller than asked is said, not silently capped."""
+    out = tmp_path / "small.pt"
+    base = ["decompose", "--model", "lenet5", "--in-channels", "1", "--method", "tucker2,svd", "--rank", "0.5",
+            "-o", str(out)]
+    for extra in (["--calibration-batches", "2"], ["--calibration-batch-size", "16"], ["--no-sequential"]):
+        assert run([*base, *extra]) == 2
+        assert _one_error_line(capsys).endswith("need(s) --calibration DATASET (without it the factors are fitted to "
+                                                "the weights alone)")
+        assert not out.exists()
+    assert run([*base, "--calibration", "digits", "--calibration-batches", "1000000"]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert note == ["note: the training split of digits has 1,437 examples: 12 calibration batch(es) of up to 128 "
+                    "instead of the 1,000,000 asked"]
+    assert run([*base, "--calibration", "digits", "--calibration-batches", "1", "--calibration-batch-size", "1"]) == 2
+    assert "calibration needs at least 2 examples (a quarter is held out); 1 batch(es) of 1 is 1" in \
+        _one_error_line(capsys)

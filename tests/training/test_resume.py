@@ -65,6 +65,8 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
     (["--decompose-at", "1", "--exclude", "("], "regex"),
     (["--exclude", "conv2"], "--exclude need(s) --decompose-at K or --admm-until K or --factorized-from-scratch"),
     (["--calibration-batches", "2"], "--calibration-batches need(s) --decompose-at K or --admm-until K"),
+    (["--factorized-from-scratch", "--rank", "0.5", "--calibration-batches", "2"],  # fresh factors fit no data
+     "--calibration-batches need(s) --decompose-at K or --admm-until K"),
 ])
 def test_train_bad_input_is_one_error_line(tmp_path, capsys, argv, match):
     base = ["train", "--model", "lenet5", "--subset", "32", "--epochs", "3", "--out", str(tmp_path / "r")]

@@ -174,7 +174,12 @@ class ADMM:
     @torch.no_grad()
     def _project(self) -> None:
         """``Z = P(W + U)`` on rank 0 (factorch's decomposition of a dense layer holding ``W + U``
-        at the fixed ranks, rebuilt densely), then broadcast."""
+        at the fixed ranks, rebuilt densely), then broadcast. Non-finite ``W + U`` (a diverged
+        run) is one ``ValueError`` naming the layer, on every rank."""
+        for name, layer in self._layers.items():
+            if not bool(torch.isfinite(layer.weight).all()) or not bool(torch.isfinite(layer.u).all()):
+                raise ValueError(f"fc.ADMM: layer {name!r} has NaN or Inf values in its weight (or its dual U): the "
+                                 "training diverged; nothing to project")
         if self._group.is_main:
             for layer in self._layers.values():
                 w = layer.weight
@@ -241,9 +246,11 @@ class ADMM:
                 "layers": {name: {"method": layer.method.name, "ranks": list(layer.ranks), "z": layer.z, "u": layer.u}
                            for name, layer in self._layers.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], keep_saved_ranks: bool = False) -> None:
         """Restore ``state_dict()``'s layers, ranks, Z, U and rho (validated first: a bad state is
-        one ``ValueError`` and changes nothing)."""
+        one ``ValueError`` and changes nothing). The state must constrain the same layers to the
+        same ranks as this ADMM's, unless ``keep_saved_ranks``: then the saved ones replace them
+        (a resumed run whose rule, e.g. EVBMF, would give other ranks on today's weights)."""
         if not isinstance(state, dict) or not isinstance(state.get("layers"), dict):
             raise ValueError("fc.ADMM.load_state_dict: not an ADMM state_dict (no 'layers' dict)")
         rho = check_rho(state.get("rho"))
@@ -255,6 +262,13 @@ class ADMM:
                 layers[name] = self._layer(name, entry["method"], entry["ranks"], entry["z"], entry["u"])
             except (KeyError, TypeError, AttributeError, ValueError) as e:
                 raise ValueError(f"fc.ADMM.load_state_dict: layer {name!r}: {e}") from None
+        saved = {name: (layer.method.name, layer.ranks) for name, layer in layers.items()}
+        built = {name: (layer.method.name, layer.ranks) for name, layer in self._layers.items()}
+        if saved != built and not keep_saved_ranks:
+            diff = next(n for n in sorted(set(saved) | set(built)) if saved.get(n) != built.get(n))
+            raise ValueError(f"fc.ADMM.load_state_dict: the state constrains layer {diff!r} to {saved.get(diff)} "
+                             f"(method, ranks); this ADMM to {built.get(diff)}: build it with the settings that wrote "
+                             "the state, or pass keep_saved_ranks=True")
         self._layers, self.rho, self.decomposed = layers, rho, bool(state.get("decomposed", False))
 
     def _check_live(self) -> None:

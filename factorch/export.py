@@ -149,6 +149,10 @@ def _pin_routes(model: nn.Module, batch: int) -> None:
             module.order = module.route(batch)
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def export(model: nn.Module, example_input: Tensor, format: str, path: str | os.PathLike, *,
            rtol: float = 1e-4, atol: float = 1e-6, seed: int = 0) -> ExportResult:
     """Export ``model`` (in eval mode, a copy: ``model`` is not changed) to ``path``, verified.
@@ -176,12 +180,18 @@ def export(model: nn.Module, example_input: Tensor, format: str, path: str | os.
     traced = max(2, example_input.shape[0])  # a traced size-1 batch would be fixed to 1
     x = example_input.repeat(math.ceil(traced / example_input.shape[0]), *[1] * (example_input.dim() - 1))[:traced]
     try:
+        with torch.no_grad():
+            model(x)  # exports are verified on one tensor input: a model that takes more is refused here
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{type(model).__name__} does not run on one input shaped like example_input "
+                         f"{tuple(example_input.shape)} ({_first_line(e)}); export takes and verifies models with one "
+                         "tensor input") from None
+    try:
         with _quiet():
             data = fmt.serialize(copy.deepcopy(model), x)  # scripting may swap submodules: a copy
             run = fmt.load(data, x.device)
     except Exception as e:  # the exporters raise many types; one line says which format refused
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot export {type(model).__name__} to {format}: {reason}") from None
+        raise ValueError(f"cannot export {type(model).__name__} to {format}: {_first_line(e)}") from None
     batches = (1, traced + 1)
     worst_abs = worst_rel = 0.0
     generator = torch.Generator().manual_seed(seed)

@@ -222,7 +222,22 @@ def test_bad_state_is_refused_and_changes_nothing():
         admm.load_state_dict({**state, "layers": {"nope": state["layers"]["6"]}})
     with pytest.raises(ValueError, match="rho must be a positive number"):
         admm.load_state_dict({**state, "rho": -1})
+    other = fc.ADMM(_net(), fc.SVD(2)).state_dict()  # the same layers at other ranks: not taken silently
+    with pytest.raises(ValueError, match=r"the state constrains layer '6' to \('svd', \(2,\)\) \(method, ranks\); "
+                                         r"this ADMM to \('svd', \(3,\)\)"):
+        admm.load_state_dict(other)
     assert all(torch.equal(l.z, before[n][0]) and torch.equal(l.u, before[n][1]) for n, l in admm._layers.items())
+    admm.load_state_dict(other, keep_saved_ranks=True)  # asked for: the saved ranks replace the built ones
+    assert admm.ranks["6"] == (2,)
+
+
+def test_update_on_diverged_weights_names_the_layer():
+    model = _net()
+    admm = fc.ADMM(model, fc.SVD(3))
+    with torch.no_grad():
+        model[6].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="fc.ADMM: layer '6' has NaN or Inf values in its weight"):
+        admm.update()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

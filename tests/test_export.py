@@ -181,3 +181,19 @@ def test_bad_tolerances_are_refused_before_exporting(tmp_path, capsys, flag, val
     name = flag.lstrip("-")
     assert len(err) == 1 and err[0].startswith(f"error: export tolerance {name} must be a finite number >= 0"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_a_two_input_model_is_one_clear_error_in_every_format(tmp_path, fmt):
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x, y):
+            return self.lin(x) + y
+
+    with pytest.raises(ValueError, match=r"Two does not run on one input shaped like example_input \(1, 4\) "
+                                         r"\(.*missing 1 required positional argument: 'y'\); export takes"):
+        fc.export(Two(), torch.zeros(1, 4), fmt, tmp_path / "two")
+    assert not (tmp_path / "two").exists()

@@ -54,6 +54,8 @@ class Calibration:
             if not isinstance(x, Tensor) or x.dim() < 1:
                 raise ValueError(f"calibration batch {i} is a {type(batch).__name__}, not an input tensor "
                                  f"with a batch dimension; {HOW}")
+            if x.is_meta:
+                raise ValueError(f"calibration batch {i} is on the meta device: it holds no values; {HOW}")
             if x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"calibration batch {i} has NaN or Inf values")
             inputs.append(x)

@@ -58,7 +58,7 @@ def reference_outputs(model: nn.Module, held: Sequence[Tensor], offset: int = 0)
     first held-out batch among the user's (for messages)."""
     outs = []
     for i, x in enumerate(held):
-        out = run(model, x, {}, lambda *a: None, offset + i)
+        out = run(model, x, {}, lambda *a: None)
         if not isinstance(out, Tensor):
             raise ValueError(f"calibration compares the model's outputs, which must be a tensor; got a "
                              f"{type(out).__name__}")
@@ -69,7 +69,7 @@ def reference_outputs(model: nn.Module, held: Sequence[Tensor], offset: int = 0)
 
 
 def score(model: nn.Module, held: Sequence[Tensor], reference: Sequence[Tensor], subs: dict[str, nn.Module],
-          target: Optional[str] = None, offset: int = 0) -> Score:
+          target: Optional[str] = None) -> Score:
     """Run ``model`` on ``held`` with each layer named in ``subs`` replaced by its module; the
     relative error of the output against ``reference`` and, for ``target``, of its own output."""
     modules = {n: model.get_submodule(n) for n in subs}
@@ -84,8 +84,8 @@ def score(model: nn.Module, held: Sequence[Tensor], reference: Sequence[Tensor],
 
     err = norm = 0.0
     with _eval(subs.values()):
-        for i, (x, ref) in enumerate(zip(held, reference)):
-            out = run(model, x, modules, record, offset + i).double()
+        for x, ref in zip(held, reference):
+            out = run(model, x, modules, record).double()
             err += float((out - ref).pow(2).sum())
             norm += float(ref.pow(2).sum())
     layer = math.sqrt(sums[0] / sums[1]) if target is not None and sums[1] > 0 else None
@@ -125,10 +125,10 @@ def refit(model: nn.Module, fit: Sequence[Tensor], name: str, chosen: dict[str, 
         return record
 
     with _eval(chosen.values()):
-        for i, x in enumerate(fit):
+        for x in fit:
             for key, subs in (("dense", {name: module}), ("new", {**modules, name: module})):
                 try:
-                    run(model, x, subs, capture(key), i)
+                    run(model, x, subs, capture(key))
                 except _Captured:
                     pass
             stats.add(rows["new"], rows["dense"])
@@ -163,12 +163,12 @@ def select(model: nn.Module, rows: list[LayerReport], replacements: dict[str, nn
             if calibration.sequential and chosen:
                 aware = proposal.with_whitening(refit(model, fit, name, chosen, calibration.damping)).build(module)
             options = {DATA_AWARE: aware, WEIGHT_ONLY: proposal.with_whitening(None).build(module)}
-        scores = {k: score(model, held, reference, {**chosen, name: new}, name, len(fit)) for k, new in options.items()}
+        scores = {k: score(model, held, reference, {**chosen, name: new}, name) for k, new in options.items()}
         pick = min(scores, key=lambda k: (scores[k].output, k != DATA_AWARE))
         chosen[name], weight_only[name], last = options[pick], options[WEIGHT_ONLY], scores[pick]
         found[name] = dict(factors=pick, scores=scores)
     if last is not None and any(f["factors"] == DATA_AWARE for f in found.values()):
-        everywhere = score(model, held, reference, weight_only, offset=len(fit))
+        everywhere = score(model, held, reference, weight_only)
         if everywhere.output < last.output:
             why = (f"weight-only factors everywhere: model output error {everywhere.output:.4g} < "
                    f"{last.output:.4g} with the per-layer choices")

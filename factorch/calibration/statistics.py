@@ -121,15 +121,15 @@ def to_model(model: nn.Module, x: Tensor) -> Tensor:
     return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
 
 
-def run(model: nn.Module, x: Tensor, modules: dict[str, nn.Module], record, index: int = 0) -> Any:
-    """``probe`` on one calibration batch moved to the model (``to_model``); a batch the model
-    cannot take is one ``ValueError`` naming its shape."""
+def run(model: nn.Module, x: Tensor, modules: dict[str, nn.Module], record) -> Any:
+    """``probe`` on one calibration batch moved to the model (``to_model``); examples the model
+    cannot take are one ``ValueError`` naming their shape (the user's: batches may be split)."""
     x = to_model(model, x)
     try:
         return probe(model, x, modules, record)
     except RuntimeError as e:
-        raise ValueError(f"calibration batch {index} of shape {tuple(x.shape)} does not fit the model: "
-                         f"{str(e).strip().splitlines()[0][:200]}") from None
+        raise ValueError(f"calibration examples of shape {tuple(x.shape[1:])} (batch dimension aside) do not fit "
+                         f"the model: {str(e).strip().splitlines()[0][:200]}") from None
 
 
 def collect(model: nn.Module, batches: Sequence[Tensor], layers: dict[str, nn.Module]
@@ -147,7 +147,7 @@ def collect(model: nn.Module, batches: Sequence[Tensor], layers: dict[str, nn.Mo
         stats[name].add(input_kind(module).rows(module, args[0]).to(torch.float64))
 
     for i, x in enumerate(batches):
-        run(model, x, layers, record, i)
+        run(model, x, layers, record)
     for name, s in stats.items():
         if not bool(torch.isfinite(s.total).all()):
             raise ValueError(f"calibration: the inputs of layer {name!r} have NaN or Inf values (or overflow "

@@ -121,7 +121,10 @@ def test_a_layer_whose_inputs_are_all_zero_keeps_weight_only_factors_with_a_note
     ([torch.randn(1, 3, 9, 9)], "at least 2 samples"),
     ([torch.randn(4, 3, 9, 9), torch.randn(4, 3, 8, 9)], r"batch 1 has shape \(4, 3, 8, 9\); expected \(B, 3, 9, 9\)"),
     ([torch.randn(4, 3, 9, 9), torch.full((2, 3, 9, 9), float("nan"))], "batch 1 has NaN or Inf"),
-    ([torch.randn(4, 5, 9, 9)] * 2, r"batch 0 of shape \(4, 5, 9, 9\) does not fit the model"),
+    ([torch.randn(4, 5, 9, 9)] * 2, r"calibration examples of shape \(5, 9, 9\) \(batch dimension aside\) do "
+                                    r"not fit the model"),
+    ([torch.randn(8, 5, 9, 9)], r"calibration examples of shape \(5, 9, 9\)"),  # split 6 + 2: the user's shape
+    ([torch.empty(4, 4, 8, 8, device="meta")] * 2, "calibration batch 0 is on the meta device: it holds no values"),
 ])
 def test_bad_calibration_is_one_error_and_the_model_is_untouched(calibration, match):
     model = _built()

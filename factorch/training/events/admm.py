@@ -137,5 +137,5 @@ class ADMMPhase(Decomposing):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._admm is not None and state.get("admm") is not None:
-            self._admm.load_state_dict(state["admm"])
+            self._admm.load_state_dict(state["admm"], keep_saved_ranks=True)  # fixed at the run's start
         self._steps = int(state.get("steps", 0))

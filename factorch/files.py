@@ -5,6 +5,9 @@ logs) goes through this module.
   the target's directory, then rename it into place, so a crash never leaves a half-written file;
   the file gets the mode a plain ``open(path, "w")`` would give (an existing file's mode, else
   0666 less the umask), and temps of writers killed mid-write are removed.
+* Only a new or a regular file is ever replaced: a directory, device, FIFO or socket at the output
+  path is refused (``destination``); a symlink there is followed (the file it points to is
+  replaced, the link stays).
 * ``lock_dir`` keeps a second process from writing into the same run directory.
 
 A failed write is one ``OSError`` naming the file and what the system said.
@@ -41,24 +44,65 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
+def append_text(text: str, path: str | os.PathLike) -> None:
+    """Append ``text`` to a log (``metrics.jsonl``): a line is whole or, after a crash, the log is
+    rewritten from the checkpoint (``training.run``); like every write, only to a regular file."""
+    target = destination(path)
+    try:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise _write_error(Path(path), e) from None
+
+
 def check_writable(path: str | os.PathLike) -> Path:
-    """``path`` as a Path if its directory exists (callers check before long work)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputPathError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    return path
+    """``path`` as a Path if factorch may write it (callers check before long work): its directory
+    exists and it is nothing or a regular file (``destination``)."""
+    destination(path)
+    return Path(path)
+
+
+def destination(path: str | os.PathLike) -> Path:
+    """The file an atomic write of ``path`` replaces: ``path`` itself, or where a symlink there
+    points (a symlink is followed, as ``open(path, "w")`` would, and stays a link). Only a regular
+    file is ever replaced: a directory, device, FIFO or socket at the destination is refused with
+    one ``OutputPathError`` (renaming a file over ``/dev/null`` would destroy the device node)."""
+    given = Path(path)
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    via = f" (the symlink {str(given)!r} points to {str(target)!r})" if target != given else ""
+    if not target.parent.is_dir():
+        raise OutputPathError(f"cannot write {str(given)!r}: directory {str(target.parent)!r} does not exist{via}")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise _write_error(given, e) from None
+    if not stat.S_ISREG(mode):
+        raise OutputPathError(f"cannot write {str(given)!r}: it is {_kind(mode)}{via}, not a regular file; factorch "
+                              "writes only new or regular files")
+    return target
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     """``write(f)`` into a temp file next to ``path`` (named with this process's pid, so temps of
     killed writers can be told apart and removed), then rename it into place with the mode a
-    plain ``open(path, "w")`` gives: an existing file's mode, else 0666 less the umask."""
-    path = check_writable(path)
+    plain ``open(path, "w")`` gives: an existing file's mode, else 0666 less the umask. Only a
+    new or regular file is written (``destination``: a symlink is followed)."""
+    given, path = Path(path), destination(path)
     remove_stale_temps(path.parent, path.name)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:  # e.g. a read-only directory: name the file asked for, not the temp
-        raise _write_error(path, e) from None
+        raise _write_error(given, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -69,7 +113,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
         cause = _os_error(e)
         if cause is None or isinstance(e, KeyboardInterrupt):
             raise
-        raise _write_error(path, cause) from e
+        raise _write_error(given, cause) from e
 
 
 def _mode_for(path: Path) -> int:

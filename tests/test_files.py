@@ -1,15 +1,19 @@
-"""Output files: the umask's mode, temps of killed writers removed (never a live writer's), and
-one writer per run directory (``lock_dir``, tested across processes)."""
+"""Output files: the umask's mode, temps of killed writers removed (never a live writer's), one
+writer per run directory (``lock_dir``, tested across processes), and only new or regular files
+replaced (a symlink followed)."""
 import os
+import socket
 import stat
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 import factorch as fc
-from factorch.files import DirectoryLocked, atomic_write_text, lock_dir, remove_stale_temps
+from factorch.files import (DirectoryLocked, atomic_write_bytes, atomic_write_text, check_writable, lock_dir,
+                            remove_stale_temps)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="modes, pids and flock are POSIX")
 
@@ -121,3 +125,65 @@ def test_lock_dir_is_freed_by_kill_9_and_cleans_the_killed_writers_temps(tmp_pat
         with pytest.raises(DirectoryLocked, match=rf"pid {os.getpid()}"):
             with lock_dir(run_dir):
                 pass
+
+
+def _writers(tmp_path):
+    """Every way factorch writes a file: a checkpoint, a text table, exported bytes."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    return {"fc.save": lambda p: fc.save(model, p), "text": lambda p: atomic_write_text("x", p),
+            "bytes": lambda p: atomic_write_bytes(b"x", p)}
+
+
+@pytest.mark.parametrize("writer", ["fc.save", "text", "bytes"])
+def test_only_regular_files_are_replaced(tmp_path, writer):
+    write = _writers(tmp_path)[writer]
+    fifo, folder = tmp_path / "fifo", tmp_path / "folder"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    specials = {fifo: "a FIFO", folder: "a directory"}
+    try:
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of our own
+        specials[tmp_path / "null"] = "a character device"
+    except (PermissionError, OSError):
+        pass  # not root: FIFO and directory still cover the rule
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    specials[tmp_path / "sock"] = "a socket"
+    try:
+        for path, kind in specials.items():
+            before = os.lstat(path)
+            with pytest.raises(ValueError, match=rf"cannot write '.*{path.name}': it is {kind}, not a regular file"):
+                write(path)
+            after = os.lstat(path)
+            assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)  # untouched
+            with pytest.raises(ValueError, match=f"it is {kind}"):
+                check_writable(path)  # the CLI's early check says the same before any work
+    finally:
+        sock.close()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
+    real, link = tmp_path / "run3.pt", tmp_path / "latest.pt"
+    real.write_bytes(b"old")
+    link.symlink_to(real)
+    atomic_write_text("new", link)
+    assert link.is_symlink() and real.read_text() == "new"
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    with pytest.raises(ValueError, match=r"it is a FIFO \(the symlink .*to-fifo' points to .*fifo'\)"):
+        atomic_write_text("x", tmp_path / "to-fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "new.txt")
+    atomic_write_text("made", tmp_path / "dangling")  # a link to a file not there yet: the file is made
+    assert (tmp_path / "new.txt").read_text() == "made" and (tmp_path / "dangling").is_symlink()
+
+
+def test_cli_export_refuses_a_device_node(tmp_path, capsys):
+    from factorch.cli.main import run
+
+    os.mkfifo(tmp_path / "out")
+    assert run(["export", "--model", "lenet5", "--in-channels", "1", "--format", "torchscript",
+                "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "it is a FIFO, not a regular file" in err[0]
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out").st_mode)

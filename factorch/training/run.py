@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from factorch import data as fdata
 from factorch import models as fmodels
 from factorch.measure.count import count
-from factorch.files import LOCK_FILE, DirectoryLocked, atomic_write_text
+from factorch.files import LOCK_FILE, DirectoryLocked, append_text, atomic_write_text
 from factorch.io import CheckpointError, apply_spec, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
@@ -187,8 +187,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
         if dist.is_main:
             save_run(ckpt_path, config=cfg.as_dict(), epoch=epoch + 1, model=model, optimizer=optimizer,
                      scaler=scaler, history=history, rng=rngs, events=[event.state_dict() for event in events])
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(json.dumps(row) + "\n", metrics_path)
         dist.barrier()
         log(_epoch_line(row, cfg.epochs) + "".join(event.summary(e) for event, e in zip(events, extra)))
     if dist.is_main:

@@ -191,8 +191,8 @@ class Context:
 
 
 RULES_NEED_WEIGHTS = ("reads the trained weights' spectra, which a layer trained from scratch does not have "
-                      "(random weights look like noise: EVBMF gives rank 0); give an int, a tuple, a fraction or "
-                      "fc.Budget")
+                      "(random weights have no structure for a rank rule to find); give an int, a tuple, a fraction "
+                      "or fc.Budget")
 
 
 def decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Context, *,

@@ -126,7 +126,7 @@ def require_decomposed(report: Report, consequence: str) -> None:
     reasons = Counter(r.skipped for r in report.skipped).most_common()
     said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
     hint = "; random-init weights give EVBMF rank 0: load trained weights or use a fixed rank (e.g. 0.25)" \
-        if any(reason.startswith("rank 0") for reason, _ in reasons) else ""
+        if any(reason.startswith("rank 0 from EVBMF") for reason, _ in reasons) else ""
     raise ValueError(f"no layer was decomposed ({said or 'the model has no layer a method handles'}), so {consequence}{hint}")
 
 

@@ -28,7 +28,6 @@ from factorch.layers.base import FactorizedLayer
 from factorch.surgery import get_module, swap, walk
 
 FORMAT, VERSION = "factorch", 1
-MAX_SIZE = 1 << 24  # the largest class or channel count a checkpoint may declare
 
 
 class CheckpointError(ValueError):
@@ -142,28 +141,15 @@ def load(path: str | os.PathLike, model: Optional[nn.Module] = None) -> nn.Modul
 
 
 def _architecture(arch: Any, source: str) -> Callable[[], nn.Module]:
-    """A builder for the registry model a checkpoint names (its fields checked: a crafted file
-    must not reach a constructor with a string or a float)."""
+    """A builder for the architecture a checkpoint records (``factorch.models.spec``: zoo,
+    torchvision and timm models; a model built by the user's code is refused with what to pass)."""
     if not arch:
-        raise CheckpointError(f"{source!r} stores no architecture name; pass a fresh model: load(path, model=...)")
-    from factorch.models import create
+        raise CheckpointError(f"{source!r} stores no architecture (saved from a model factorch did not build): pass "
+                              "--model NAME|pkg.module:function|file.py:function with this file as --weights (in "
+                              "Python: fc.load(path, model=your_model))")
+    from factorch.models.spec import ModelSpec
 
-    try:
-        name, num_classes, in_channels = arch["name"], arch["num_classes"], arch["in_channels"]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{source!r}: malformed architecture entry {arch!r}") from None
-    if not isinstance(name, str) or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE
-                                        for v in (num_classes, in_channels)):
-        raise CheckpointError(f"{source!r}: architecture {arch!r} is not a model name with class and channel "
-                              f"counts in 1..{MAX_SIZE}")
-
-    def build() -> nn.Module:
-        try:
-            return create(name, num_classes, in_channels)
-        except (ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{source!r}: cannot build architecture {arch!r}: {e}") from None
-
-    return build
+    return ModelSpec.from_record(arch, source).rebuilder(source)
 
 
 def load_weights(model: nn.Module, state: Any, source: str) -> None:

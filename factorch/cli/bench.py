@@ -33,7 +33,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from factorch.measure import bench
-    from factorch.models import entry
+    from factorch.models.spec import ModelSpec
 
     methods = parse_methods(args.method, parse_rank(args.rank))
     exclude_filter(args.exclude)  # a bad regex fails before any work
@@ -41,8 +41,10 @@ def run_bench(args: argparse.Namespace) -> int:
         check_output_dir(args.output)
     profiler = profiler_from(args, backward=not args.forward_only)
     model = load_architecture(args.model, args.checkpoint, args.num_classes, args.in_channels)
-    arch = getattr(model, "factorch_arch", None) or {}
-    shape = args.input_shape or (arch.get("in_channels", args.in_channels), *entry(arch.get("name", args.model)).input_size)
+    arch = getattr(model, "factorch_arch", None)
+    shape = args.input_shape or (ModelSpec.from_record(arch, "the model").input_shape() if arch else None)
+    if shape is None:
+        raise ValueError("the input shape of this model is unknown; pass --input-shape C,H,W")
     model = model.to(args.device).eval()
     keep = exclude_filter(args.exclude, model)
     measured = bench.Bench(model, methods, torch.zeros((1, *shape), device=args.device), keep)

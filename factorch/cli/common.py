@@ -9,7 +9,7 @@ from torch import nn
 
 import factorch as fc
 from factorch.io import load_weights, read_checkpoint
-from factorch.models import entry
+from factorch.models.spec import ModelSpec, parse_model_args
 from factorch.selection import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
 
 
@@ -26,12 +26,19 @@ class Loaded:
         return torch.zeros((1, *self.input_shape), dtype=ref.dtype if ref is not None else torch.float32)
 
 
+MODEL_HELP = ("a zoo name (see `factorch models`), torchvision:NAME, timm:NAME, pkg.module:function or "
+              "path/to/file.py:function (your own model)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="a factorch checkpoint (written by factorch or fc.save)")
-    p.add_argument("--model", help="a model from the zoo by name (see `factorch models`)")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a factorch checkpoint (written by factorch or fc.save); with --model, the weights of that model")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--model-args", metavar="ARGS",
+                   help="keyword arguments of --model's function: key=value,... or a JSON object")
     p.add_argument("--weights", help="with --model: a state_dict file (or factorch checkpoint) to load")
-    p.add_argument("--num-classes", type=int, default=10, help="with --model (default 10)")
-    p.add_argument("--in-channels", type=int, default=3, help="with --model (default 3)")
+    p.add_argument("--num-classes", type=int, help="with --model: classes (zoo default 10; others: their own)")
+    p.add_argument("--in-channels", type=int, help="with --model: input channels (zoo default 3)")
     p.add_argument("--input-shape", type=parse_shape, help="C,H,W of one example (default: the model's)")
 
 
@@ -46,42 +53,55 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def load_model(args: argparse.Namespace) -> Loaded:
-    """The model named by ``CHECKPOINT`` or ``--model NAME [--weights FILE]`` (exactly one)."""
-    if bool(args.checkpoint) == bool(args.model):
-        raise ValueError("give exactly one of CHECKPOINT or --model NAME")
-    if args.weights and not args.model:
-        raise ValueError("--weights goes with --model NAME")
-    if args.checkpoint:
+    """The model of the command line: ``CHECKPOINT`` (a factorch checkpoint that records how its
+    architecture is built), or ``--model SPEC [--model-args A] [--weights FILE]``; ``CHECKPOINT``
+    with ``--model`` holds the weights of that architecture (e.g. a file ``fc.save`` wrote from
+    the user's own model)."""
+    weights = args.weights
+    if args.checkpoint and args.model:
+        if weights:
+            raise ValueError("give the weights once: CHECKPOINT or --weights FILE, not both")
+        weights = args.checkpoint
+    if not args.checkpoint and not args.model:
+        raise ValueError(f"give a CHECKPOINT or --model ({MODEL_HELP})")
+    if weights and not args.model:
+        raise ValueError("--weights goes with --model")
+    if not args.model:
         ckpt = read_checkpoint(args.checkpoint)
-        model = fc.load(args.checkpoint)
+        model = fc.load(args.checkpoint)  # a checkpoint it cannot rebuild says what to pass
         shape = (ckpt.get("meta") or {}).get("input_shape")
         if shape is None and ckpt.get("arch"):
-            a = ckpt["arch"]
-            shape = (a["in_channels"], *entry(a["name"]).input_size)
+            shape = ModelSpec.from_record(ckpt["arch"], args.checkpoint).input_shape()
         return Loaded(model, args.input_shape or (tuple(shape) if shape else None), args.checkpoint)
-    model = fc.models.create(args.model, args.num_classes, args.in_channels)
-    if args.weights:
-        state = read_checkpoint(args.weights)
+    spec = ModelSpec.parse(args.model, parse_model_args(getattr(args, "model_args", None)))
+    model = spec.build(args.num_classes, args.in_channels)
+    shape = None
+    if weights:
+        state = read_checkpoint(weights)
         if isinstance(state, dict) and state.get("format") == "factorch":
-            model = fc.load(args.weights, model=model)
+            model = fc.load(weights, model=model)
+            shape = (state.get("meta") or {}).get("input_shape")
         else:
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]  # common training-checkpoint layout
-            load_weights(model, state, args.weights)
-    shape = args.input_shape or (args.in_channels, *entry(args.model).input_size)
-    return Loaded(model, shape, args.model)
+            load_weights(model, state, weights)
+    if shape is None:
+        shape = spec.input_shape()
+        if shape is not None and spec.source == "zoo" and args.in_channels:
+            shape = (args.in_channels, *shape[1:])
+    return Loaded(model, args.input_shape or (tuple(shape) if shape else None), spec.text)
 
 
-def load_architecture(name: Optional[str], checkpoint: Optional[str], num_classes: int, in_channels: int
-                      ) -> nn.Module:
-    """``--model NAME [--checkpoint FILE]`` (FILE: a factorch checkpoint or a state_dict) or
-    ``--checkpoint FILE`` alone (a factorch checkpoint that names its architecture)."""
+def load_architecture(name: Optional[str], checkpoint: Optional[str], num_classes: Optional[int],
+                      in_channels: Optional[int], model_args: Optional[str] = None) -> nn.Module:
+    """``--model SPEC [--checkpoint FILE]`` (FILE: a factorch checkpoint or a state_dict) or
+    ``--checkpoint FILE`` alone (a factorch checkpoint that records its architecture)."""
     if not name and not checkpoint:
         raise ValueError("give --model NAME (random init), --checkpoint FILE, or both")
     if not name:
         return fc.load(checkpoint)
     args = argparse.Namespace(checkpoint=None, model=name, weights=checkpoint, num_classes=num_classes,
-                              in_channels=in_channels, input_shape=None)
+                              in_channels=in_channels, input_shape=None, model_args=model_args)
     return load_model(args).model
 
 

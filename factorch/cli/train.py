@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from factorch.cli.common import add_decomposition_args
+from factorch.cli.common import MODEL_HELP, add_decomposition_args
 from factorch.cli.events import add_event_args, event_settings, events_from_flags, flag_of, unused_options
 from factorch.distributed import is_main_process
+from factorch.models.spec import parse_model_args
 from factorch.training import TrainConfig, train
 from factorch.training.experiment import run_experiment
 from factorch.training.scenarios import forms, parse_scenarios
@@ -17,7 +18,9 @@ PAPER_SCENARIOS = "the paper's: original, dec@5%%, dec@10%%, dec@5%%+rec@95%%, o
 
 def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", required=True, help="a model from the zoo (see `factorch models`)")
+    g.add_argument("--model", required=True, help=MODEL_HELP)
+    g.add_argument("--model-args", metavar="ARGS",
+                   help="keyword arguments of --model's function: key=value,... or a JSON object")
     g.add_argument("--dataset", default="digits", help="digits (bundled, default), fashion-mnist, mnist, cifar10, imagefolder")
     g.add_argument("--data-dir", help="the dataset's files (default: the dataset's usual place)")
     g.add_argument("--subset", type=int, help="use N training and N test examples (quick runs)")
@@ -45,7 +48,7 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
 
 def _config(args: argparse.Namespace, events: tuple = ()) -> TrainConfig:
     return TrainConfig(
-        model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+        model=args.model, model_args=parse_model_args(args.model_args), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         subset=args.subset, augment=not args.no_augment, amp=args.amp, channels_last=args.channels_last,
         device=args.device, workers=args.workers, seed=args.seed, events=events)

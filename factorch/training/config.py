@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from factorch.models.spec import ModelSpec
 from factorch.training.events.base import Event
 
 
@@ -43,6 +44,10 @@ class TrainConfig:
     """One run: model, data, optimizer (SGD, the defaults of Elhoushi et al. 2019) and the training
     events, each with its own settings (``factorch.training.events``).
 
+    ``model``: any ``--model`` spelling (``factorch.models.spec``: a zoo name, ``torchvision:NAME``,
+    ``pkg.module:function``, ...) with ``model_args`` its keyword arguments; the dataset gives the
+    classes and input channels.
+
     ``epochs`` is the number of epochs run; ``schedule_epochs`` (default ``epochs``) the length the
     LR milestones are fractions of: "original-then-dec+E" runs ``epochs + E`` epochs on the
     original's schedule. ``events``: e.g. ``(Decompose(10), Reconstruct(190))`` or
@@ -54,6 +59,7 @@ class TrainConfig:
     """
 
     model: str = "vgg19"
+    model_args: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
     data_dir: Optional[str] = None
     epochs: int = 200
@@ -93,6 +99,7 @@ class TrainConfig:
                     raise ValueError(f"{at[epoch]} and {event.label} both change the architecture before epoch "
                                      f"{epoch + 1}; one change per epoch")
                 at[epoch] = event.label
+        ModelSpec.parse(self.model, self.model_args)  # a malformed spelling or argument fails now
         if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
             raise ValueError(f"subset must be a positive int, got {self.subset!r}")
         if self.channels_last not in (None, True, False):
@@ -138,7 +145,7 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     level) gets its events as ``describe()`` gives them, in the order those runs built them
     (decompose, reconstruct, then the others). Today's configs are returned unchanged."""
     if "decompose_at" not in config and "methods" not in config:
-        return {**config, "events": list(config.get("events", []))}
+        return {"model_args": {}, **config, "events": list(config.get("events", []))}
     old = dict(config)
     shared = {"methods": list(old.get("methods", [])), "first_conv": bool(old.get("first_conv", False)),
               "exclude": list(old.get("exclude", []))}
@@ -158,4 +165,4 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
         events.append(e)
     for key in ("decompose_at", "reconstruct_at", *_OLD_SETTINGS):
         old.pop(key, None)
-    return {**old, "events": events}
+    return {"model_args": {}, **old, "events": events}

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from factorch import data as fdata
-from factorch import models as fmodels
 from factorch.measure.count import count
+from factorch.models.spec import ModelSpec
 from factorch.files import LOCK_FILE, DirectoryLocked, append_text, atomic_write_text
 from factorch.io import CheckpointError, apply_spec, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     train_set = fdata.load(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, augment=cfg.augment, seed=cfg.seed)
     test_set = fdata.load(cfg.dataset, cfg.data_dir, train=False, subset=cfg.subset, seed=cfg.seed)
     device = dist.device
-    model = fmodels.create(cfg.model, meta.num_classes, meta.in_channels).to(device)
+    model = ModelSpec.parse(cfg.model, cfg.model_args).build(meta.num_classes, meta.in_channels).to(device)
     example = torch.zeros((1, meta.in_channels, *_input_size(test_set, meta)), device=device)
     history: list[dict[str, Any]] = []
     if state is not None:

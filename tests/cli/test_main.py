@@ -50,7 +50,7 @@ def test_model_with_weights(tmp_path, capsys):
     (["count", "{tmp}/pickled.pt"], "needs code"),
     (["count", "{tmp}/foreign.pt"], "not a factorch checkpoint"),
     (["count", "--model", "resnet20", "--weights", "{tmp}/foreign.pt"], "do not fit"),
-    (["count"], "exactly one"),
+    (["count"], "give a CHECKPOINT or --model"),
     (["decompose", "--model", "vgg-small", "--calibration", "nope", "-o", "{tmp}/x.pt"], "unknown dataset 'nope'"),
     (["decompose", "--model", "vgg-small", "--calibration", "digits", "--calibration-batches", "0", "-o", "{tmp}/x.pt"],
      "--calibration-batches must be >= 1, got 0"),

@@ -37,7 +37,7 @@ $(PLAIN_STAMP): $(PLAIN_BASE) $(SOURCES) README.md
 	rm -rf build
 	touch $(PLAIN_STAMP)
 
-# seed 000's experiment, small: a VGG-7 on the bundled digits (original / Tucker-2 at a tenth of
+# Elhoushi et al. 2019's experiment, small: a VGG-7 on the bundled digits (original / Tucker-2 at a tenth of
 # each conv's parameters after epoch 1 / the same, reconstructed after epoch 5), then the table
 # (with the training-step throughput of each final model against the dense one) and the figure.
 # One thread: on a machine shared with other jobs two threads make every step wait for the slower

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 002's comparison (Yin et al. 2021) on Fashion-MNIST with `factorch experiment`: the dense
+# Yin et al. 2021's comparison on Fashion-MNIST with `factorch experiment`: the dense
 # model (original), dense then decomposed and fine-tuned (dec@K), and ADMM low-rank training
 # then decomposed at the same ranks (admm@K); same epochs, same seed, same ranks (a fraction of
 # each layer's parameters: about 3x fewer in the decomposed layers). First with Tucker-2, then with

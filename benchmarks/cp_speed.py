@@ -1,7 +1,7 @@
 """CP of conv kernels: factorch's CP before (TensorLy's parafac, ``algorithm="tensorly"``) and after
 (our ALS, ``algorithm="als"``), and tensorly-torch, on the same kernels in one process.
 
-Rows (issue 11, scope 2):
+Rows (with their speed goals):
 
 * ``conv 512x512x3x3`` (``nn.Conv2d`` default init) at rank 128: goal <= 40 s at an error no worse
   than tensorly-torch's;

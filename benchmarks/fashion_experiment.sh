@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 000's experiment (Elhoushi et al. 2019, Tables 1-3 / Figures 3-5) on Fashion-MNIST: 60k
+# Elhoushi et al. 2019's experiment (Tables 1-3 / Figures 3-5) on Fashion-MNIST: 60k
 # training images, 20 epochs, the paper's schedule (lr 0.1, /10 at 50% and 75%, momentum 0.9,
 # weight decay 5e-4, batch 128), Tucker-2 with EVBMF ranks, first conv and classifier dense, and the
 # paper's scenarios scaled to 20 epochs (dec@10/dec@20 of 200 -> dec@1/dec@2; we use dec@2 (one

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU result the benchmarks define, in one run of under 8 minutes on one GPU (issue 11, scope 6):
+# Every GPU result the benchmarks define, in one run of under 8 minutes on one GPU:
 #
 #   1. training throughput, dense vs Tucker-2 at the paper's parameter counts (VGG-19 749K,
 #      ResNet-56 508K, DenseNet-40 270K), AMP, in factorch train's default layout (channels_last on

@@ -1,7 +1,7 @@
 """Truncated SVD of big Linear weights: LAPACK's full SVD (before) against ``truncated_svd``'s pick
 (after), side by side in one process, with the error against the optimal rank-R error.
 
-Rows (issue 11, scope 1):
+Rows (with their speed goals):
 
 * ``nn.Linear(8192, 8192)`` (default init: a flat spectrum) at rank 1024: goal <= 30 s at an
   error within 1 % of the optimum;

@@ -1,16 +1,16 @@
 """Training step time: dense CIFAR VGG-19 vs the same network Tucker-2 compressed to ~1M params.
 
-Seed 000 (Elhoushi et al., Table 1) decomposes VGG-19 to 749K params and trains it 2.06x faster
+Elhoushi et al. (2019, Table 1) decompose VGG-19 to 749K params and train it 2.06x faster
 end to end on a K40c. Here: one SGD step (forward, backward, update) on a batch of synthetic
 CIFAR-shaped inputs, dense and decomposed models measured in alternation in one process, in the
 execution settings a user gets from ``factorch train``: ``before``, fp32 NCHW (the default until
 the memory-format rule; ``--no-channels-last`` now), ``default``, fp32 in the layout ``factorch
 train`` picks by default (``loop.uses_channels_last``: channels_last for a conv model on CPU and
 CUDA), and ``amp``, bfloat16/float16 autocast (``--amp``) in that layout. Each setting compares
-dense and decomposed under the same setting. Goal (issue 11): >= 6x at ~1.0M params, batch 64,
+dense and decomposed under the same setting. Goal: >= 6x at ~1.0M params, batch 64,
 without a flag.
 Ranks: a uniform fraction of each layer's parameters (``Tucker2(f)``, ``SVD(0.5)`` for the
-classifier); EVBMF ranks need trained weights. f=0.05 gives ~1M params, f=0.037 the seed's ~750K.
+classifier); EVBMF ranks need trained weights. f=0.05 gives ~1M params, f=0.037 the paper's ~750K.
 
     python benchmarks/train_step.py [--model vgg19] [--batch 64] [--fractions 0.05] [--settings before,default[,amp]]
         [--device cpu|cuda] [--threads N]
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--model", default="vgg19", help="a CIFAR model of the zoo (default vgg19; names the results file)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--fractions", default="0.05", help="Tucker-2 fractions of params kept, comma-separated "
-                   "(0.05: ~1.0M params; 0.037: the seed's ~750K)")
+                   "(0.05: ~1.0M params; 0.037: Elhoushi et al.'s ~750K)")
     p.add_argument("--settings", default="before,default", help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)

@@ -1,6 +1,6 @@
 """Training throughput per epoch, original vs Tucker-2 decomposed: VGG-19, ResNet-56, DenseNet-40.
 
-Seed 000 (Elhoushi et al. 2019) reports total training-time speedups of 2.06x (VGG-19, Table 1),
+Elhoushi et al. (2019) report total training-time speedups of 2.06x (VGG-19, Table 1),
 1.29x (DenseNet-40, Table 2) and 1.08x (ResNet-56, Table 3) on a K40c/P100 for "Dec. @ 10/20".
 This measures the per-epoch part of that: SGD steps (forward, backward, update) per second of the
 dense model, the model with every candidate conv decomposed, and the model as ``factorch train``'s

@@ -1,7 +1,7 @@
 """Params and MACs of ResNet-56's convs: dense vs conventional TT-conv vs the efficient order.
 
-Seed 002 (Miao Yin, HODEC) shows the conventional TT convolution (Garipov et al. 2016: spatial core
-first, then channel cores as in a TT-matrix) can cost more MACs than the dense conv, and proposes an
+Yin et al. (CVPR 2022, HODEC) show that the conventional TT convolution (Garipov et al. 2016: spatial
+core first, then channel cores as in a TT-matrix) can cost more MACs than the dense conv, and propose an
 order -- input-channel cores, ONE kxk conv, output-channel cores -- whose MACs fall with the
 parameters. Here every conv of CIFAR ResNet-56 (32x32 input) is replaced, at the same int TT-rank
 for every bond (capped at each bond's full rank), by ``fc.layers.TTConv2d`` in both orders, and

@@ -1,4 +1,4 @@
-"""Inference time of seed 003's 25088x4096 fully-connected layer: dense vs TT-matrix, TT-ranks 4.
+"""Inference time of Novikov et al. 2015's 25088x4096 fully-connected layer: dense vs TT-matrix, TT-ranks 4.
 
 Novikov et al. (NeurIPS 2015, Table 3) time VGG's first FC layer (25088 -> 4096) against a TT-layer
 with all TT-ranks 4: CPU 16.1 ms -> 1.2 ms for one image (13x), 97.2 -> 94.7 ms for 100; GPU
@@ -6,13 +6,13 @@ with all TT-ranks 4: CPU 16.1 ms -> 1.2 ms for one image (13x), 97.2 -> 94.7 ms 
 warm-up (median), ``torch.inference_mode``:
 
 * dense ``nn.Linear(25088, 4096)`` (411 MB of fp32 weights read per call);
-* ``TTLinear`` with the seed's shapes, 25088 = 2x7x8x8x7x4 and 4096 = 4x4x4x4x4x4 (d = 6);
+* ``TTLinear`` with Novikov et al.'s shapes, 25088 = 2x7x8x8x7x4 and 4096 = 4x4x4x4x4x4 (d = 6);
 * the same factors reordered as factorch orders them (inputs ascending 2x4x7x7x8x8, outputs
   descending), which cuts the contraction's MACs from 3.65 M to 2.00 M;
 * ``TTLinear`` with factorch's automatic shapes: d = round(log_8 25088) = 5, balanced factors,
   7x7x8x8x8 -> 8x8x4x4x4 (2.12 M MACs);
 * the same layer's cores through the base commit's contraction (``--baseline REV``, default the
-  commit before issue 11's work): its ``_rtl``/``_ltr`` functions, read from ``git show
+  commit before the speed work on the TT contraction): its ``_rtl``/``_ltr`` functions, read from ``git show
   REV:factorch/layers/tt_linear.py``, with its forward's steps around them (route by MACs, bias).
   The "before" of the TT-at-batch-1 row, measured in the same process, interleaved.
 
@@ -40,7 +40,7 @@ import factorch as fc
 from common import environment, time_alternating, write_results
 
 SEED_SHAPES = ((2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4))
-BASE_COMMIT = "544001b"  # main before issue 11's speed work
+BASE_COMMIT = "544001b"  # main before the speed work on the TT contraction
 SEED_MS = {("cpu", 1): (16.1, 1.2), ("cpu", 100): (97.2, 94.7), ("cuda", 1): (2.7, 1.9), ("cuda", 100): (33.0, 12.9)}
 
 
@@ -144,7 +144,7 @@ def main() -> None:
         "torch.inference_mode, fp32, random weights (timing does not depend on the values).",
         "seed_ms: Novikov et al. 2015, Table 3 (their CPU/GPU, 2015); speedups here are measured "
         "side by side in this run. TT-ranks all 4; `order` is the contraction order TTLinear chose "
-        "(rtl = core d first, ltr = core 1 first; the cheaper by the MAC formula of methods.md 4.2).",
+        "(rtl = core d first, ltr = core 1 first; the cheaper by the MAC formulas of docs/math.md).",
         "params include the 4096 bias (the TT cores alone: params - 4096). The CPU is shared with other "
         "processes: the 1-minute load average at the start is recorded above.",
     ]

@@ -1,4 +1,4 @@
-"""Seed 003's MNIST experiment on Fashion-MNIST: a TT hidden layer against a matrix-rank layer.
+"""Novikov et al. 2015's MNIST experiment on Fashion-MNIST: a TT hidden layer against a matrix-rank layer.
 
 Novikov et al. (NeurIPS 2015, section 6.1) train an MLP whose 1024x1024 layer is a TT-matrix and
 compare it with the same layer restricted to a low matrix rank at a similar number of parameters:
@@ -8,9 +8,9 @@ Fashion-MNIST (60k/10k, 28x28), with one architecture
     784 -> Linear(784, 1024) -> ReLU -> HIDDEN (1024 -> 1024) -> ReLU -> Linear(1024, 10)
 
 where HIDDEN is dense, ``TTLinear`` with TT-ranks 1, 2, 4, 8 (modes 4x8x8x4 -> 4x8x8x4, the
-balanced d = 4 shape of the seed's experiment) or ``SVDLinear`` with the matrix rank R whose
+balanced d = 4 shape of their experiment) or ``SVDLinear`` with the matrix rank R whose
 ``2048 R`` parameters come closest to the TT layer's (at least 1). The 784 -> 1024 input layer stays
-dense in every model, so the hidden layer is the only difference (the seed also tensorizes the
+dense in every model, so the hidden layer is the only difference (Novikov et al. also tensorize the
 input layer after padding the image to 32x32; we keep it dense to isolate the comparison). Both
 factorized layers start with the dense layer's output variance (``TTLinear``'s init; the SVD
 layer's second factor is scaled by sqrt 3 to match ``Var W_ij = 1/(3N)``).

@@ -1,4 +1,4 @@
-"""Tucker-3 against Tucker-2 at equal parameter counts on Fashion-MNIST (seed 001 vs Kim et al.).
+"""Tucker-3 against Tucker-2 at equal parameter counts on Fashion-MNIST (Gobieski et al. vs Kim et al.).
 
 ``vgg7``; both methods get the same ``fc.Budget(params=f)`` over the kxk convs (the first conv, one
 input channel, and the classifier stay dense), for each ``f`` in ``--budgets``, and are trained

@@ -1,4 +1,4 @@
-"""Low-tensor-rank training by ADMM (Yin et al., CVPR 2021; seed 002; methods.md section 5).
+"""Low-tensor-rank training by ADMM (Yin et al., CVPR 2021; ``docs/math.md``, "Low-rank ADMM training").
 
 Train the dense model under the constraint that each selected weight ``W`` has the target ranks,
 so that decomposing it at the end loses almost nothing. With the split ``W = Z`` (``Z`` of the

@@ -53,8 +53,9 @@ class Tucker2(Method):
 
 @dataclass(frozen=True)
 class Tucker3(Method):
-    """Tucker-3 (seed 001): Conv2d with a kernel larger than 1x1 -> ``Tucker3Conv2d``: the two
-    channel modes and the flattened spatial mode (kh kw) factorized, by HOOI.
+    """Tucker-3: Conv2d with a kernel larger than 1x1 -> ``Tucker3Conv2d``: the two channel modes
+    and the flattened spatial mode (kh kw) factorized, by HOOI (Gobieski et al., course project;
+    ``docs/math.md``, "Tucker-3 with a factorized spatial mode").
 
     ``rank``: int (every mode), ``(out_rank, in_rank, spatial_rank)``, a fraction of parameters, or
     a rule (EVBMF, Energy, Tolerance: on each mode's singular values)."""

@@ -1,4 +1,4 @@
-"""fc.ADMM (Yin et al. 2021; methods.md section 5): Z has the target ranks, the penalty and its
+"""fc.ADMM (Yin et al. 2021; docs/math.md, "Low-rank ADMM training"): Z has the target ranks, the penalty and its
 gradient, the dual update, decompose_ at Z's ranks, state_dict round trip, bad input."""
 import io
 import math
@@ -119,7 +119,8 @@ def test_update_is_z_step_then_u_step_and_rho_growth_rescales_u():
 
 
 def test_distance_falls_in_a_plain_pytorch_loop():
-    """The issue's loop, on a small MLP and a learnable task: ||W - Z|| / ||W|| falls towards 0."""
+    """The ``factorch.admm`` docstring's loop, on a small MLP and a learnable task: ||W - Z|| / ||W||
+    falls towards 0."""
     torch.manual_seed(0)
     x = torch.randn(512, 20)
     y = (x @ torch.randn(20, 10)).argmax(1)

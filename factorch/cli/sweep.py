@@ -1,4 +1,4 @@
-"""``factorch sweep``: decompose single layers at a range of ranks; CSV + Markdown + the seed's PNG."""
+"""``factorch sweep``: decompose single layers at a range of ranks; CSV + Markdown + Cao 2022's panels (PNG)."""
 from __future__ import annotations
 
 import argparse
@@ -94,7 +94,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     notes = [f"speed-up: forward latency of the layer alone (eval mode, no grad), batch {profiler.batch}, "
              f"median of {profiler.runs} interleaved runs after {profiler.warmup} warm-up calls",
              "accuracy: top-1 on the test split" + (f" ({args.test_subset} seeded examples)" if args.test_subset else ""),
-             "error: ||W - W_hat||_F / ||W||_F (seed 004, Eq. 14)"]
+             "error: ||W - W_hat||_F / ||W||_F (Cao 2022, Eq. 14)"]
     if calibration is not None:
         notes.append(f"{calibration.describe()} (training split); data-aware: the same layer and ranks decomposed with "
                      "calibration=, accuracy right after; factors: which the held-out check kept")

@@ -4,7 +4,7 @@ Tucker-2, CP, tensor-train and EVBMF.
 Every function computes in float64 on its input's device (a CUDA weight is decomposed on the GPU)
 and returns float64 tensors there; the layers cast the result to their own dtype. EVBMF alone
 finishes on the CPU: after the Gram's eigenvalues it is a scalar search.
-Methods: ../shared/reference/methods.md.
+The math and its sources: ``docs/math.md``.
 """
 from factorch.decompositions.cp import cp_als, cp_to_tensor
 from factorch.decompositions.evbmf import evbmf, tau_bar

@@ -1,4 +1,4 @@
-"""CP (CANDECOMP/PARAFAC) of a 4-way conv kernel by alternating least squares (methods.md section 3.3).
+"""CP (CANDECOMP/PARAFAC) of a 4-way conv kernel by alternating least squares (``docs/math.md``, "CP convolution").
 
 ``W[n, c, i, j] ~= sum_r A[n, r] B[c, r] P[i, r] Q[j, r]``. Two algorithms:
 
@@ -54,7 +54,7 @@ def _balance(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:
     """Fold the component weights into the factors so each column carries ``lambda_r^(1/4)``.
 
     lambda_r = w_r * prod_k ||f_k[:, r]||; its sign goes to the first factor. Equal column norms
-    across the four factors condition fine-tuning best (methods.md section 3.1).
+    across the four factors condition fine-tuning best (``docs/math.md``, "CP convolution").
     """
     norms = [f.norm(dim=0) for f in factors]  # each (R,)
     lam = weights * torch.stack(norms).prod(0)  # (R,)
@@ -244,7 +244,7 @@ def cp_als(
     core plus 30 polishing sweeps; TensorLy's 100 for ``"tensorly"``); ``tol`` stops when the
     relative error changes by less. The first run starts from the SVD init, the ``restarts - 1``
     others from seeded random factors; the fit with the smallest residual wins. A tiny ridge keeps
-    diverging, cancelling components (the degeneracy of methods.md 3.3) in check.
+    diverging, cancelling components (CP degeneracy: ``docs/math.md``, "CP convolution") in check.
     """
     if algorithm not in _ALGORITHMS:
         raise ValueError(f"CP algorithm must be one of {', '.join(CP_ALGORITHMS)}, got {algorithm!r}")

@@ -1,6 +1,6 @@
 """Empirical variational Bayesian matrix factorisation rank (Nakajima et al., JMLR 2013).
 
-methods.md section 2.1. Differences from the widely copied VBMF port, each a bug it has:
+``docs/math.md``, "EVBMF". Differences from the widely copied VBMF port, each a bug it has:
 * tau-bar is the exact root of ``Phi(tau) + Phi(tau / alpha) = 0``, not ``2.5129 * sqrt(alpha)``;
 * the matrix is first scaled to unit mean square entry and sigma^2 is searched on a log grid, then
   refined by golden section: the rank no longer depends on the weights' scale (the port's absolute
@@ -50,7 +50,7 @@ def _tau(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _objective(sigma2: np.ndarray, s2: np.ndarray, m: int, alpha: float, x_bar: float) -> np.ndarray:
-    """Omega(sigma^2) of methods.md section 2.1 for a batch of sigma^2 values (all L values used)."""
+    """Omega(sigma^2) (``docs/math.md``, "EVBMF") for a batch of sigma^2 values (all L values used)."""
     x = s2[None, :] / (m * sigma2[:, None])  # (S, H)
     big = x > x_bar
     tau = _tau(np.where(big, x, x_bar + 1.0), alpha)  # placeholder keeps sqrt/log finite off-mask

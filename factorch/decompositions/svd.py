@@ -1,4 +1,4 @@
-"""Singular values and truncated SVDs, each by the cheapest accurate route (methods.md section 3.4).
+"""Singular values and truncated SVDs, each by the cheapest accurate route (``docs/math.md``, "Truncated SVD").
 
 Everything is float64 on the input's device. For an (m, n) matrix ``W``, ``n <= m`` after
 transposing, ``truncated_svd`` picks by a cost model (``svd_method``) among

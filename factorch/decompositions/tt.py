@@ -1,6 +1,6 @@
 """Tensor-train (TT) decomposition: TT-SVD (Oseledets 2011) and TT-matrices (Novikov et al. 2015).
 
-methods.md sections 4.1-4.2. A TT of a tensor ``A`` of shape ``(n_1, ..., n_d)`` is a list of cores
+``docs/math.md``, "TT-SVD" and "TT-matrix layers". A TT of a tensor ``A`` of shape ``(n_1..n_d)`` is a list of cores
 ``G_k`` of shape ``(r_{k-1}, n_k, r_k)``, ``r_0 = r_d = 1``, with
 ``A[i_1, ..., i_d] = G_1[:, i_1, :] @ G_2[:, i_2, :] @ ... @ G_d[:, i_d, :]``.
 A TT-matrix of ``W`` (M x N, ``M = prod m_k``, ``N = prod n_k``) has 4-way cores
@@ -31,7 +31,7 @@ def max_tt_ranks(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def tt_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
-    """Entries of the cores: ``sum_k r_{k-1} n_k r_k`` (methods.md section 4.2)."""
+    """Entries of the cores: ``sum_k r_{k-1} n_k r_k`` (Oseledets 2011; Novikov et al. 2015)."""
     full = (1, *ranks, 1)
     return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
 
@@ -123,7 +123,7 @@ def interleave(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[int]
 def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[int], rank: RankArg = None,
                   *, eps: Optional[float] = None, rule: Optional[Callable[[Tensor], int]] = None) -> list[Tensor]:
     """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
-    tensor (methods.md 4.2; without the interleave the result is an order-2d TT, not a TT-matrix).
+    tensor (Novikov et al. 2015; without the interleave the result is an order-2d TT, not a TT-matrix).
     The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
     m64 = matrix.detach().to(dtype=torch.float64)
     cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)

@@ -1,4 +1,4 @@
-"""Tucker decompositions of a conv kernel by HOOI (methods.md sections 1 and 11).
+"""Tucker decompositions of a conv kernel by HOOI (``docs/math.md``, "HOSVD and HOOI").
 
 One HOOI serves both layers: it factorizes any subset of the modes of the 3-way tensor
 ``(N, C, D = kh kw)``. A mode whose rank equals its size keeps the identity (any orthonormal
@@ -6,7 +6,8 @@ basis of the whole space is optimal), so
 
 * Tucker-2 (Kim et al. 2016) is ``hooi(W as (N, C, D), (R_out, R_in, D))``:
   ``W[n, c, i, j] ~= sum_{a, b} U[n, a] G[a, b, i, j] V[c, b]``;
-* Tucker-3 (seed 001) is ``hooi(W as (N, C, D), (N', C', D'))``: ``W ~= G x_0 W_N x_1 W_C x_2 W_D``.
+* Tucker-3 (the spatial mode too: Gobieski et al.'s course project) is ``hooi(W as (N, C, D),
+  (N', C', D'))``: ``W ~= G x_0 W_N x_1 W_C x_2 W_D``.
 
 HOSVD gives the start; each sweep sets every factorized mode's factor to the leading left singular
 vectors of the tensor multiplied by the other factors' transposes (alternating least squares).
@@ -85,7 +86,7 @@ def hosvd(tensor: Tensor, ranks: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
     """One-pass truncated HOSVD of a 3-way tensor: ``(core, [U_0, U_1, U_2])`` in float64, each
     ``U_k`` (size_k, R_k) orthonormal (the identity where ``R_k`` is the full size).
 
-    ``||W - W_hat||^2 <= sum_k`` (the discarded sigma^2 of unfolding k) (methods.md section 1)."""
+    ``||W - W_hat||^2 <= sum_k`` (the discarded sigma^2 of unfolding k) (``docs/math.md``, "HOSVD and HOOI")."""
     x = _check(tensor, ranks)
     factors = [torch.eye(n, dtype=x.dtype, device=x.device) if r == n else
                _leading_eigvecs(_unfold(x, k) @ _unfold(x, k).T, r)
@@ -224,7 +225,7 @@ def tucker2_to_tensor(core: Tensor, u: Tensor, v: Tensor) -> Tensor:
 
 def tucker3(tensor: Tensor, ranks: tuple[int, int, int], n_iter_max: int = 100, tol: Optional[float] = None,
             stop: str = "residual") -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Tucker-3 of a conv kernel as the 3-way (N, C, kh kw) tensor (seed 001) by HOOI:
+    """Tucker-3 of a conv kernel as the 3-way (N, C, kh kw) tensor (Gobieski et al.) by HOOI:
     ``(G, W_N, W_C, W_D)``, G (N', C', D'), float64. ``ranks = (N', C', D')``."""
     if tensor.dim() != 3:
         raise ValueError(f"Tucker-3 takes the kernel as a 3-way (N, C, kh kw) tensor, got shape {tuple(tensor.shape)}")

@@ -1,4 +1,4 @@
-"""Whitening a layer's input mode by its input statistics (methods.md section 10; SVD-LLM, Wang et al. 2024).
+"""Whitening a layer's input mode by its input statistics (SVD-LLM, Wang et al. 2024).
 
 With ``C = E[x x^T]`` the input second moment and ``C = S S^T`` its Cholesky factorization, a
 weight's output error on those inputs is a weighted weight error:
@@ -16,7 +16,7 @@ layers before it produce, while its target stays the dense layer's output on the
 and to ``M`` (the ridge ``delta ||W - W_hat||^2`` pulls towards the dense weight), so at full rank
 the plain form reproduces ``W`` exactly, damped or not.
 
-Everything here is float64 on the statistics' device.
+Everything here is float64 on the statistics' device. Math: ``docs/math.md``, "Data-aware factors".
 """
 from __future__ import annotations
 

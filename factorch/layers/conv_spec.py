@@ -95,7 +95,7 @@ class ConvSpec:
         return like.new_zeros(1, self.in_channels, side, side)
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """``H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1`` per axis (methods.md section 0);
+        """``H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1`` per axis (``docs/math.md``, "Conventions");
         ``'same'`` keeps the size, ``'valid'`` pads 0."""
         if self.padding == "same":
             return tuple(size)

@@ -1,6 +1,6 @@
 """CP convolution: 1x1 (C -> R), (kh x 1) depthwise, (1 x kw) depthwise, 1x1 (R -> N).
 
-Lebedev et al. 2015; methods.md section 3.1. The vertical conv carries the height stride, padding
+Lebedev et al. 2015 (``docs/math.md``, "CP convolution"). The vertical conv carries the height stride, padding
 and dilation, the horizontal one the width ones (reusing the height padding for the width is a
 known bug of older code). Bias only on the last 1x1. Factor columns are balanced: each of the four
 carries ``lambda_r^(1/4)``. A grouped conv gets one rank-R CP per group.

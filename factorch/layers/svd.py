@@ -1,4 +1,4 @@
-"""Truncated-SVD layers: ``SVDLinear`` and ``SVDConv2d`` (1x1 convs); methods.md section 3.4.
+"""Truncated-SVD layers: ``SVDLinear`` and ``SVDConv2d`` (1x1 convs); ``docs/math.md``, "Truncated SVD".
 
 ``W (N, C) ~= A B`` with ``A = U_R sqrt(S_R)`` and ``B = sqrt(S_R) V_R^T``: ``first`` applies B (no
 bias), ``last`` applies A and the original bias. For a 1x1 conv the stride, padding and

@@ -1,4 +1,4 @@
-"""``y = W x`` for a TT-matrix ``W`` without building it: contraction chains and plans (methods.md 4.2).
+"""``y = W x`` for a TT-matrix ``W`` without building it: contraction chains and plans (Novikov et al. 2015).
 
 ``W`` (M' x N') has cores ``G_k`` (r_{k-1}, m_k, n_k, r_k). The chain absorbs one core at a time,
 right to left (``rtl``, core d first) or left to right (``ltr``, core 1 first), and keeps the pair
@@ -88,7 +88,7 @@ def contract_ltr(x: Tensor, cores: Sequence[Tensor]) -> Tensor:
 
 
 def chain_macs(out_shape: Sequence[int], in_shape: Sequence[int], ranks: Sequence[int], rtl: bool) -> int:
-    """Multiply-adds per example of the plain chain (methods.md 4.2); ``ranks`` are the d - 1 inner ones.
+    """Multiply-adds per example of the plain chain (Novikov et al. 2015); ``ranks`` are the d - 1 inner ones.
 
     rtl step k: ``(n_1..n_{k-1}) (m_{k+1}..m_d) n_k r_k r_{k-1} m_k``; ltr step k:
     ``(m_1..m_{k-1}) (n_{k+1}..n_d) r_{k-1} n_k m_k r_k``: the same terms with the roles of the

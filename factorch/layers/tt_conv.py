@@ -1,5 +1,5 @@
-"""Tensor-train convolution in two orders: ``efficient`` (HODEC, Yin et al. 2022; seed 002) and
-``conventional`` (Garipov et al. 2016, "Ultimate tensorization"); methods.md sections 4.3-4.4.
+"""Tensor-train convolution in two orders: ``efficient`` (after HODEC, Yin et al., CVPR 2022) and
+``conventional`` (Garipov et al. 2016, "Ultimate tensorization"); ``docs/math.md``, "TT convolution".
 
 The kernel ``W (N, C, kh, kw)`` with ``C = c_1...c_q``, ``N = u_1...u_p`` (row-major channel
 factors) and ``s = kh kw`` is a tensor train over a chain of modes:
@@ -14,7 +14,7 @@ factors) and ``s = kh kw`` is a tensor train over a chain of modes:
   core; needs ``p = q = d``). It runs as every input channel convolved separately with the
   ``r_0`` spatial filters (``C r_0`` maps at output resolution), then one 1x1 conv per channel core:
   ``H'W' s C r_0 + sum_k H'W' (c_{k+1}..c_d)(n_1..n_{k-1}) c_k r_{k-1} n_k r_k`` -- often more than
-  the dense conv (methods.md 4.3).
+  the dense conv (``docs/math.md``, "TT convolution").
 
 A mode's distance from the spatial core tracks its significance (the core next to it carries
 ``c_1``/``u_1``), so both chains run as real ``nn.Conv2d`` modules with the not-yet-contracted

@@ -1,6 +1,6 @@
 """TT-matrix fully-connected layer (Novikov et al., "Tensorizing Neural Networks", NeurIPS 2015).
 
-methods.md section 4.2. The weight ``W`` (M x N) is held as d cores ``G_k (r_{k-1}, m_k, n_k, r_k)``
+``docs/math.md``, "TT-matrix layers". The weight ``W`` (M x N) is held as d cores ``G_k (r_{k-1}, m_k, n_k, r_k)``
 with ``W[(i_1..i_d), (j_1..j_d)] = G_1[i_1, j_1] ... G_d[i_d, j_d]`` (row-major multi-indices),
 ``M' = prod m_k >= M`` and ``N' = prod n_k >= N``. Sizes that factor badly (a prime) are padded:
 the input gets zeros in the padded columns and the padded output rows are dropped, so padding
@@ -51,7 +51,7 @@ def tt_linear_shapes(in_features: int, out_features: int, in_shape: Optional[Seq
     ordered input factors ascending, output factors descending: step k of the ``rtl`` chain costs
     ``r^2 (n_1..n_k)(m_k..m_d)``, smallest with small prefixes of n and small suffixes of m. For
     25088 x 4096 at rank 4 this order gave the fewest MACs of all orderings for every d in 3..8
-    (2.12 M at d = 5, against 3.65 M with the seed's 2x7x8x8x7x4 / 4^6).
+    (2.12 M at d = 5, against 3.65 M with Novikov et al.'s 2x7x8x8x7x4 / 4^6).
     """
     for name, size in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -127,7 +127,7 @@ class TTLinear(FactorizedLayer):
 
     # ---- costs and forward -------------------------------------------------------------------
     def _costs(self) -> dict[str, tuple[int, int]]:
-        """Per route: (fixed MACs per call, MACs per example) of the plain chains, methods.md 4.2."""
+        """Per route: (fixed MACs per call, MACs per example) of the plain chains (Novikov et al. 2015)."""
         m, n, d = self.out_shape, self.in_shape, len(self.in_shape)
         r = (1, *self.tt_ranks, 1)
         # building W left to right: step k makes (m_1..m_k, n_1..n_k, r_k) from r_{k-1}

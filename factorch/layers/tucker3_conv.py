@@ -1,8 +1,8 @@
-"""Tucker-3 convolution (seed 001; methods.md section 11): the spatial mode is factorized too.
+"""Tucker-3 convolution: the spatial mode is factorized too (Gobieski et al., course project).
 
 The kernel W (N, C, kh, kw) is the 3-way tensor (N, C, D = kh kw) and, per group,
 ``W ~= G x_0 W_N x_1 W_C x_2 W_D`` with ``G`` (N', C', D'), ``W_N`` (N, N'), ``W_C`` (C, C'),
-``W_D`` (D, D'); ``vec(W) = (W_D kron W_C kron W_N) vec(G)`` (column-major vec, as in the seed).
+``W_D`` (D, D'); ``vec(W) = (W_D kron W_C kron W_N) vec(G)`` (column-major vec, as in the project).
 
 Forward: ``first`` 1x1 (C -> C', weight ``W_C^T``) -> ``core``, a kxk conv (C' -> N') with the
 original stride, padding (``'same'``, per-axis, ``padding_mode``) and dilation whose kernel
@@ -10,7 +10,7 @@ original stride, padding (``'same'``, per-axis, ``padding_mode``) and dilation w
 (``N' C' D' D`` multiply-adds per group, whatever the batch) -> ``last`` 1x1 (N' -> N, ``W_N``,
 the bias). As in Tucker-2, only the last conv has a bias, so zero padding stays exact. Params per
 group ``C C' + N' C' D' + D D' + N' N`` (Tucker-2 at (N', C') has ``N' C' D``); MACs as Tucker-2
-at (N', C') plus the kernel rebuild.
+at (N', C') plus the kernel rebuild. ``docs/math.md``, "Tucker-3 with a factorized spatial mode".
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ class Tucker3Conv2d(FactorizedConv):
     @classmethod
     def unfold(cls, block: Tensor) -> list[list[Tensor]]:
         """The three mode unfoldings: at full ranks HOOI is the HOSVD, whose core has these
-        singular values per mode, so a rule on them is the seed's "HOOI, then the singular values
+        singular values per mode, so a rule on them is the project's "HOOI, then the singular values
         of each mode"."""
         return [[block.movedim(k, 0).reshape(block.shape[k], -1)] for k in range(3)]
 

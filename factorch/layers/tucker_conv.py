@@ -1,6 +1,6 @@
 """Tucker-2 convolution: 1x1 (C -> R_in), kxk core (R_in -> R_out), 1x1 (R_out -> N).
 
-Kim et al. 2016; methods.md section 1. The core conv carries the original stride, padding
+Kim et al. 2016 (``docs/math.md``, "Tucker-2 convolution"). The core conv carries the original stride, padding
 (``'same'``, per-axis, ``padding_mode``) and dilation; only the last 1x1 has a bias, so zero padding
 of the core's input is exactly zero padding of the original input (a bias on the first 1x1 would
 make border pixels wrong). A grouped conv is decomposed per group: every factor conv keeps
@@ -61,7 +61,7 @@ class TuckerConv2d(FactorizedConv):
     def space(cls, spec: ConvSpec) -> RankSpace:
         """Modes (out N/g, in C/g). Per group: params ``C R_in + kh kw R_in R_out + R_out N``;
         MACs ``H W C R_in + H' W' kh kw g R_in R_out + H' W' R_out N`` (the first 1x1 runs at the input
-        resolution, methods.md section 1)."""
+        resolution, as in Elhoushi et al. 2019, Eq. 11)."""
         g = spec.groups
         n, c, kh, kw = spec.weight_shape()
         n //= g

@@ -1,6 +1,6 @@
 """Dense vs factorized vs rebuilt-dense latency, per layer and for the whole model.
 
-methods.md section 7: the theoretical speed-up is ``MACs_dense / MACs_factorized``; the measured
+``docs/math.md``, "Speed-up reality": the theoretical speed-up is ``MACs_dense / MACs_factorized``; the measured
 one is what the hardware gives. For each decomposed layer (and for the whole model) three
 variants are timed side by side on the same input (``factorch.measure.latency.compare``: warm-up,
 interleaved runs, median, CUDA events on a GPU):

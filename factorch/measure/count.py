@@ -4,7 +4,7 @@ MACs (multiply-accumulates; FLOPs = 2 MACs) are counted for ``nn.Conv2d`` and ``
 layers that decompositions change, from the shapes each one really sees, so stride, padding and the
 input-resolution 1x1 of a factorized conv are all accounted for:
 
-* Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (methods.md section 0);
+* Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (``docs/math.md``, "Counting multiply-adds");
 * Linear: ``rows * C * N`` per example (rows = all leading dims but the batch).
 
 Any other leaf module may count itself: if it defines ``count_macs(input, output) -> int`` (MACs for

@@ -1,6 +1,6 @@
 """Measured latency: what a layer (or a model) costs on this machine, not what its MACs promise.
 
-methods.md section 7: fewer MACs often buy little or no speed on real hardware (a factorized conv
+``docs/math.md``, "Speed-up reality": fewer MACs often buy little or no speed on real hardware (a factorized conv
 is 2-5 kernels of low arithmetic intensity). So we measure, honestly:
 
 * every variant gets the same input: same batch, shape, dtype, device and memory layout;

@@ -1,11 +1,11 @@
 """Figures as PNG files (matplotlib, imported when a figure is drawn; the Agg backend, no display).
 
-``training_curves``: the figure of seed 000 (Elhoushi et al., Figures 3-6): test accuracy against
+``training_curves``: the figure of Elhoushi et al. 2019 (Figures 3-6): test accuracy against
 wall-clock training time, one curve per scenario (its own line style and marker, in the legend, so
 curves that coincide for some epochs stay apart), decompositions and reconstructions marked; with
-ADMM runs (seed 002) a third panel: ``||W - Z|| / ||W||`` (mean over the layers) per epoch.
+ADMM runs (Yin et al. 2021) a third panel: ``||W - Z|| / ||W||`` (mean over the layers) per epoch.
 
-``sweep_panels``: the four panels of seed 004 (Cao 2022) per swept layer and method: parameter
+``sweep_panels``: the four panels of Cao 2022's rank sweeps per swept layer and method: parameter
 reduction, speed-up (measured, with the theoretical MAC reduction), approximation error (Eq. 14)
 and accuracy drop (right after decomposition and after fine-tuning), each against the rank.
 """

@@ -1,12 +1,12 @@
-"""Rank sweeps of single layers: what each rank costs and what it buys (seed 004, Cao 2022).
+"""Rank sweeps of single layers: what each rank costs and what it buys (as in Cao 2022).
 
 For every (layer, method, rank), a copy of the model gets only that layer decomposed (through
-``fc.decompose_``, the one flow) and we record the seed's four panels:
+``fc.decompose_``, the one flow) and we record Cao's four panels:
 
 * parameter reduction: dense / factorized parameters of the layer;
 * speed-up: dense / factorized layer latency, measured side by side (``factorch.measure.latency``) at the
   layer's real input size; the theoretical MAC reduction is recorded next to it;
-* approximation error ``||W - W_hat||_F / ||W||_F`` (the seed's Eq. 14);
+* approximation error ``||W - W_hat||_F / ||W||_F`` (Cao 2022, Eq. 14);
 * accuracy with only that layer decomposed, and after ``finetune`` (the drop vs the dense model);
 * with ``calibration``: the same layer decomposed data-aware (``fc.decompose_(..., calibration=)``,
   the same ranks): the factors it kept, the held-out output errors of both kinds of factors and

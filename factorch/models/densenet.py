@@ -2,7 +2,7 @@
 
 Depth 40 = 3 dense blocks of 12 layers + 1 first conv + 2 transitions + 1 classifier. No bottleneck,
 no compression: a dense layer is BN-ReLU-Conv3x3(c -> k) whose output is concatenated to its input,
-a transition is BN-ReLU-Conv1x1(c -> c)-AvgPool2d(2). 1,059,298 parameters at 10 classes (seed 000,
+a transition is BN-ReLU-Conv1x1(c -> c)-AvgPool2d(2). 1,059,298 parameters at 10 classes (Elhoushi et al. 2019,
 Table 2: 1.06 x 10^6); 456 channels reach the classifier.
 """
 from __future__ import annotations

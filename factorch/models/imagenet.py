@@ -1,6 +1,6 @@
 """torchvision's ImageNet models, registered only where torchvision is installed (never required).
 
-ResNet-50 (He et al. 2016): 25,557,032 parameters at 1000 classes (seed 000, Table 4: 25.6 x 10^6).
+ResNet-50 (He et al. 2016): 25,557,032 parameters at 1000 classes (Elhoushi et al. 2019, Table 4: 25.6 x 10^6).
 torchvision itself is imported when a model is built, not when the registry is listed.
 """
 from __future__ import annotations

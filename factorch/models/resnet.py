@@ -2,7 +2,7 @@
 
 Three stages of n basic blocks (16, 32, 64 channels), depth 6n + 2; the shortcut across a stride-2
 block is "option A": subsample by 2 and zero-pad the new channels (no parameters).
-ResNet-20: 0.27M parameters, ResNet-56: 0.85M (seed 000, Table 3: 853 x 10^3).
+ResNet-20: 0.27M parameters, ResNet-56: 0.85M (Elhoushi et al. 2019, Table 3: 853 x 10^3).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """CIFAR VGG with batch norm (the network-slimming variant used by Elhoushi et al.).
 
 Conv 3x3 (no bias) + BN + ReLU per entry of the config, 2x2 max-pool at "M", global average pool,
-one linear classifier. VGG-19: 20.04M parameters at 10 classes (seed 000, Table 1: 20 x 10^6).
+one linear classifier. VGG-19: 20.04M parameters at 10 classes (Elhoushi et al. 2019, Table 1: 20 x 10^6).
 Global *adaptive* pooling instead of the original ``AvgPool2d(2)`` is the same on 32x32 inputs and
 also accepts 28x28 ones (Fashion-MNIST).
 """

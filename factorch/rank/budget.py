@@ -1,7 +1,8 @@
 """Whole-model rank allocation for ``fc.Budget``: meet a MACs or parameter target, keep the most energy.
 
-methods.md section 2.2 ("Global budget"): greedy allocation maximising the retained spectral energy
-under a total-cost constraint (Zhang et al. 2015 style), for every method through its ``RankSpace``:
+``docs/math.md``, "Budgets": greedy allocation maximising the retained spectral energy under a total-cost
+constraint (the whole-model rank selection of Zhang et al., TPAMI 2016), for every method through
+its ``RankSpace``:
 
 * score: ``RankSpace.kept_energy`` -- per mode k, the fraction ``kept_k(r)`` of ``||W||^2`` that
   rank r keeps in that mode's unfolding(s) -- and the allocation maximises

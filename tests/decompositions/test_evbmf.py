@@ -18,7 +18,7 @@ def test_tau_bar_is_the_root(alpha):
     assert abs(_phi(t) + _phi(t / alpha)) < 1e-10
     if alpha == 1.0:
         assert abs(t - 2.5129) < 1e-4
-    else:  # the 2.5129 sqrt(alpha) stand-in underestimates it (methods.md section 2.1)
+    else:  # the 2.5129 sqrt(alpha) stand-in underestimates it (docs/math.md, "EVBMF")
         assert t > 2.5129 * math.sqrt(alpha)
 
 

@@ -49,7 +49,7 @@ def test_hooi_error_bounds(kind):
     hosvd = _rel(w, *hosvd2(w, ranks))
     hooi = _rel(w, *tucker2(w, ranks))
     assert hooi <= hosvd + 1e-12  # HOOI refines HOSVD
-    # HOSVD error^2 <= discarded sigma^2 of both unfoldings (methods.md section 1)
+    # HOSVD error^2 <= discarded sigma^2 of both unfoldings (docs/math.md, "HOSVD and HOOI")
     s0 = torch.linalg.svdvals(w.reshape(n, -1))
     s1 = torch.linalg.svdvals(w.transpose(0, 1).reshape(c, -1))
     bound = (s0[ranks[0]:].pow(2).sum() + s1[ranks[1]:].pow(2).sum()) / w.pow(2).sum()

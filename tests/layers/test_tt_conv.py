@@ -1,6 +1,6 @@
 """TTConv2d in both orders, what the generic tests (test_layers_generic.py) do not cover: other channel
-factorizations, the tolerance bound, count against hand-computed MACs (methods.md 4.3/4.4 examples
-included), bad arguments."""
+factorizations, the tolerance bound, count against hand-computed MACs (the examples of docs/math.md,
+"TT convolution", included), bad arguments."""
 import pytest
 import torch
 from torch import nn
@@ -82,8 +82,8 @@ def test_count_conventional_order_by_hand():
 
 
 def test_methods_md_256_channel_examples():
-    """methods.md 4.3/4.4: 256 = 16 x 16 channels, 14x14, 3x3. Efficient, ranks [1, 16, 96, 96, 16, 1]:
-    4.4x fewer params, 27.5 M MACs against 116 M dense. Conventional: methods.md's r0 = 27 exceeds
+    """docs/math.md, "TT convolution": 256 = 16 x 16 channels, 14x14, 3x3. Efficient, ranks [1, 16, 96, 96, 16, 1]:
+    4.4x fewer params, 27.5 M MACs against 116 M dense. Conventional: r0 = 27 (an earlier example) exceeds
     the spatial mode (9 = the bond's full rank, refused here), so r0 = 9, r1 = 27: 8.5x fewer params
     and still 221 M MACs, 1.9x the dense conv."""
     x = torch.zeros(1, 256, 14, 14, device="meta")

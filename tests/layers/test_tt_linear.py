@@ -79,7 +79,7 @@ def test_orders_agree_and_auto_takes_the_cheapest():
 
 
 def _hand_macs(m, n, r, order):
-    """methods.md 4.2, written out: per example, step k of rtl / ltr."""
+    """docs/math.md, "TT-matrix layers", written out: per example, step k of rtl / ltr."""
     d, r = len(m), (1, *r, 1)
     if order == "rtl":
         return sum(math.prod(n[:k]) * math.prod(m[k + 1:]) * n[k] * r[k + 1] * r[k] * m[k] for k in range(d))
@@ -105,10 +105,11 @@ def test_count_matches_hand_computed_macs():
 
 
 def test_seed_layer_counts():
-    """Seed 003's 25088 x 4096 layer, TT-ranks 4: cores and MACs from the formulas. The plain
-    chains (explicit orders) cost methods.md 4.2's sums; at batch 1 ``auto`` first merges the last
-    two cores (7 x 4 inputs, 4 x 4 outputs: 4 * 16 * 28 * 1 entries from 4 * 4 * 7 * 4 * 4 * 4 MACs)
-    and runs the chain on the merged train, which here even costs fewer MACs."""
+    """Novikov et al. 2015's 25088 x 4096 layer (Table 3), TT-ranks 4: cores and MACs from the
+    formulas. The plain chains (explicit orders) cost the sums of docs/math.md, "TT-matrix layers";
+    at batch 1 ``auto`` first merges the last two cores (7 x 4 inputs, 4 x 4 outputs: 4 * 16 * 28 * 1
+    entries from 4 * 4 * 7 * 4 * 4 * 4 MACs) and runs the chain on the merged train, which here even
+    costs fewer MACs."""
     layer = TTLinear(25088, 4096, rank=4, in_shape=(2, 7, 8, 8, 7, 4), out_shape=(4,) * 6).to("meta")
     m, n, r = (4,) * 6, (2, 7, 8, 8, 7, 4), (4,) * 5
     assert sum(p.numel() for p in layer.cores) == 4 * 2 * 4 + sum(4 * 4 * c * 4 for c in n[1:5]) + 4 * 4 * 4

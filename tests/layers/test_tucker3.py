@@ -1,5 +1,5 @@
-"""Tucker-3 (seed 001): the spatial mode factorized too. Full ranks reproduce the conv over the grid,
-HOOI is no worse than TensorLy's ``tucker``, autograd's gradients are the seed's formulas, rules act
+"""Tucker-3 (Gobieski et al.): the spatial mode factorized too. Full ranks reproduce the conv over the grid,
+HOOI is no worse than TensorLy's ``tucker``, autograd's gradients are the project's formulas, rules act
 per mode, bad input is one clear error, and the public names work as DESIGN.md writes them."""
 import numpy as np
 import pytest
@@ -54,7 +54,8 @@ def test_hooi_no_worse_than_tensorly_tucker(kind, ranks):
 
 
 def test_full_spatial_rank_is_tucker2():
-    """D' = D: an orthogonal W_D folds into the core, so the error is Tucker-2's (methods.md section 1)."""
+    """D' = D: an orthogonal W_D folds into the core, so the error is Tucker-2's
+    (docs/math.md, "Tucker-3 with a factorized spatial mode")."""
     w = _structured()
     t2 = float((tucker2_to_tensor(*tucker2(w.reshape(48, 40, 3, 3), (10, 8))).reshape(w.shape) - w).norm())
     t3 = float((tucker3_to_tensor(*tucker3(w, (10, 8, 9))) - w).norm())
@@ -62,7 +63,7 @@ def test_full_spatial_rank_is_tucker2():
 
 
 def _vec(t):
-    """Column-major vec (the first index varies fastest), as in the seed."""
+    """Column-major vec (the first index varies fastest), as in the project."""
     return t.permute(*reversed(range(t.dim()))).reshape(-1)
 
 
@@ -73,10 +74,10 @@ def _unfold(t, k):
 
 
 def test_autograd_gradients_are_the_seeds_formulas():
-    """vec(W) = (W_D kron W_C kron W_N) vec(G) (seed 001). For a loss on the layer's output with
+    """vec(W) = (W_D kron W_C kron W_N) vec(G) (Gobieski et al.). For a loss on the layer's output with
     E = dL/dW (from the dense conv with that kernel): dL/dvec(G) = (W_D kron W_C kron W_N)^T vec(E),
     dL/dW_N = E_(0) (W_D kron W_C) G_(0)^T, dL/dW_C = E_(1) (W_D kron W_N) G_(1)^T,
-    dL/dW_D = E_(2) (W_C kron W_N) G_(2)^T; and the seed's directional derivatives,
+    dL/dW_D = E_(2) (W_C kron W_N) G_(2)^T; and the project's directional derivatives,
     (1 kron W_C kron W_N) vec(G) etc., are the derivatives of vec(W) along all-ones directions."""
     torch.manual_seed(0)
     layer = Tucker3Conv2d(5, 6, 3, rank=(3, 2, 4), padding=1).double()
@@ -100,7 +101,7 @@ def test_autograd_gradients_are_the_seeds_formulas():
     assert torch.allclose(layer.first.weight.grad[:, :, 0, 0].T,
                           _unfold(e, 1) @ torch.kron(w_d, w_n) @ _unfold(g, 1).T, atol=1e-9)
     assert torch.allclose(layer.core.basis.grad[0], _unfold(e, 2) @ torch.kron(w_c, w_n) @ _unfold(g, 2).T, atol=1e-9)
-    # the seed's formulas: d vec(W) along all-ones directions of each factor and of the core
+    # the project's formulas: d vec(W) along all-ones directions of each factor and of the core
     f = lambda gg, wn, wc, wd: _vec(tucker3_to_tensor(gg, wn, wc, wd))  # noqa: E731
     ones = torch.ones_like
     along = lambda i, t: torch.func.jvp(f, (g, w_n, w_c, w_d), tuple(ones(a) if j == i else torch.zeros_like(a)  # noqa

@@ -1,4 +1,4 @@
-"""fc.count matches hand-computed params and MACs (seed 000 Eq. 10-11), strided layers included."""
+"""fc.count matches hand-computed params and MACs (Elhoushi et al. 2019, Eq. 10-11), strided layers included."""
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""The model zoo: parameter counts from the seed's tables and a forward pass for every model."""
+"""The model zoo: parameter counts from Elhoushi et al. 2019's tables and a forward pass for every model."""
 import pytest
 import torch
 
@@ -6,11 +6,11 @@ import factorch as fc
 
 
 @pytest.mark.parametrize("name,params", [
-    ("vgg19", 20_035_018),     # seed 000 Table 1: 20 x 10^6
-    ("resnet56", 853_018),     # seed 000 Table 3: 853 x 10^3
+    ("vgg19", 20_035_018),     # Elhoushi et al. 2019, Table 1: 20 x 10^6
+    ("resnet56", 853_018),     # Elhoushi et al. 2019, Table 3: 853 x 10^3
     ("resnet20", 269_722),     # He et al. 2016: 0.27M
     ("resnet110", 1_727_962),  # He et al. 2016: 1.7M
-    ("densenet40", 1_059_298), # seed 000 Table 2: 1.06 x 10^6
+    ("densenet40", 1_059_298), # Elhoushi et al. 2019, Table 2: 1.06 x 10^6
 ])
 def test_param_counts(name, params):
     assert sum(p.numel() for p in fc.models.create(name).parameters()) == params
@@ -33,7 +33,7 @@ def test_gray_model_param_counts(name, params):
 def test_resnet50_when_torchvision_imports():
     pytest.importorskip("torchvision")
     model = fc.models.create("resnet50", num_classes=1000)
-    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # seed 000 Table 4: 25.6 x 10^6
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # Elhoushi et al. 2019, Table 4: 25.6 x 10^6
 
 
 def test_densenet40_structure():

@@ -1,4 +1,4 @@
-"""Fast by default (issue 11 scope 4): the memory-format rule, channels_last equal to NCHW, and the
+"""Fast by default: the memory-format rule, channels_last equal to NCHW, and the
 training decomposition event's keep_if_faster decided by a fake clock (no wall-clock asserts)."""
 import json
 import shutil

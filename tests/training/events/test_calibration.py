@@ -1,4 +1,4 @@
-"""Calibration in training (issue 12, scope 4): the decomposition event and ADMM's final
+"""Calibration in training: the decomposition event and ADMM's final
 decomposition fit their factors to training batches (``calibration_batches``), drawn without
 moving the run's RNG, so a resumed run decomposes exactly as an uninterrupted one."""
 import re

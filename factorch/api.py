@@ -12,14 +12,14 @@ from torch import nn
 
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
 from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
-from factorch.measure.count import layer_macs, probe
+from factorch.measure.count import count, layer_macs, probe
 from factorch.calibration.safety import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler, compare
 from factorch.progress import track
 from factorch.rank import RankRule
-from factorch.registry import Context, Decision, decide_all, layer_label, layer_types, nominal_shape
+from factorch.registry import MIN_SAVING, Context, Decision, decide_all, layer_label, layer_types, nominal_shape
 from factorch.report import BudgetResult, LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
@@ -32,7 +32,7 @@ Calibrated = Union[None, Calibration, list, tuple, torch.Tensor]
 
 def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
                example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-               from_scratch: bool = False, calibration: Calibrated = None) -> Report:
+               from_scratch: bool = False, calibration: Calibrated = None, min_saving: float = MIN_SAVING) -> Report:
     """Replace the model's layers by factorized ones, in place; return the per-layer report.
 
     ``methods``: a method config, a list (the first method that handles a layer usefully is
@@ -64,19 +64,25 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     where the model's output on it is closer to the dense model's than with weight-only factors at
     the same ranks (``factorch.calibration.safety``); the report gives both errors. Without
     ``example_input``, the first calibration sample sets the input size for MACs.
+
+    ``min_saving``: a layer whose decomposition would save less than this share of the model's
+    MACs (of its parameters without ``example_input``) stays dense, with the reason, unless a
+    dict config names it: a tiny head decomposed at rank 1 costs accuracy and buys nothing; a
+    layer whose weight is all zero stays dense too. 0 decomposes every layer a method handles.
     """
     report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,
-                                   calibration)
+                                   calibration, min_saving)
     swap(model, replacements)
     return report
 
 
 def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
          example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-         from_scratch: bool = False, calibration: Calibrated = None) -> Report:
+         from_scratch: bool = False, calibration: Calibrated = None, min_saving: float = MIN_SAVING) -> Report:
     """The report ``decompose_`` would return (decompositions, timings and calibration checks
     included); the model is not changed."""
-    return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration)[0]
+    return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration,
+                   min_saving)[0]
 
 
 def check(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
@@ -138,8 +144,8 @@ def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict
 
 
 def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
-            keep_if_faster: Union[bool, Profiler], from_scratch: bool = False, calibration: Calibrated = None
-            ) -> tuple[Report, dict[str, nn.Module]]:
+            keep_if_faster: Union[bool, Profiler], from_scratch: bool = False, calibration: Calibrated = None,
+            min_saving: float = MIN_SAVING) -> tuple[Report, dict[str, nn.Module]]:
     if not any(True for _ in model.children()):
         raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
                          "for one layer use fc.layers.<Layer>.from_dense")
@@ -177,7 +183,12 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
         return Context(shape or nominal_shape(module), nominal=shape is None and not isinstance(module, nn.Linear),
                        from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name))
 
-    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
+    if isinstance(min_saving, bool) or not isinstance(min_saving, (int, float)) or not 0 <= min_saving < 1:
+        raise ValueError(f"min_saving must be a share of the model's cost in [0, 1), got {min_saving!r}")
+    total = (count(model, example_input).macs if example_input is not None else
+             sum(p.numel() for p in model.parameters())) if min_saving else None
+    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None,
+                         min_saving=min_saving, total=total)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     for name, module in track(candidates, desc="decompose"):

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 import factorch as fc
-from factorch.layers import TuckerConv2d
 from factorch.selection import layer_filter
 from factorch.training.events import training_profiler
 from factorch.training.loop import to_memory_format, uses_channels_last
@@ -43,15 +42,12 @@ EXAMPLE = (1, 3, 32, 32)
 
 
 def decomposed_params(model: torch.nn.Module, fraction: float) -> int:
-    """Parameters after Tucker-2 at ``fraction`` (analytic: C R_in + kh kw R_in R_out + R_out N)."""
-    keep = layer_filter(False, [], model)
-    total = sum(p.numel() for p in model.parameters())
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) and keep(m, name):
-            r_out, r_in = TuckerConv2d.resolve_rank(m, fraction)
-            kh, kw = m.kernel_size
-            total += m.in_channels * r_in + kh * kw * r_in * r_out + r_out * m.out_channels - m.weight.numel()
-    return total
+    """Parameters of ``model`` after Tucker-2 at ``fraction``, as ``fc.plan`` reports them per layer
+    (``from_scratch``: the ranks a fraction gives depend on the geometry alone, so nothing is
+    decomposed to count them; layers the plan leaves dense count as dense)."""
+    totals = fc.plan(model, fc.Tucker2(fraction), filter_fn=layer_filter(False, [], model),
+                     example_input=torch.zeros(EXAMPLE), from_scratch=True).totals()
+    return sum(p.numel() for p in model.parameters()) - totals["params_before"] + totals["params_after"]
 
 
 def fraction_for(model: torch.nn.Module, target: int) -> float:

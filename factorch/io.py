@@ -93,17 +93,17 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
         ref = next(dense.parameters(), None)
         if not isinstance(rank, (list, tuple)) or not rank:
             raise CheckpointError(f"malformed ranks {rank!r} for layer {name!r} in the checkpoint")
-        rank_spec = tuple(rank) if len(rank) > 1 else rank[0]
+        ranks = tuple(rank)
         try:
             # what this model's layer would give (on meta: no memory) must be the stored config,
             # before anything of the stored config's size is allocated
             with torch.device("meta"):
-                expected = cls.empty_like(dense, rank_spec, **cls.options(config)).spec()["config"]
+                expected = cls.empty_at(dense, ranks, **cls.options(config)).spec()["config"]
             if expected != config:
                 raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
                                       f"(model: {expected}, checkpoint: {config})")
             with torch.device(ref.device if ref is not None else "cpu"):
-                layer = cls(**config, rank=rank_spec)
+                layer = cls(**config, rank=ranks)
         except (TypeError, ValueError, AttributeError, RuntimeError) as e:
             if isinstance(e, CheckpointError):
                 raise

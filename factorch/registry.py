@@ -35,8 +35,8 @@ class NotApplicable:
 
 @dataclass(frozen=True)
 class Candidate:
-    """The method applies: ``layer_cls`` with structure ``options`` (``empty_like`` and
-    ``from_dense`` get them, e.g. TT-conv's order) and decomposition ``kwargs`` (``from_dense``
+    """The method applies: ``layer_cls`` with structure ``options`` (``empty_at`` and
+    ``from_dense_at`` get them, e.g. TT-conv's order) and decomposition ``kwargs`` (``from_dense_at``
     only, e.g. CP restarts). Ranks are not chosen here."""
 
     layer_cls: type[FactorizedLayer]
@@ -57,8 +57,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Proposal:
-    """Replace the layer by ``layer_cls`` at ``ranks`` (resolved ints); with ``whitening``, by
-    data-aware factors (``factorch.calibration``)."""
+    """Replace the layer by ``layer_cls`` at ``ranks`` (resolved ints, built by the layer's int path
+    ``from_dense_at``/``empty_at``: never resolved again); with ``whitening``, by data-aware factors
+    (``factorch.calibration``)."""
 
     layer_cls: type[FactorizedLayer]
     ranks: tuple[int, ...]
@@ -75,7 +76,7 @@ class Proposal:
         """Decompose ``module`` at exactly these ranks (fitted to its inputs if ``whitening`` is set)."""
         if self.whitening is not None:
             return self.whitening.build(self.layer_cls, module, self.ranks, self.options, self.kwargs)
-        return self.layer_cls.from_dense(module, self.ranks, **self.options, **self.kwargs)
+        return self.layer_cls.from_dense_at(module, self.ranks, **self.options, **self.kwargs)
 
     def with_whitening(self, whitening: Optional["Whitening"]) -> "Proposal":
         """The same structure and ranks with other factors: ``None`` gives weight-only ones."""
@@ -83,7 +84,7 @@ class Proposal:
 
     def empty(self, module: nn.Module) -> FactorizedLayer:
         """A freshly initialised layer of this structure (from scratch; on ``meta``: costing only)."""
-        return self.layer_cls.empty_like(module, self.ranks, **self.options)
+        return self.layer_cls.empty_at(module, self.ranks, **self.options)
 
     def fresh(self, module: nn.Module) -> FactorizedLayer:
         """``empty`` on ``module``'s device and dtype, in its train/eval mode: training from scratch."""
@@ -157,7 +158,7 @@ class Decision:
     """What happens to one layer. ``proposal`` set: build it; else ``skipped`` says why it stays
     dense. ``method``: the method used, or the first that applied. ``note``: what the user should
     know about a built layer (ranks capped at full rank, a fraction below rank 1, methods passed
-    over). ``pending``: a ``Budget`` governs the layer and has not been allocated yet
+    over), or about the ranks a skipped layer was costed at (the resolver's note). ``pending``: a ``Budget`` governs the layer and has not been allocated yet
     (``decide_all`` does that); ``space``/``index`` say where to resume."""
 
     method: Optional[Method] = None
@@ -238,7 +239,7 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
                 raise ValueError(f"from_scratch: {method.rank!r} {RULES_NEED_WEIGHTS}")
             resolution = resolve(method.rank, space)
         ranks = resolution.ranks
-        costed = dict(space=space, capped=resolution.capped)
+        costed = dict(space=space, capped=resolution.capped, note=resolution.note)
         if min(ranks) == 0:
             passed.append((method.name, f"rank 0 from {method.rank!r} (the weights look like noise)"))
             continue
@@ -248,7 +249,7 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
             where = f" (at a nominal {ctx.shape[-1]}x{ctx.shape[-1]} input)" if ctx.nominal else ""
             passed.append((method.name, f"ranks {ranks} do not reduce MACs{where}: {before:,} -> {after:,}"))
             continue
-        notes = [resolution.note] + [f"{m} passed over: {why}" for m, why in passed]
+        notes = [costed.pop("note")] + [f"{m} passed over: {why}" for m, why in passed]
         return Decision(method=method, proposal=Proposal(found.layer_cls, ranks, found.kwargs, found.options,
                                                          whitening),
                         note="; ".join(n for n in notes if n), **costed)

@@ -129,3 +129,69 @@ def test_propose_is_the_decision_for_one_layer_and_method():
         fc.registry.propose(fc.Tucker2(2), nn.Conv2d(16, 32, 1))
     with pytest.raises(ValueError, match="do not reduce MACs"):
         fc.registry.propose(fc.Tucker2((32, 16)), conv, (16, 8, 8))
+
+
+def _count_resolves(monkeypatch):
+    """Route every factorch module's ``resolve`` (the one resolver, however imported) through a
+    counter; returns the list of the rank spaces' layer names it was called for."""
+    import sys
+
+    original, calls = sys.modules["factorch.rank.resolve"].resolve, []
+
+    def counting(spec, space):
+        calls.append(space.layer)
+        return original(spec, space)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("factorch") and getattr(module, "resolve", None) is original:
+            monkeypatch.setattr(module, "resolve", counting)
+    return calls
+
+
+def _every_method():
+    """A small model and one method per layer: every factorized class, ints (one capped), fractions, a rule."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 256), nn.Linear(256, 64))
+    methods = {"0": fc.Tucker2(10), "1": fc.Tucker3(0.3), "2": fc.CP(4), "3": fc.SVD(fc.Energy(0.6)),
+               "4": fc.TT(0.3), "7": fc.TT(4), "8": fc.SVD(4)}
+    return model, methods
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("how", ["weights", "calibration", "from_scratch"])
+def test_the_decision_path_resolves_each_layer_once(monkeypatch, how):
+    """``decide`` resolves each layer's rank spec once; the layer is then built at those ints
+    (``from_dense_at``/``empty_at``, also data-aware and from scratch) without resolving again."""
+    torch.manual_seed(0)
+    model, methods = _every_method()
+    if how == "from_scratch":
+        methods["3"] = fc.SVD(0.5)  # rules need trained weights
+    calls = _count_resolves(monkeypatch)
+    x = torch.randn(1, 8, 6, 6)
+    kwargs = {"calibration": list(torch.randn(32, 8, 6, 6).split(8))} if how == "calibration" else \
+        {"from_scratch": True} if how == "from_scratch" else {}
+    report = fc.decompose_(model, methods, example_input=x, **kwargs)
+    assert len(report.decomposed) == len(methods) == len(calls), (str(report), calls)
+    assert sorted(calls) == sorted(type(model[int(n)]).__name__ for n in methods)  # each layer once
+    assert "capped at the full ranks" in report.rows[0].note
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_loading_a_checkpoint_builds_at_the_stored_ints_without_resolving(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model, methods = _every_method()
+    fc.decompose_(model, methods, example_input=torch.randn(1, 8, 6, 6))
+    fc.save(model, tmp_path / "m.pt")
+    calls = _count_resolves(monkeypatch)
+    loaded = fc.load(tmp_path / "m.pt", _every_method()[0])
+    assert calls == [] and [type(m) for m in loaded] == [type(m) for m in model]
+
+
+def test_registry_holds_exactly_the_concrete_layer_classes():
+    from factorch.layers import CPConv2d, SVDConv2d, TTConv2d, Tucker3Conv2d
+    from factorch.layers.base import FactorizedConv, FactorizedLayer
+
+    ours = {c for c in FactorizedLayer.registry.values() if c.__module__.startswith("factorch.")}
+    assert ours == {CPConv2d, SVDConv2d, SVDLinear, TTConv2d, TTLinear, Tucker3Conv2d, TuckerConv2d}
+    assert FactorizedConv not in FactorizedLayer.registry.values()

@@ -233,7 +233,7 @@ class Whitening:
     def whitened(self, module: nn.Module) -> nn.Module:
         """A float64 CPU copy of ``module`` whose weight's input mode is multiplied by ``A`` per
         group: ``W'[n, d, ...] = sum_c W[n, c, ...] A[c, d]`` (cached). Its rank space has the
-        whitened spectra; ``from_dense`` of it fits the factors of ``W'``."""
+        whitened spectra; ``from_dense_at`` of it fits the factors of ``W'``."""
         key = id(module)
         if key not in self._copies:
             w = module.weight.detach().to(device="cpu", dtype=torch.float64)
@@ -247,10 +247,10 @@ class Whitening:
 
     def build(self, layer_cls: type[FactorizedLayer], module: nn.Module, ranks: tuple[int, ...],
               options: dict[str, Any], kwargs: dict[str, Any]) -> FactorizedLayer:
-        """``layer_cls.from_dense`` of the whitened copy at ``ranks``, its input factor (the child
+        """``layer_cls.from_dense_at`` of the whitened copy at exactly ``ranks``, its input factor (the child
         ``layer_cls.input_factor``, weight (g R, c, ...)) multiplied by ``S^-1`` per group; in
         ``module``'s dtype and device."""
-        layer = layer_cls.from_dense(self.whitened(module), ranks, **options, **kwargs)
+        layer = layer_cls.from_dense_at(self.whitened(module), ranks, **options, **kwargs)
         factor = getattr(layer, layer_cls.input_factor).weight
         g, c = self.factor.shape[:2]
         rows = factor.detach().reshape(g, -1, c)  # (g, R, c)

@@ -42,8 +42,11 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
 
     Give exactly one of
 
-    * ``rank``: an int for every inner rank (capped at each bond's full rank, ``max_tt_ranks``) or one
-      int per bond. A rank above what the unfolding supports (its neighbours were truncated) is
+    * ``rank``: resolved ranks, one int per bond (or one int for every bond), each in ``[1, r_k]``
+      with ``r_k`` the bond's full rank (``max_tt_ranks``); others are a ``ValueError``. Rank specs
+      (an int as a ceiling, fractions, rules) are resolved before, by ``factorch.rank.resolve``:
+      this module applies ranks, it does not choose them. A rank above what the unfolding
+      supports (its neighbours were truncated, so it has fewer than ``r_k`` singular values) is
       padded with zero columns, so the cores always have the requested shapes. Each step is a
       ``truncated_svd`` (randomized where the rank is small: within its ``tol`` of the best
       rank-r_k step, so ``||A - A_hat|| <= (1 + tol) sqrt(d - 1) best``);
@@ -59,7 +62,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     if d == 0 or min(shape, default=0) < 1:
         raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
     full = max_tt_ranks(shape)
-    ranks = _fixed_ranks(rank, full) if rank is not None else None
+    ranks = _checked_ranks(rank, full) if rank is not None else None
     if eps is not None and (isinstance(eps, bool) or not 0.0 <= float(eps) < 1.0):
         raise ValueError(f"TT-SVD tolerance eps must be in [0, 1), got {eps!r}")
     delta = float(eps) * float(x.norm()) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
@@ -84,16 +87,17 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     return cores
 
 
-def _fixed_ranks(rank: Union[int, Sequence[int]], full: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(rank, bool):
-        raise ValueError(f"TT rank must be an int or a sequence of ints, got {rank!r}")
-    if isinstance(rank, int):
-        if rank < 1:
-            raise ValueError(f"TT rank must be >= 1, got {rank}")
-        return tuple(min(rank, f) for f in full)
-    ranks = tuple(rank)
-    if len(ranks) != len(full) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks):
-        raise ValueError(f"TT ranks must be {len(full)} ints >= 1 (one per bond), got {rank!r}")
+def _checked_ranks(rank: Union[int, Sequence[int]], full: tuple[int, ...]) -> tuple[int, ...]:
+    """``rank`` as one int per bond, each in ``[1, full_k]`` (an int: the same at every bond), or one
+    ``ValueError``: resolved ranks are applied as given, never capped here."""
+    ints = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    ranks = (rank,) * len(full) if ints(rank) else tuple(rank) if isinstance(rank, (tuple, list)) else ()
+    if len(ranks) != len(full) or not all(ints(r) for r in ranks):
+        raise ValueError(f"TT ranks must be {len(full)} ints (one per bond) or one int, got {rank!r}")
+    for k, (r, f) in enumerate(zip(ranks, full)):
+        if not 1 <= r <= f:
+            raise ValueError(f"TT rank {r} of bond {k + 1} must be in [1, {f}] (ranks must be >= 1 and at most the "
+                             f"bond's full rank); full ranks {full}")
     return ranks
 
 

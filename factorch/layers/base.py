@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.layers.conv_spec import ConvSpec, dense_conv
-from factorch.rank import RankSpace, resolve
+from factorch.rank import RankSpace, RankSpec, resolve
+from factorch.rank.space import Ranks
 
 
 class FactorizedLayer(nn.Module):
@@ -27,9 +28,13 @@ class FactorizedLayer(nn.Module):
     * ``operands(dense, **options)``: the float64 tensors it factorizes, one per group: the one
       place both the rank rules' spectra and ``from_dense``'s factors come from (a data-aware step
       substitutes it);
-    * ``from_dense(dense, rank)``: decompose a trained layer (math in float64, result in the dense
-      layer's dtype and device); ``empty_like(dense, rank)``: the same structure, freshly initialised
-      (used on the ``meta`` device to cost a candidate, and to train from scratch);
+    * ``from_dense_at(dense, ranks)``: decompose a trained layer at exactly these resolved int ranks
+      (math in float64, result in the dense layer's dtype and device); ``empty_at(dense, ranks)``:
+      the same structure, freshly initialised (used on the ``meta`` device to cost a candidate, and
+      to train from scratch). Ranks outside ``[1, full]`` are refused (``RankSpace.check``), never
+      resolved again: the decision path (``factorch.registry``) resolved them once already;
+    * ``from_dense(dense, rank)`` / ``empty_like(dense, rank)``: the same for any rank spec, resolved
+      exactly once by ``factorch.rank.resolve`` (``resolve_rank``), then the int path;
     * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device;
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
     * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
@@ -44,10 +49,11 @@ class FactorizedLayer(nn.Module):
 
     registry: ClassVar[dict[str, type["FactorizedLayer"]]] = {}
     input_factor: ClassVar[Optional[str]] = None
+    structure: ClassVar[tuple[str, ...]] = ()  # keyword options that shape the rank space (TT: shapes, order)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "from_dense" in cls.__dict__:  # concrete layers only, not shared bases
+        if "from_dense_at" in cls.__dict__:  # concrete layers only, not shared bases
             FactorizedLayer.registry[cls.__name__] = cls
 
     @property
@@ -91,18 +97,35 @@ class FactorizedLayer(nn.Module):
         return space
 
     @classmethod
-    def resolve_rank(cls, dense: nn.Module, rank: Any, **options: Any) -> tuple[int, ...]:
-        """The int ranks ``rank`` (any spec) gives for ``dense`` (``factorch.rank.resolve``)."""
+    def resolve_rank(cls, dense: nn.Module, rank: RankSpec, **options: Any) -> Ranks:
+        """The int ranks ``rank`` (any spec) gives for ``dense``: the one resolver,
+        ``factorch.rank.resolve``, against ``rank_space(dense, **options)``."""
         return resolve(rank, cls.rank_space(dense, **options)).ranks
 
     @classmethod
-    def empty_like(cls, dense: nn.Module, rank: Any, **options: Any) -> "FactorizedLayer":
-        """A freshly initialised layer with ``dense``'s structure at the ranks ``rank`` resolves to."""
-        return cls(**cls.dense_args(dense, **options), rank=cls.resolve_rank(dense, rank, **options))
+    def empty_at(cls, dense: nn.Module, ranks: Ranks, **options: Any) -> "FactorizedLayer":
+        """A freshly initialised layer with ``dense``'s structure at exactly ``ranks`` (resolved ints,
+        each in ``[1, full]``: the constructor's ``RankSpace.check`` refuses others)."""
+        return cls(**cls.dense_args(dense, **options), rank=ranks)
 
     @classmethod
-    def from_dense(cls, dense: nn.Module, rank: Any) -> "FactorizedLayer":
+    def from_dense_at(cls, dense: nn.Module, ranks: Ranks, **kwargs: Any) -> "FactorizedLayer":
+        """Decompose ``dense`` at exactly ``ranks`` (resolved ints, checked like ``empty_at``);
+        ``kwargs``: the ``structure`` options and the fit's own (e.g. CP's ``restarts``)."""
         raise NotImplementedError
+
+    @classmethod
+    def empty_like(cls, dense: nn.Module, rank: RankSpec, **options: Any) -> "FactorizedLayer":
+        """``empty_at`` the ranks ``rank`` (any spec) resolves to, resolved once (``resolve_rank``)."""
+        return cls.empty_at(dense, cls.resolve_rank(dense, rank, **options), **options)
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, rank: RankSpec, **kwargs: Any) -> "FactorizedLayer":
+        """``from_dense_at`` the ranks ``rank`` (any spec: an int is a ceiling per mode, a tuple exact,
+        a fraction or a rule read from ``dense``) resolves to, resolved once (``resolve_rank``, with
+        the ``structure`` options among ``kwargs``)."""
+        options = {k: v for k, v in kwargs.items() if k in cls.structure}
+        return cls.from_dense_at(dense, cls.resolve_rank(dense, rank, **options), **kwargs)
 
     def dense_weight(self) -> Tensor:
         raise NotImplementedError

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from factorch.decompositions.cp import cp_als, cp_to_tensor
 from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import Mode, RankSpace, RankSpec
+from factorch.rank import Mode, RankSpace
+from factorch.rank.space import Ranks
 
 
 class CPConv2d(FactorizedConv):
@@ -105,10 +106,10 @@ class CPConv2d(FactorizedConv):
                  block.permute(0, 2, 1, 3).reshape(n * kh, c * kw)]]      # (N kh, C kw)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec, restarts: int = 1) -> "CPConv2d":
+    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks, restarts: int = 1) -> "CPConv2d":
         """Decompose ``conv`` by CP-ALS per group (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank)._place(conv.weight)
+        layer = cls.empty_at(conv, ranks)._place(conv.weight)
         factors = [cp_als(block, layer.rank, restarts=restarts) for block in cls.operands(conv)]
         with torch.no_grad():
             a = torch.cat([f[0] for f in factors], dim=0)  # (N, R): group i's rows use its R

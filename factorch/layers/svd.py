@@ -17,7 +17,8 @@ from factorch.decompositions.svd import balanced_svd
 from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite, default_variance, \
     init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec, LinearSpec
-from factorch.rank import Mode, RankSpace, RankSpec
+from factorch.rank import Mode, RankSpace
+from factorch.rank.space import Ranks
 
 
 def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -> None:
@@ -72,9 +73,9 @@ class SVDLinear(FactorizedLayer):
         return [[weight]]
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: RankSpec) -> "SVDLinear":
+    def from_dense_at(cls, linear: nn.Linear, ranks: Ranks) -> "SVDLinear":
         check_finite("linear weight", linear.weight)
-        layer = cls.empty_like(linear, rank)._place(linear.weight)
+        layer = cls.empty_at(linear, ranks)._place(linear.weight)
         (weight,) = cls.operands(linear)
         a, b = balanced_svd(weight, layer.rank)
         with torch.no_grad():
@@ -160,9 +161,9 @@ class SVDConv2d(FactorizedConv):
         return [[weight]]
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec) -> "SVDConv2d":
+    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks) -> "SVDConv2d":
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank)._place(conv.weight)
+        layer = cls.empty_at(conv, ranks)._place(conv.weight)
         pairs = [balanced_svd(w, layer.rank) for w in cls.operands(conv)]
         with torch.no_grad():
             layer.first.weight.copy_(torch.cat([b for _, b in pairs])[:, :, None, None])  # (gR, C/g, 1, 1)

@@ -35,7 +35,8 @@ from factorch.layers.base import FactorizedConv, as_float64, check_finite, defau
     traced_for_script
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.tt_linear import bond_unfoldings, sequential_ranks
-from factorch.rank import Mode, RankSpace, RankSpec
+from factorch.rank import Mode, RankSpace
+from factorch.rank.space import Ranks
 
 ORDERS = ("efficient", "conventional")
 Shape = Optional[Sequence[int]]
@@ -117,6 +118,8 @@ class TTConv2d(FactorizedConv):
     ``empty_like`` resolve fractions and rules, and cap an int). A new layer's kernel has the
     variance of PyTorch's default conv init (``reset_parameters``).
     """
+
+    structure = ("in_shape", "out_shape", "order")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int | tuple[int, ...], stride=1,
                  padding=0,
@@ -290,11 +293,11 @@ class TTConv2d(FactorizedConv):
         return bond_unfoldings(kernel_to_chain(kernel, c_s, n_s, order))
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec, in_shape: Shape = None, out_shape: Shape = None,
+    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks, in_shape: Shape = None, out_shape: Shape = None,
                    order: str = "efficient") -> "TTConv2d":
         """TT-SVD of ``conv``'s kernel (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank, in_shape=in_shape, out_shape=out_shape, order=order)._place(conv.weight)
+        layer = cls.empty_at(conv, ranks, in_shape=in_shape, out_shape=out_shape, order=order)._place(conv.weight)
         (kernel,) = cls.operands(conv)
         layer._load_cores(tt_svd(kernel_to_chain(kernel, layer.in_shape, layer.out_shape, order), layer.tt_ranks))
         if conv.bias is not None:

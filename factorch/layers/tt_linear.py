@@ -35,7 +35,8 @@ from factorch.decompositions.svd import singular_values
 from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
     traced_for_script
 from factorch.layers.conv_spec import LinearSpec
-from factorch.rank import Mode, RankRule, RankSpace, RankSpec, Spectrum
+from factorch.rank import Mode, RankRule, RankSpace, Spectrum
+from factorch.rank.space import Ranks
 from factorch.layers.tt_contract import chain_macs, contract_ltr, contract_rtl, group, plan_groups, plan_macs
 
 ORDERS = ("auto", "ltr", "rtl", "dense")
@@ -82,6 +83,8 @@ class TTLinear(FactorizedLayer):
     (cheapest per batch size), ``ltr``, ``rtl`` or ``dense``. A new layer is initialised for
     training from scratch with the output variance of ``nn.Linear`` (``Var W_ij = 1 / (3 N)``).
     """
+
+    structure = ("in_shape", "out_shape", "order")
 
     def __init__(self, in_features: int, out_features: int, rank: int | tuple[int, ...],
                  in_shape: Optional[Sequence[int]] = None, out_shape: Optional[Sequence[int]] = None,
@@ -239,11 +242,11 @@ class TTLinear(FactorizedLayer):
         return bond_unfoldings(interleave(weight, m_s, n_s))
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: RankSpec, in_shape: Optional[Sequence[int]] = None,
+    def from_dense_at(cls, linear: nn.Linear, ranks: Ranks, in_shape: Optional[Sequence[int]] = None,
                    out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> "TTLinear":
         """TT-SVD of ``linear``'s weight (float64, zero-padded), in ``linear``'s dtype and device."""
         check_finite("linear weight", linear.weight)
-        layer = cls.empty_like(linear, rank, in_shape=in_shape, out_shape=out_shape, order=order)
+        layer = cls.empty_at(linear, ranks, in_shape=in_shape, out_shape=out_shape, order=order)
         layer = layer._place(linear.weight)
         (w,) = cls.operands(linear, layer.in_shape, layer.out_shape)
         cores = tt_matrix_svd(w, layer.out_shape, layer.in_shape, layer.tt_ranks)

@@ -24,7 +24,8 @@ from factorch.decompositions.tucker import tucker3, tucker3_to_tensor
 from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
     traced_for_script
 from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import Mode, RankSpace, RankSpec
+from factorch.rank import Mode, RankSpace
+from factorch.rank.space import Ranks
 
 
 class SpatialCoreConv(nn.Module):
@@ -143,10 +144,10 @@ class Tucker3Conv2d(FactorizedConv):
         return [[block.movedim(k, 0).reshape(block.shape[k], -1)] for k in range(3)]
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec) -> "Tucker3Conv2d":
+    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks) -> "Tucker3Conv2d":
         """Decompose ``conv`` by HOOI on (N, C, kh kw) per group (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank)._place(conv.weight)
+        layer = cls.empty_at(conv, ranks)._place(conv.weight)
         parts = [tucker3(block, layer.ranks) for block in cls.operands(conv)]  # (G, W_N, W_C, W_D) per group
         with torch.no_grad():
             layer.first.weight.copy_(torch.cat([w_c.T for _, _, w_c, _ in parts])[:, :, None, None])  # (gC', C/g)

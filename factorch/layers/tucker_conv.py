@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from factorch.decompositions.tucker import tucker2, tucker2_to_tensor
 from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
-from factorch.rank import Mode, RankSpace, RankSpec
+from factorch.rank import Mode, RankSpace
+from factorch.rank.space import Ranks
 
 
 class TuckerConv2d(FactorizedConv):
@@ -91,10 +92,10 @@ class TuckerConv2d(FactorizedConv):
                 [block.transpose(0, 1).reshape(c, -1)]]  # mode 1: (C/g, N/g kh kw)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: RankSpec) -> "TuckerConv2d":
+    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks) -> "TuckerConv2d":
         """Decompose ``conv`` by HOOI per group (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
-        layer = cls.empty_like(conv, rank)._place(conv.weight)
+        layer = cls.empty_at(conv, ranks)._place(conv.weight)
         cores, us, vs = [], [], []
         for block in cls.operands(conv):
             core, u, v = tucker2(block, layer.ranks)

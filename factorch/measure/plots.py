@@ -123,13 +123,14 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
 
 def sweep_panels(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """One figure row per (layer, method) of a rank sweep (``factorch.measure.sweep.SweepRow`` as dicts),
-    four panels against the rank. Points that were not decomposed are left out. Returns the path."""
+    four panels against the rank. Points that were not decomposed (no ``params_factorized``) are left
+    out; a decomposed point with a ``note`` (e.g. a capped rank) is drawn. Returns the path."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
-        if r.get("note"):
+        if r.get("params_factorized") in (None, ""):
             continue
         groups.setdefault((r["layer"], r["method"]), []).append(r)
     if not groups:

@@ -12,6 +12,13 @@ For every (layer, method, rank), a copy of the model gets only that layer decomp
   the same ranks): the factors it kept, the held-out output errors of both kinds of factors and
   its accuracy right after (the data-aware vs weight-only column).
 
+An int rank follows the resolver's convention (``factorch.rank.resolve``): a ceiling per mode. A
+point above a mode's full rank is swept at the capped ranks and its row says so in ``note``. Two
+ints that cap to the same ranks (both at or above every mode's full rank) are both kept, one row
+per requested point, each noting the cap (its ``ranks`` column shows what was built): the rows
+stay one-to-one with the grid asked for, and at full ranks a factorized layer has at least the
+dense layer's MACs, so such rows are "not decomposed" and cost no measurement.
+
 Evaluation and fine-tuning are callables supplied by the caller (the CLI uses
 ``factorch.training``), so this module needs no data set.
 """
@@ -40,7 +47,8 @@ __all__ = ["SweepRow", "check_sweep", "sweep"]
 class SweepRow:
     """One (layer, method, rank) point. Ratios are dense / factorized (> 1 is better); latencies in
     milliseconds (median per call at ``batch``); accuracies in [0, 1]. ``note`` says why a point
-    has no measurements (e.g. the ranks would not reduce the layer's MACs)."""
+    has no measurements (e.g. the ranks would not reduce the layer's MACs) and what the resolver
+    noted about its ranks (an int rank capped at a mode's full rank)."""
 
     layer: str
     method: str
@@ -84,8 +92,8 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
 
     ``ranks``: one list for every method, or ``{method name: list}``. One ``ValueError`` names the
     first problem and the valid choices: an empty list, a layer that does not exist or is not a
-    conv/linear, an unknown method or one that does not handle the layer, a rank below 1 or above
-    the layer's full rank.
+    conv/linear, an unknown method or one that does not handle the layer, a rank below 1. A rank
+    above a mode's full rank is no error: it is capped there, as the resolver does (module docstring).
     """
     valid_methods = ", ".join(sorted(Method.by_name))
     if not layers:
@@ -122,13 +130,10 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
 
 
 def _check_point(name: str, module: nn.Module, method: Method) -> None:
-    """The decision path on this point: the method must apply and its int rank be within full rank."""
+    """The decision path on this point: the method must apply (a capped int rank is only noted)."""
     decision = decide(name, module, [method], Context(nominal_shape(module), nominal=True))
     if decision.method is None:
         raise ValueError(f"{method.name} cannot decompose layer {name!r}: {decision.skipped}")
-    if decision.capped:
-        raise ValueError(f"{method.name} rank {method.rank} exceeds the full ranks {decision.space.describe()} "
-                         f"of layer {name!r}")
 
 
 def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks: Ranks, *,
@@ -150,7 +155,7 @@ def sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str], ranks
     for name, method, rank in track(points, desc="sweep"):
         row = _point(model, name, method, rank, shapes[name], example_input, base, evaluate,
                      finetune, finetune_epochs, profiler, batch)
-        if calibration is not None and not row.note:
+        if calibration is not None and row.params_factorized is not None:
             row = _data_aware(row, model, name, method, example_input, calibration, base, evaluate)
         rows.append(row)
     return rows
@@ -183,7 +188,8 @@ def _point(model: nn.Module, name: str, method: Method, rank: int, shape: tuple[
         return SweepRow(**common, params_factorized=None, param_reduction=nan, macs_factorized=None,
                         mac_reduction=nan, latency_dense_ms=nan, latency_factorized_ms=nan, speedup=nan,
                         error=nan, accuracy=nan, accuracy_drop=nan, accuracy_finetuned=nan,
-                        accuracy_drop_finetuned=nan, note=f"not decomposed: {r.skipped}")
+                        accuracy_drop_finetuned=nan,
+                        note="; ".join(n for n in (f"not decomposed: {r.skipped}", r.note) if n))
     t = compare({"dense": get_module(model, name), "factorized": get_module(small, name)}, shape, profiler, batch)
     acc = evaluate(small)
     acc_ft = nan
@@ -194,4 +200,5 @@ def _point(model: nn.Module, name: str, method: Method, rank: int, shape: tuple[
                     macs_factorized=r.macs_after, mac_reduction=r.macs_before / r.macs_after,
                     latency_dense_ms=t["dense"].forward * 1e3, latency_factorized_ms=t["factorized"].forward * 1e3,
                     speedup=t["dense"].forward / t["factorized"].forward, error=r.error, accuracy=acc,
-                    accuracy_drop=base - acc, accuracy_finetuned=acc_ft, accuracy_drop_finetuned=base - acc_ft)
+                    accuracy_drop=base - acc, accuracy_finetuned=acc_ft, accuracy_drop_finetuned=base - acc_ft,
+                    note=r.note or "")

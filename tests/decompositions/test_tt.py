@@ -35,7 +35,7 @@ def _low_tt_rank_tensor(shape, ranks, noise=0.0):
 @pytest.mark.parametrize("shape", [(4, 5, 6, 3), (7,), (2, 3), (3, 1, 4, 2, 5)])
 def test_full_rank_is_exact(shape):
     a = torch.randn(*shape, dtype=torch.float64)
-    cores = tt_svd(a, rank=10 ** 6)
+    cores = tt_svd(a, rank=max_tt_ranks(shape))
     assert [c.shape[-1] for c in cores[:-1]] == list(max_tt_ranks(shape))
     assert (tt_to_tensor(cores) - a).abs().max() < 1e-10
 
@@ -68,7 +68,8 @@ def test_tolerance_ranks_shrink_as_eps_grows_and_find_exact_ranks():
 def test_fixed_ranks_quasi_optimal_and_error_decreases_with_rank():
     torch.manual_seed(1)
     a = torch.randn(4, 6, 6, 4, dtype=torch.float64)
-    errs = [float((tt_to_tensor(tt_svd(a, rank=r)) - a).norm()) for r in (1, 2, 4, 8, 16, 24)]
+    space = _tt_space(tuple(a.shape))  # an int is a ceiling per bond: the resolver's convention
+    errs = [float((tt_to_tensor(tt_svd(a, rank=resolve(r, space).ranks)) - a).norm()) for r in (1, 2, 4, 8, 16, 24)]
     assert all(e1 >= e2 - 1e-12 for e1, e2 in zip(errs, errs[1:]))
     assert errs[-1] < 1e-10  # rank 24 = full for every bond
 
@@ -93,7 +94,7 @@ def test_tt_matrix_interleaves_rows_and_columns():
     torch.manual_seed(2)
     out_shape, in_shape = (3, 2, 5), (2, 7, 3)
     w = torch.randn(30, 42, dtype=torch.float64)
-    cores = tt_matrix_svd(w, out_shape, in_shape, rank=10 ** 6)
+    cores = tt_matrix_svd(w, out_shape, in_shape, rank=max_tt_ranks((6, 14, 15)))
     assert [tuple(c.shape[1:3]) for c in cores] == list(zip(out_shape, in_shape))
     assert (tt_matrix_to_matrix(cores) - w).abs().max() < 1e-10
     # the definition, entry by entry: W[(i1 i2 i3), (j1 j2 j3)] = G1[i1, j1] G2[i2, j2] G3[i3, j3]
@@ -178,3 +179,19 @@ def test_tolerance_ranks_from_bond_unfoldings_bound_tt_svd(eps):
     assert all(s <= f for s, f in zip(tt_rule_ranks(a, fc.Tolerance(eps)), ranks))  # TT-SVD's own: never larger
     err = float((tt_to_tensor(tt_svd(a, rank=ranks)) - a).norm() / a.norm())
     assert err <= eps + 1e-12
+
+
+def test_tt_svd_applies_resolved_ranks_and_never_caps():
+    """One convention: an int is a ceiling only in the resolver (``factorch.rank.resolve``); the TT
+    math applies resolved ranks and refuses one above a bond's full rank instead of capping it."""
+    a = torch.randn(4, 6, 6, 4, dtype=torch.float64)
+    space = _tt_space(tuple(a.shape))
+    assert space.full == (4, 24, 4)
+    with pytest.raises(ValueError, match=r"TT rank 8 of bond 1 must be in \[1, 4\]"):
+        tt_svd(a, rank=8)
+    with pytest.raises(ValueError, match=r"TT rank 25 of bond 2 must be in \[1, 24\]"):
+        tt_svd(a, rank=(2, 25, 2))
+    resolved = resolve(8, space)
+    cores = tt_svd(a, rank=resolved.ranks)
+    assert resolved.capped and [c.shape[-1] for c in cores[:-1]] == [4, 8, 4]
+    assert [c.shape[-1] for c in tt_svd(a, rank=3)[:-1]] == [3, 3, 3]  # an int within every bond: the same rank

@@ -58,3 +58,24 @@ def test_nan_weights_are_refused():
         conv.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         TuckerConv2d.from_dense(conv, (2, 2))
+
+
+def test_int_path_builds_at_exact_ranks_and_the_spec_path_resolves_once():
+    """``from_dense_at``/``empty_at`` take resolved ints and refuse ranks outside [1, full] (no second
+    resolve, no cap); ``from_dense``/``empty_like`` resolve any spec once, then take the int path."""
+    from factorch.layers import TTLinear
+
+    conv = nn.Conv2d(8, 4, 3).double()
+    with pytest.raises(ValueError, match="exceeds the full rank 4"):
+        TuckerConv2d.from_dense_at(conv, (6, 3))
+    with pytest.raises(ValueError, match="takes int ranks"):
+        TuckerConv2d.empty_at(conv, 0.5)
+    capped = TuckerConv2d.from_dense(conv, 6)  # an int spec: a ceiling per mode, by the resolver
+    exact = TuckerConv2d.from_dense_at(conv, (4, 6))
+    assert capped.ranks == exact.ranks == (4, 6) and torch.equal(capped.dense_weight(), exact.dense_weight())
+    assert TuckerConv2d.empty_like(conv, 6).ranks == TuckerConv2d.empty_at(conv, (4, 6)).ranks
+    assert CPConv2d.from_dense(conv, 3, restarts=2).rank == 3  # fit options pass through to from_dense_at
+    lin = nn.Linear(64, 32).double()
+    tt = TTLinear.from_dense(lin, 0.25, in_shape=(8, 8), out_shape=(4, 8), order="rtl")  # structure options
+    assert tt.in_shape == (8, 8) and tt.order == "rtl"
+    assert tt.ranks == TTLinear.resolve_rank(lin, 0.25, in_shape=(8, 8), out_shape=(4, 8), order="rtl")

@@ -77,7 +77,6 @@ def test_point_that_would_not_reduce_macs_is_noted_not_measured():
     ([], ["cp"], [2], "no layer"),
     (["features.2"], [], [2], "choose from " + ", ".join(sorted(fc.Method.by_name))),
     (["features.2"], ["tt9"], [2], "unknown method 'tt9'; choose from " + ", ".join(sorted(fc.Method.by_name))),
-    (["features.2"], ["tucker2"], [4, 17], "tucker2 rank 17 exceeds the full ranks (out 24, in 16)"),
     (["features.2"], ["cp"], [0], ">= 1"),
     (["features.2"], ["svd"], [2], "svd cannot decompose layer 'features.2': 3x3 conv: SVD handles 1x1 convs only"),
 ])
@@ -95,6 +94,23 @@ def test_sweep_panels_png(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         sweep_panels([asdict(r) for r in rows], tmp_path / "no" / "s.png")
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_capped_rank_is_swept_at_the_capped_ranks_and_noted():
+    """An int rank above a mode's full rank follows the resolver: capped there and noted, never an
+    error. Two ints that cap to the same ranks are both kept (one row per requested point), each noted."""
+    model = Tiny()
+    assert [r for _, _, r in check_sweep(model, ["features.0"], ["tucker2"], [4, 5, 40, 80])] == [4, 5, 40, 80]
+    rows = sweep(model, ["features.0"], ["tucker2"], [2, 4, 40, 80], example_input=torch.randn(1, 3, 8, 8),
+                 evaluate=lambda m: 0.5, profiler=fc.Profiler(warmup=0, runs=1, timer=fake_clock))
+    assert [(r.rank, r.ranks) for r in rows] == [(2, "2x2"), (4, "4x3"), (40, "16x3"), (80, "16x3")]
+    assert rows[0].note == "" and rows[0].params_factorized is not None
+    capped = rows[1]  # conv 3->16: in has full rank 3; (4, 3) still reduces MACs, so it is measured
+    assert capped.params_factorized == 3 * 3 + 9 * 3 * 4 + 4 * 16 + 16 and capped.speedup == pytest.approx(3.0)
+    assert capped.note == "rank 4 capped at the full ranks (out 16, in 3)"
+    for r in rows[2:]:  # full ranks: no fewer MACs, so not measured; both rows kept, each noting its cap
+        assert r.note.startswith("not decomposed: ranks (16, 3) do not reduce MACs") and math.isnan(r.speedup)
+        assert r.note.endswith(f"rank {r.rank} capped at the full ranks (out 16, in 3)")
 
 
 def test_rank_list_per_method():
@@ -134,7 +150,7 @@ def test_cli_sweep_on_a_tiny_model_writes_every_column(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--layers", "layer9.conv1", "--method", "cp", "--ranks", "4"], "has no layer 'layer9.conv1'; conv/linear layers: conv1"),
     (["--layers", "conv1", "--method", "cp", "--ranks", ","], "rank list for cp is empty"),
-    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,17"], "exceeds the full ranks (out 16, in 16)"),
+    (["--layers", "layer1.0.conv1", "--method", "tucker2", "--ranks", "8,0"], ">= 1"),
     (["--layers", "layer1.0.conv1", "--method", "cpx", "--ranks", "4"], "unknown method 'cpx'; choose from"),
     (["--layers", "layer1.0.conv1", "--method", "cp", "--ranks", "svd=4"], "ranks are given for method 'svd'"),
     (["--layers", "conv1", "--method", "cp", "--ranks", "4", "-o", "{tmp}/no/s"], "does not exist"),

@@ -62,7 +62,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.device == "cpu":
             notes.append("CPU shared with other jobs while measuring: absolute times are noisy; ratios are side by side")
         write_csv(f"{args.output}.csv", [asdict(r) for r in rows], env=csv_environment(env))
-        write_markdown(f"{args.output}.md", f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}",
-                       env, bench.format_table(rows, markdown=True), notes=notes)
+        title = f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}"
+        write_markdown(f"{args.output}.md", title, env, bench.format_table(rows, markdown=True), notes=notes)
         print(f"wrote {args.output}.csv, {args.output}.md")
     return 0

@@ -49,17 +49,17 @@ def check_header(md: str, command_start: str) -> dict[str, str]:
 def test_cli_and_benchmark_files_carry_the_same_header(tmp_path, capsys):
     from factorch.cli.main import run
 
-    assert run(["bench", "--model", "resnet20", "--method", "tucker2", "--rank", "0.25", "--exclude", "layer[12].*|conv1",
-                "--batch", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "--forward-only",
-                "-o", str(tmp_path / "b")]) == 0
+    assert run(["bench", "--model", "resnet20", "--method", "tucker2", "--rank", "0.25",
+                "--exclude", "layer[12].*|conv1", "--batch", "2", "--runs", "1", "--warmup", "0", "--threads", "1",
+                "--forward-only", "-o", str(tmp_path / "b")]) == 0
     bench = check_header((tmp_path / "b.md").read_text(), "factorch bench --model resnet20")
     assert bench["torch threads"] == "1" and "'layer[12].*|conv1'" in bench["command"]  # quoted as typed
 
     torch.manual_seed(0)
     fc.save(fc.models.create("resnet20", num_classes=10, in_channels=1), tmp_path / "model.pt")
-    assert run(["sweep", "--checkpoint", str(tmp_path / "model.pt"), "--dataset", "digits", "--layers", "layer3.0.conv2",
-                "--method", "tucker2", "--ranks", "4", "--test-subset", "32", "--batch", "2", "--runs", "1",
-                "--warmup", "0", "--threads", "1", "-o", str(tmp_path / "s")]) == 0
+    assert run(["sweep", "--checkpoint", str(tmp_path / "model.pt"), "--dataset", "digits",
+                "--layers", "layer3.0.conv2", "--method", "tucker2", "--ranks", "4", "--test-subset", "32",
+                "--batch", "2", "--runs", "1", "--warmup", "0", "--threads", "1", "-o", str(tmp_path / "s")]) == 0
     sweep = check_header((tmp_path / "s.md").read_text(), "factorch sweep --checkpoint")
     capsys.readouterr()
 

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 import factorch as fc
-from common import environment, write_results
+from common import write_results
 from factorch.decompositions import cp_als, cp_to_tensor
+from factorch.measure.results import environment
 
 
 def structured(n: int, c: int, decay: float = 8.0, noise: float = 1e-3, seed: int = 0) -> torch.Tensor:

@@ -41,9 +41,10 @@ from torch.utils.data import TensorDataset
 
 import factorch as fc
 import factorch.data  # noqa: F401  (a subpackage: not imported by `import factorch`)
+from factorch.measure.results import environment
 from factorch.training import evaluate, make_optimizer, train_epoch
 from factorch.training.checkpoint import seed_everything
-from common import RESULTS, environment, write_results
+from common import RESULTS, write_results
 
 LEVELS = (0.5, 0.3, 0.15)
 VARIANTS = ("weight-only", "data-aware", "data-aware sequential")
@@ -204,12 +205,9 @@ def main() -> None:
         "dense first conv included) over the dense model's. drop: dense accuracy minus this accuracy.",
         "heldout_output_error: relative error of the logits on the held-out calibration batches, whole model.",
         f"Whole run: {minutes:.1f} min (training included).",
-        "",
-        "## Summary (computed from the table)",
-        "",
-        *summary(rows),
     ]
-    for path in write_results(args.stem, rows, env, notes):
+    summary_section = "\n".join(["## Summary (computed from the table)", "", *summary(rows)])
+    for path in write_results(args.stem, rows, env, notes, sections=[summary_section]):
         print(f"wrote {path}")
     plot(rows, RESULTS / f"{args.stem}.png")
 

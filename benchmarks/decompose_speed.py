@@ -28,10 +28,11 @@ import time
 import torch
 
 import factorch as fc
-from common import environment, write_results
+from common import write_results
 from factorch.cli.common import parse_rank
 from factorch.decompositions import HOOI_TOL, tucker2, tucker2_to_tensor
 from factorch.io import load_weights, read_checkpoint
+from factorch.measure.results import environment
 
 TOLS = (HOOI_TOL / 2, HOOI_TOL, HOOI_TOL * 2)
 

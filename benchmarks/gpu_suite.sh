@@ -14,8 +14,9 @@
 #
 # Runs from the repository root without installing factorch (PYTHONPATH=.; TensorLy is not needed).
 # Each step has its own time limit; a failed step is reported and the others still run (exit 1 at
-# the end if any failed). With $OUT set, every result file (and the log) is packed into
-# $OUT/gpu_results.tar.gz.
+# the end if any failed). With $BENCH_RESULTS_DIR set, the result files go there instead (of
+# benchmarks/results, or of a temporary directory with --smoke). With $OUT set, every result file
+# (and the log) is packed into $OUT/gpu_results.tar.gz.
 #
 #   benchmarks/gpu_suite.sh            # on a machine with a CUDA GPU
 #   benchmarks/gpu_suite.sh --smoke    # the same steps on the CPU at tiny sizes (about a minute: the
@@ -29,7 +30,7 @@ PY=${PYTHON:-python}
 
 if [[ "${1:-}" == "--smoke" ]]; then
     device=cpu tag=cpu
-    results=$(mktemp -d)
+    results=${BENCH_RESULTS_DIR:-$(mktemp -d)}
     limits=(120 120 120 120)  # seconds: throughput, train step, each bench, TT inference
     throughput=(--models resnet56 --batch 2 --steps 1 --repeats 1 --warmup 0 --threads 1)
     step=(--model vgg-small --batch 2 --repeats 1 --warmup 0 --threads 1 --settings before,default,amp)
@@ -38,7 +39,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
     tt=(--batches 1,3 --repeats 1 --warmup 0 --threads 1)
 else
     device=cuda tag=gpu
-    results=$PWD/benchmarks/results
+    results=${BENCH_RESULTS_DIR:-$PWD/benchmarks/results}
     limits=(150 90 75 60)  # throughput, train step, each bench, TT: at most 450 s in all, under 8 minutes
     throughput=(--amp --batch 128 --steps 5 --repeats 5 --warmup 2)
     step=(--batch 64 --repeats 10 --warmup 3 --settings before,default,amp)

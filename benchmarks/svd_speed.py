@@ -28,8 +28,9 @@ import time
 import torch
 from torch import nn
 
-from common import environment, write_results
+from common import write_results
 from factorch.decompositions import singular_values, svd_method, truncated_svd
+from factorch.measure.results import environment
 
 
 def _rss() -> int:

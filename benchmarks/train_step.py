@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 import factorch as fc
-from factorch.measure.latency import autocast
+from factorch.measure.latency import autocast, time_interleaved, wall_clock
+from factorch.measure.results import environment
 from factorch.training.loop import to_memory_format, uses_channels_last
-from common import environment, time_alternating, write_results
+from common import write_results
 
 SETTINGS = {  # name -> (channels_last: None = factorch train's rule, autocast)
     "before": (False, False),
@@ -84,12 +85,13 @@ def main() -> None:
         channels_last = uses_channels_last(choice, dense, args.device)
         models = [to_memory_format(m, channels_last) for m in (dense, *smalls)]
         x = x0.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        times = time_alternating([step_fn(m, x, y, amp) for m in models],
-                                 repeats=args.repeats, warmup=args.warmup, device=args.device)
-        for name, c, t in zip(names, counts, times):
+        times = time_interleaved({name: step_fn(m, x, y, amp) for name, m in zip(names, models)},
+                                 warmup=args.warmup, runs=args.repeats, timer=wall_clock(args.device))
+        for name, c in zip(names, counts):
+            t = times[name]
             rows.append({"setting": setting, "layout": "channels_last" if channels_last else "NCHW",
                          "amp": amp, "model": name, "params": c.params, "MACs": c.macs,
-                         "step_s": round(t, 4), "speedup_vs_dense": round(times[0] / t, 2)})
+                         "step_s": round(t, 4), "speedup_vs_dense": round(times[names[0]] / t, 2)})
             print(rows[-1], flush=True)
     env = environment(args.device)
     stem = f"train_step_{args.model}_{'gpu' if args.device.startswith('cuda') else 'cpu'}"

@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 
 import factorch as fc
+from factorch.measure.latency import time_interleaved, wall_clock
+from factorch.measure.results import environment
 from factorch.selection import layer_filter
 from factorch.training.events import training_profiler
 from factorch.training.loop import to_memory_format, uses_channels_last
-from common import environment, time_alternating, write_results
+from common import write_results
 
 # the paper's decomposed parameter counts and total speedups (Tables 1-3)
 PAPER = {"vgg19": (749_000, 2.06), "densenet40": (270_000, 1.29), "resnet56": (508_000, 1.08)}
@@ -119,8 +121,10 @@ def main() -> None:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.randn(args.batch, 3, 32, 32, device=args.device).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (args.batch,), device=args.device)
-        times = time_alternating([step_fn(m, x, y, args.steps, args.amp) for m in models],
-                                 repeats=args.repeats, warmup=args.warmup, device=args.device)
+        variants = ["dense", "decomposed", "kept"][:len(models)]
+        medians = time_interleaved({v: step_fn(m, x, y, args.steps, args.amp) for v, m in zip(variants, models)},
+                                   warmup=args.warmup, runs=args.repeats, timer=wall_clock(args.device))
+        times = [medians[v] for v in variants]
         img_s = [args.batch * args.steps / t for t in times]
         ratio = times[0] / times[1]
         print(f"{name}: fraction {f:.4f}, {len(report.decomposed)} convs decomposed, params "

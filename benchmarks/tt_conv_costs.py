@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import factorch as fc
-from common import RESULTS, environment, write_results
+from common import RESULTS, write_results
+from factorch.measure.results import environment
 
 ORDERS = ("conventional", "efficient")
 

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 import factorch as fc
-from common import environment, time_alternating, write_results
+from common import write_results
+from factorch.measure.latency import time_interleaved, wall_clock
+from factorch.measure.results import environment
 
 SEED_SHAPES = ((2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4))
 BASE_COMMIT = "544001b"  # main before the speed work on the TT contraction
@@ -106,8 +108,8 @@ def main() -> None:
     except (RuntimeError, OSError, ValueError) as e:
         print(f"no baseline row: {e}")
     shape = lambda m: f"{'x'.join(map(str, m.in_shape))} -> {'x'.join(map(str, m.out_shape))}"  # noqa: E731
-    env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-           "load_avg_1min_at_start": f"{os.getloadavg()[0]:.2f}"}
+    # taken before the timing: its load average is the machine's at the start
+    env = {**environment(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
     if kind == "cuda":
         env["tf32_matmul"] = str(torch.backends.cuda.matmul.allow_tf32)
     rows = []
@@ -122,7 +124,8 @@ def main() -> None:
                 modes.append(("CUDA graph", {n: graphed(m, x) for n, m in models.items()}))
         for mode, fns in modes:
             with torch.inference_mode():
-                times = time_alternating(list(fns.values()), args.repeats, args.warmup, dev)
+                medians = time_interleaved(fns, warmup=args.warmup, runs=args.repeats, timer=wall_clock(dev))
+            times = [medians[name] for name in models]
             for (name, model), t in zip(models.items(), times):
                 base = isinstance(model, BaseContraction)  # its layer's hooks do not fire
                 counts = fc.count(model.layer if base else model, x)

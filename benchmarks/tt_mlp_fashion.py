@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import factorch as fc
 import factorch.data  # noqa: F401  (a subpackage: not imported by `import factorch`)
 import factorch.progress  # noqa: F401
+from factorch.measure.results import environment
 from factorch.training import evaluate, train_epoch
-from common import RESULTS, environment, write_results
+from common import RESULTS, write_results
 
 SHAPE = (4, 8, 8, 4)
 TT_RANKS = (1, 2, 4, 8)

@@ -32,9 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import factorch as fc
-from common import RESULTS, environment, time_alternating, write_results
+from common import RESULTS, write_results
 from factorch.data import load
+from factorch.measure.latency import time_interleaved, wall_clock
 from factorch.measure.plots import pyplot, save_figure
+from factorch.measure.results import environment, markdown_table
 from factorch.training import evaluate, make_optimizer, rebuild_optimizer, train_epoch
 
 METHODS = {"tucker2": fc.Tucker2, "tucker3": fc.Tucker3}
@@ -155,7 +157,8 @@ def main() -> None:
         return step
 
     names = list(runs)
-    medians = dict(zip(names, time_alternating([stepper(runs[n]) for n in names], args.step_repeats, warmup=2)))
+    medians = time_interleaved({n: stepper(runs[n]) for n in names}, warmup=2, runs=args.step_repeats,
+                               timer=wall_clock("cpu"))
     rows = []
     for n in names:
         run = runs[n]
@@ -176,14 +179,15 @@ def main() -> None:
              f"channels_last, {args.threads} thread(s); {args.epochs} epochs per run; all runs took {train_minutes:.1f} min.",
              f"Budgets: fc.Budget(params=f) over the kxk convs but the first (one input channel), the same for both "
              f"methods; step_ms: median of {args.step_repeats} interleaved training steps (forward, backward, SGD) at "
-             f"batch {args.batch} after 2 warm-up steps; step_vs_dense: dense step time / the run's (> 1: faster).",
-             "", "Approximation error at equal parameter count on the trained dense model's convs "
-             "(sqrt(sum ||W - W_hat||^2 / sum ||W||^2) over the decomposed convs; test accuracy right after "
-             "decomposing, no training after):", "",
-             "| trained | method | budget | achieved | rel_error | test_acc_after | ranks |", "|---|---|---|---|---|---|---|"]
-    notes += [f"| {e['trained']} | {e['method']} | {e['budget']:g} | {e['achieved']:.4f} | {e['rel_error']:.4f} | "
-              f"{e['test_acc_after']:.4f} | {e['ranks']} |" for e in errors]
-    write_results("tucker3_fashion-mnist", rows, environment("cpu"), notes)
+             f"batch {args.batch} after 2 warm-up steps; step_vs_dense: dense step time / the run's (> 1: faster)."]
+    error_table = markdown_table(
+        ["trained", "method", "budget", "achieved", "rel_error", "test_acc_after", "ranks"],
+        [[e["trained"], e["method"], f"{e['budget']:g}", f"{e['achieved']:.4f}", f"{e['rel_error']:.4f}",
+          f"{e['test_acc_after']:.4f}", e["ranks"]] for e in errors])
+    errors_section = ("Approximation error at equal parameter count on the trained dense model's convs "
+                      "(sqrt(sum ||W - W_hat||^2 / sum ||W||^2) over the decomposed convs; test accuracy right after "
+                      "decomposing, no training after):\n\n" + error_table)
+    write_results("tucker3_fashion-mnist", rows, environment("cpu"), notes, sections=[errors_section])
     figure(runs, rows, errors, args)
 
 

@@ -15,8 +15,10 @@ import argparse
 
 import torch
 
-from common import environment, time_alternating, write_results
+from common import write_results
 from factorch.layers import TuckerConv2d
+from factorch.measure.latency import time_interleaved, wall_clock
+from factorch.measure.results import environment
 
 # (channels in, channels out, input side): the conv shapes of CIFAR VGG-19
 SHAPES = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)]
@@ -39,7 +41,9 @@ def compare(tltorch, c: int, n: int, side: int, fmt: torch.memory_format, args) 
     x = torch.randn(args.batch, c, side, side, device=args.device).contiguous(memory_format=fmt).requires_grad_()
     with torch.no_grad():  # same function up to the decomposition each library computed
         rel = float((ours(x) - theirs(x)).norm() / conv(x).norm())
-    t_ours, t_theirs = time_alternating([fwd_bwd(ours, x), fwd_bwd(theirs, x)], args.repeats, 3, args.device)
+    times = time_interleaved({"factorch": fwd_bwd(ours, x), "tltorch": fwd_bwd(theirs, x)}, warmup=3,
+                             runs=args.repeats, timer=wall_clock(args.device))
+    t_ours, t_theirs = times["factorch"], times["tltorch"]
     return {"layer": f"{c}->{n} 3x3 @{side}x{side}", "ranks (out,in)": f"{r_out},{r_in}",
             "factorch_ms": round(t_ours * 1e3, 3), "tltorch_ms": round(t_theirs * 1e3, 3),
             "tltorch/factorch": round(t_theirs / t_ours, 2), "output_rel_diff": f"{rel:.1e}"}

@@ -7,8 +7,7 @@ from dataclasses import asdict
 import torch
 
 from factorch.cli.common import add_decomposition_args, add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
-from factorch.measure.results import check_output_dir, csv_text, environment, markdown
-from factorch.files import atomic_write_text
+from factorch.measure.results import check_output_dir, csv_environment, environment, write_csv, write_markdown
 from factorch.progress import echo
 
 
@@ -57,16 +56,15 @@ def run_bench(args: argparse.Namespace) -> int:
         echo(table.line(row))
         rows.append(row)
     if args.output:
-        env = environment(args.device, args.threads)
+        env = environment(args.device, threads=args.threads)
         notes = [f"batch {profiler.batch}; median of {profiler.runs} interleaved runs after {profiler.warmup} "
                  "warm-up calls; forward in eval mode without grad, train = forward+backward in train mode",
                  "MACs x: theoretical speed-up (dense / factorized MACs); fwd x / train x: measured dense / factorized",
                  "rebuilt: the dense layer multiplied back from the factors (same shape as dense)"]
         if args.device == "cpu":
             notes.append("CPU shared with other jobs while measuring: absolute times are noisy; ratios are side by side")
-        atomic_write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}),
-                   f"{args.output}.csv")
-        atomic_write_text(markdown(f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}", env,
-                            bench.format_table(rows, markdown=True), notes), f"{args.output}.md")
+        write_csv(f"{args.output}.csv", [asdict(r) for r in rows], env=csv_environment(env))
+        title = f"Latency: {args.model or args.checkpoint}, {args.method} at rank {args.rank}"
+        write_markdown(f"{args.output}.md", title, env, bench.format_table(rows, markdown=True), notes=notes)
         print(f"wrote {args.output}.csv, {args.output}.md")
     return 0

@@ -32,6 +32,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        results.record_command(None)  # a later file of this process names its own command
 
 
 def error_message(e: BaseException) -> str:

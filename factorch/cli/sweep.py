@@ -9,8 +9,8 @@ import torch
 
 from factorch.cli.common import add_calibration_args, add_timing_args, calibration_flags_given, calibration_from, \
     load_architecture, profiler_from
-from factorch.measure.results import check_output_dir, csv_text, environment, markdown
-from factorch.files import atomic_write_text
+from factorch.measure.results import check_output_dir, csv_environment, environment, markdown_table, write_csv, \
+    write_markdown
 
 
 def _ranks(text: str) -> tuple[str, list[int]]:
@@ -89,7 +89,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                        example_input=torch.zeros((1, *shape), device=device), evaluate=evaluate,
                        finetune=finetune if args.finetune_epochs else None,
                        finetune_epochs=args.finetune_epochs, profiler=profiler, calibration=calibration)
-    env = environment(args.device, args.threads)
+    env = environment(args.device, threads=args.threads)
     table = _markdown_table(rows)
     notes = [f"speed-up: forward latency of the layer alone (eval mode, no grad), batch {profiler.batch}, "
              f"median of {profiler.runs} interleaved runs after {profiler.warmup} warm-up calls",
@@ -100,8 +100,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                      "calibration=, accuracy right after; factors: which the held-out check kept")
     if args.device == "cpu":
         notes.append("measured on a CPU shared with other jobs: latencies are noisy; ratios are side by side")
-    atomic_write_text(csv_text([asdict(r) for r in rows], {"device": env["device"], "torch": env["torch"]}), f"{args.output}.csv")
-    atomic_write_text(markdown(f"Rank sweep: {', '.join(args.layers)}", env, table, notes), f"{args.output}.md")
+    write_csv(f"{args.output}.csv", [asdict(r) for r in rows], env=csv_environment(env))
+    write_markdown(f"{args.output}.md", f"Rank sweep: {', '.join(args.layers)}", env, table, notes=notes)
     sweep_panels([asdict(r) for r in rows], f"{args.output}.png",
                  title=f"{args.model or args.checkpoint} on {args.dataset}: single-layer rank sweep")
     print(table)
@@ -134,11 +134,8 @@ def _markdown_table(rows) -> str:
             "acc %", "acc after FT %"] + (["acc data-aware %", "factors kept"] if calibrated else []) + ["note"]
     pct = lambda v: "-" if v != v else f"{100 * v:.2f}"  # NaN -> "-"
     num = lambda v, f: "-" if v != v else format(v, f)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([r.layer, r.method, str(r.rank), r.ranks, num(r.param_reduction, ".2f"),
-                                        num(r.mac_reduction, ".2f"), num(r.speedup, ".2f"), num(r.error, ".4f"),
-                                        pct(r.accuracy), pct(r.accuracy_finetuned)] +
-                                       ([pct(r.accuracy_data_aware), r.factors] if calibrated else []) + [r.note]) + " |")
+    cells = [[r.layer, r.method, str(r.rank), r.ranks, num(r.param_reduction, ".2f"), num(r.mac_reduction, ".2f"),
+              num(r.speedup, ".2f"), num(r.error, ".4f"), pct(r.accuracy), pct(r.accuracy_finetuned)] +
+             ([pct(r.accuracy_data_aware), r.factors] if calibrated else []) + [r.note] for r in rows]
     dense = rows[0].accuracy_dense if rows else float("nan")
-    return f"Dense model test accuracy: {pct(dense)}%\n\n" + "\n".join(lines)
+    return f"Dense model test accuracy: {pct(dense)}%\n\n" + markdown_table(head, cells)

@@ -24,6 +24,7 @@ from torch import nn
 from factorch.api import decompose_, reconstruct_
 from factorch.measure.count import count
 from factorch.measure.latency import Latency, Profiler, compare
+from factorch.measure.results import markdown_table
 from factorch.progress import track
 from factorch.report import Report
 from factorch.selection import Config
@@ -171,9 +172,7 @@ def format_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:
     """A text (or Markdown) table: theoretical vs measured speed-up, forward and forward+backward."""
     train = any(r.train_speedup is not None for r in rows)
     if markdown:
-        head = HEAD + (TRAIN_HEAD if train else [])
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                         ["| " + " | ".join(_cells(r, train)) + " |" for r in rows])
+        return markdown_table(HEAD + (TRAIN_HEAD if train else []), [_cells(r, train) for r in rows])
     table = TextTable([(r.layer, r.kind, r.ranks) for r in rows], train)
     return "\n".join([table.header()] + [table.line(r) for r in rows])
 

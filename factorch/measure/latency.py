@@ -11,8 +11,13 @@ is 2-5 kernels of low arithmetic intensity). So we measure, honestly:
 * on CUDA each call is timed with CUDA events (the GPU's own clock, after synchronising); on the
   CPU with ``time.perf_counter``.
 
-The clock is injectable: ``Profiler(timer=...)`` takes ``timer(module, run) -> seconds`` where
-``run()`` performs one call of ``module``; tests pass a fake timer (a test never asserts a
+``time_interleaved`` is that procedure for any callables (``compare`` times modules with it; the
+benchmark scripts time training steps and whole models). The clock is injectable:
+``Profiler(timer=...)`` takes ``timer(module, run) -> seconds`` where ``run()`` performs one call
+of ``module``; ``time_interleaved(timer=...)`` the same with the variant's name in place of the
+module. ``default_timer`` uses CUDA events on a GPU (the GPU's own time of the queued work),
+``wall_clock`` the host's ``perf_counter`` with the GPU synchronised before and after (launch
+overhead included, which CUDA graphs remove). Tests pass a fake timer (a test never asserts a
 wall-clock time).
 """
 from __future__ import annotations
@@ -22,14 +27,17 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Latency", "Profiler", "Timer", "autocast", "compare", "default_timer", "measure"]
+__all__ = ["Latency", "Profiler", "Timer", "autocast", "compare", "default_timer", "measure", "time_interleaved",
+           "wall_clock"]
 
-Timer = Callable[[nn.Module, Callable[[], None]], float]
+# timer(what, run) -> seconds: performs run() once and returns its duration; ``what`` is the module
+# timed (Profiler, compare) or the variant's name (time_interleaved): the clocks here ignore it
+Timer = Callable[[Any, Callable[[], None]], float]
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,9 @@ class Latency:
 
 
 def default_timer(device: torch.device) -> Timer:
-    """CUDA events on a GPU (synchronised), ``time.perf_counter`` elsewhere."""
+    """CUDA events on a GPU (synchronised), ``time.perf_counter`` elsewhere (``wall_clock``)."""
     if device.type == "cuda":
-        def cuda_events(module: nn.Module, run: Callable[[], None]) -> float:
+        def cuda_events(what: Any, run: Callable[[], None]) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)  # nothing queued before the start mark
             start.record()
@@ -91,12 +99,47 @@ def default_timer(device: torch.device) -> Timer:
             end.synchronize()
             return start.elapsed_time(end) / 1e3  # ms -> s
         return cuda_events
+    return wall_clock(device)
 
-    def wall_clock(module: nn.Module, run: Callable[[], None]) -> float:
+
+def wall_clock(device: Union[str, torch.device] = "cpu") -> Timer:
+    """``time.perf_counter`` around one call; on a CUDA ``device`` the GPU is synchronised before
+    the start (nothing queued earlier is counted) and before the stop (the call's kernels are)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"wall_clock device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def clock(what: Any, run: Callable[[], None]) -> float:
+        sync()
         t0 = time.perf_counter()
         run()
+        sync()
         return time.perf_counter() - t0
-    return wall_clock
+    return clock
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], None]], *, warmup: int, runs: int,
+                     timer: Timer) -> dict[str, float]:
+    """Median seconds per call of every callable in ``calls`` (name -> a call that runs one
+    variant once): ``warmup`` untimed rounds first (allocator, algorithm choice), then ``runs``
+    timed rounds, each calling every variant once in order (A, B, C, A, B, C, ...) so that drift
+    in the machine's load hits them alike. ``timer(name, run)`` times one call: ``wall_clock`` or
+    ``default_timer`` for the device the calls run on, or a test's fake clock."""
+    if not calls:
+        raise ValueError("time_interleaved needs at least one call to time")
+    for name, value, low in (("warmup", warmup, 0), ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"time_interleaved {name} must be an int >= {low}, got {value!r}")
+    for _ in range(warmup):
+        for run in calls.values():
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, run in calls.items():
+            samples[name].append(timer(name, run))
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -171,7 +214,7 @@ def compare(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profil
     if profiler.threads:
         torch.set_num_threads(profiler.threads)
     try:
-        result = _time_interleaved(modules, x, modes, profiler, timer)
+        result = _time_modes(modules, x, modes, profiler, timer)
     except (RuntimeError, ValueError, IndexError) as e:
         if _takes_whole_input(modules, x[0]):  # (1, 3, 32, 32) given for a conv: x is (n, 1, 3, 32, 32)
             raise ValueError(f"input_shape {tuple(input_shape)} includes the batch: give the shape of one "
@@ -197,21 +240,17 @@ def _takes_whole_input(modules: dict[str, nn.Module], shaped_as_given: Tensor) -
     return True
 
 
-def _time_interleaved(modules: dict[str, nn.Module], x: Tensor, modes: list[tuple[str, bool]],
-                      profiler: Profiler, timer: Timer) -> dict[str, dict[str, float]]:
+def _time_modes(modules: dict[str, nn.Module], x: Tensor, modes: list[tuple[str, bool]],
+                profiler: Profiler, timer: Timer) -> dict[str, dict[str, float]]:
+    """Per module, per mode (forward; forward+backward), the median of ``time_interleaved``."""
     result: dict[str, dict[str, float]] = {k: {} for k in modules}
     for mode, backward in modes:
         xin = x.detach().requires_grad_(True) if backward else x  # a mid-network layer also gets d/dx
         calls = {k: _calls(m, xin, backward, profiler.amp) for k, m in modules.items()}
-        for _ in range(profiler.warmup):
-            for run in calls.values():
-                run()
-        samples: dict[str, list[float]] = {k: [] for k in modules}
-        for _ in range(profiler.runs):
-            for k, run in calls.items():
-                samples[k].append(timer(modules[k], run))
-        for k, s in samples.items():
-            result[k][mode] = statistics.median(s)
+        medians = time_interleaved(calls, warmup=profiler.warmup, runs=profiler.runs,
+                                   timer=lambda name, run: timer(modules[name], run))
+        for k, median in medians.items():
+            result[k][mode] = median
     return result
 
 

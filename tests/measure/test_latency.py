@@ -73,3 +73,40 @@ def test_cuda_events():
 def test_profiler_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fc.Profiler(**kwargs)
+
+
+def test_time_interleaved_warms_up_then_interleaves_and_takes_medians():
+    from factorch.measure.latency import time_interleaved
+
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "ABC"}
+    durations = {"A": [3.0, 1.0, 2.0], "B": [9.0, 5.0, 7.0], "C": [0.5, 0.5, 4.0]}
+    timed = []
+
+    def clock(name, run):
+        timed.append(name)
+        run()
+        return durations[name].pop(0)
+
+    medians = time_interleaved(calls, warmup=2, runs=3, timer=clock)
+    assert medians == {"A": 2.0, "B": 7.0, "C": 0.5}
+    assert log == list("ABC") * 5 and timed == list("ABC") * 3  # 2 untimed rounds first, then A, B, C, A, ...
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"warmup": -1}, "warmup"), ({"runs": 0}, "runs"), ({"runs": 1.5}, "runs"), ({"calls": {}}, "at least one"),
+])
+def test_time_interleaved_bad_input(kwargs, match):
+    from factorch.measure.latency import time_interleaved, wall_clock
+
+    args = {"calls": {"a": lambda: None}, "warmup": 0, "runs": 1, "timer": wall_clock(), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        time_interleaved(args.pop("calls"), **args)
+
+
+def test_wall_clock_times_the_call():
+    from factorch.measure.latency import time_interleaved, wall_clock
+
+    medians = time_interleaved({"conv": lambda: nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))}, warmup=1, runs=2,
+                               timer=wall_clock("cpu"))
+    assert medians["conv"] > 0

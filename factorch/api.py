@@ -19,7 +19,8 @@ from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler, compare
 from factorch.progress import track
 from factorch.rank import RankRule
-from factorch.registry import MIN_SAVING, Context, Decision, decide_all, layer_label, layer_types, nominal_shape
+from factorch.registry import (MIN_SHARE, Context, Decision, Floor, decide_all, layer_label, layer_types,
+                               nominal_shape)
 from factorch.report import BudgetResult, LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
@@ -32,7 +33,7 @@ Calibrated = Union[None, Calibration, list, tuple, torch.Tensor]
 
 def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
                example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-               from_scratch: bool = False, calibration: Calibrated = None, min_saving: float = MIN_SAVING) -> Report:
+               from_scratch: bool = False, calibration: Calibrated = None, min_share: float = MIN_SHARE) -> Report:
     """Replace the model's layers by factorized ones, in place; return the per-layer report.
 
     ``methods``: a method config, a list (the first method that handles a layer usefully is
@@ -65,24 +66,25 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     the same ranks (``factorch.calibration.safety``); the report gives both errors. Without
     ``example_input``, the first calibration sample sets the input size for MACs.
 
-    ``min_saving``: a layer whose decomposition would save less than this share of the model's
-    MACs (of its parameters without ``example_input``) stays dense, with the reason, unless a
-    dict config names it: a tiny head decomposed at rank 1 costs accuracy and buys nothing; a
-    layer whose weight is all zero stays dense too. 0 decomposes every layer a method handles.
+    ``min_share``: a layer whose dense cost is below this share of the model's MACs (of its
+    parameters without ``example_input``) stays dense, with the reason, unless a dict config names
+    it: its decomposition would save less than that, and a tiny head decomposed at rank 1 costs
+    accuracy and buys nothing (a budget allocates over the other layers). A layer whose weight is
+    all zero stays dense too. 0 lets every layer a method handles be decomposed.
     """
     report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,
-                                   calibration, min_saving)
+                                   calibration, min_share)
     swap(model, replacements)
     return report
 
 
 def plan(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
          example_input: Any = None, keep_if_faster: Union[bool, Profiler] = False,
-         from_scratch: bool = False, calibration: Calibrated = None, min_saving: float = MIN_SAVING) -> Report:
+         from_scratch: bool = False, calibration: Calibrated = None, min_share: float = MIN_SHARE) -> Report:
     """The report ``decompose_`` would return (decompositions, timings and calibration checks
     included); the model is not changed."""
     return _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch, calibration,
-                   min_saving)[0]
+                   min_share)[0]
 
 
 def check(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = None,
@@ -145,7 +147,7 @@ def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict
 
 def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
             keep_if_faster: Union[bool, Profiler], from_scratch: bool = False, calibration: Calibrated = None,
-            min_saving: float = MIN_SAVING) -> tuple[Report, dict[str, nn.Module]]:
+            min_share: float = MIN_SHARE) -> tuple[Report, dict[str, nn.Module]]:
     if not any(True for _ in model.children()):
         raise ValueError(f"decompose_ takes a model that contains layers, got a bare {type(model).__name__}; "
                          "for one layer use fc.layers.<Layer>.from_dense")
@@ -178,17 +180,15 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
             example_input = to_model(model, calib.batches[0][:1])
     shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
 
+    floor = _floor(model, example_input, min_share)
+
     def context_of(name: str, module: nn.Module) -> Context:
         shape = shapes.get(name)
         return Context(shape or nominal_shape(module), nominal=shape is None and not isinstance(module, nn.Linear),
-                       from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name))
+                       from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name),
+                       floor=floor)
 
-    if isinstance(min_saving, bool) or not isinstance(min_saving, (int, float)) or not 0 <= min_saving < 1:
-        raise ValueError(f"min_saving must be a share of the model's cost in [0, 1), got {min_saving!r}")
-    total = (count(model, example_input).macs if example_input is not None else
-             sum(p.numel() for p in model.parameters())) if min_saving else None
-    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None,
-                         min_saving=min_saving, total=total)
+    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     for name, module in track(candidates, desc="decompose"):
@@ -201,6 +201,17 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
         rows, replacements = select(model, rows, replacements, planned.decisions, calib, order, notes)
     budgets = [BudgetResult.of(pool, rows) for pool in planned.pools]
     return Report(rows, budgets, calibration=calib.describe() if calib is not None else None), replacements
+
+
+def _floor(model: nn.Module, example_input: Any, min_share: float) -> Optional[Floor]:
+    """``decompose_``'s ``min_share`` of the model's MACs (its parameters without an example input)."""
+    if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0 <= min_share < 1:
+        raise ValueError(f"min_share must be a share of the model's cost in [0, 1), got {min_share!r}")
+    if not min_share:
+        return None
+    if example_input is not None:
+        return Floor(min_share, count(model, example_input).macs, "MACs")
+    return Floor(min_share, sum(p.numel() for p in model.parameters()), "parameters")
 
 
 def _batch_of(example_input: Any) -> int:

@@ -182,13 +182,42 @@ class Context:
     ``from_scratch``: the layer will be freshly initialised, not decomposed (rules refused);
     ``explicit``: the user named this layer, so no method applying is an error;
     ``whitening``: the layer's calibration statistics (``factorch.calibration``): methods whose
-    layer class has an input factor read whitened spectra and build data-aware factors."""
+    layer class has an input factor read whitened spectra and build data-aware factors;
+    ``floor``: a layer whose dense cost is below it stays dense (``Floor``)."""
 
     shape: tuple[int, ...]
     nominal: bool = False
     from_scratch: bool = False
     explicit: bool = False
     whitening: Optional["Whitening"] = None
+    floor: Optional["Floor"] = None
+
+
+# Where a layer is too small to matter (``decompose_``'s ``min_share``): a share of the model's
+# cost. Measured on the zoo with Tucker-2 + SVD at half the parameters (docs/architecture.md,
+# "Layers too small to matter"): a CIFAR model's classifier head is 0.002-0.01 % of its MACs,
+# while each conv of ResNet-110 is 0.9 %: 0.2 % leaves the heads dense and every conv of the
+# deepest zoo model decomposable.
+MIN_SHARE = 0.002
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A layer whose dense cost (MACs at its input size, or its parameters) is below ``share`` of
+    the model's ``total`` stays dense: whatever rank it gets, its decomposition saves less than
+    that, and a tiny head decomposed at rank 1 costs accuracy for nothing."""
+
+    share: float
+    total: int
+    unit: str  # "MACs" or "parameters"
+
+    def reason(self, space: RankSpace, shape: tuple[int, ...]) -> Optional[str]:
+        """Why a layer of this rank space stays dense, or None when it is large enough."""
+        cost = space.dense_macs(shape) if self.unit == "MACs" else space.dense_params + space.bias
+        if cost >= self.share * self.total:
+            return None
+        return (f"too small to matter: {cost:,} of the model's {self.total:,} {self.unit} ({cost / self.total:.3%}), "
+                f"below min_share {self.share:g}")
 
 
 RULES_NEED_WEIGHTS = ("reads the trained weights' spectra, which a layer trained from scratch does not have "
@@ -226,6 +255,9 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
         first = first or method
         whitening = found.whitening(ctx.whitening)
         space = found.space(module, whitening)
+        small = ctx.floor.reason(space, ctx.shape) if ctx.floor is not None and not ctx.explicit else None
+        if small:
+            return Decision(method=method, skipped=small)
         if isinstance(method.rank, Budget):
             if allocated is None:
                 return Decision(method=first, pending=True, space=space, index=i, passed=tuple(passed))
@@ -287,13 +319,10 @@ class Plan:
 
 
 def decide_all(candidates: Sequence[tuple[str, nn.Module]], methods_for: MethodsFor,
-               context_of: Callable[[str, nn.Module], Context], exact_shapes: bool,
-               min_saving: float = 0.0, total: Optional[int] = None) -> Plan:
+               context_of: Callable[[str, nn.Module], Context], exact_shapes: bool) -> Plan:
     """Decide every layer; layers a ``fc.Budget`` governs are pooled per budget, allocated
     (``factorch.rank.allocate``), then decided with their ranks. ``exact_shapes``: the contexts'
-    shapes are the real input sizes (a MACs budget needs them). ``min_saving``: a layer whose
-    decomposition saves less than this share of ``total`` (the model's MACs with ``exact_shapes``,
-    else its parameters) stays dense (``negligible``), unless the user named it."""
+    shapes are the real input sizes (a MACs budget needs them)."""
     decisions: dict[str, Optional[Decision]] = {}
     pooled: dict[Budget, list[tuple[str, nn.Module, Decision]]] = {}
     for name, module in candidates:
@@ -316,31 +345,4 @@ def decide_all(candidates: Sequence[tuple[str, nn.Module]], methods_for: Methods
         for name, module, d in members:
             decisions[name] = decide(name, module, methods_for(name, module), context_of(name, module),
                                      allocated=ranks, resume=d)
-    if min_saving and total:
-        for name, module in candidates:
-            d, ctx = decisions[name], context_of(name, module)
-            if d is not None and d.proposal is not None and not ctx.explicit:
-                decisions[name] = negligible(d, ctx, min_saving, total, "MACs" if exact_shapes else "parameters")
     return Plan(decisions, pools)
-
-
-# Where a layer is too small to matter (``decompose_``'s ``min_saving``): a share of the model's
-# cost. Measured on the zoo with Tucker-2 + SVD at half the parameters (docs/architecture.md,
-# "Layers too small to matter"): the classifier heads save 0.000-0.003 % of a CIFAR model's MACs
-# and LeNet-5's 0.11 %, while each conv of ResNet-110 saves 0.48 %: 0.2 % leaves the heads dense
-# and every conv of the deepest zoo model decomposed.
-MIN_SAVING = 0.002
-
-
-def negligible(d: Decision, ctx: Context, min_saving: float, total: int, unit: str) -> Decision:
-    """``d``, or (when its saving is below ``min_saving * total``) the same layer left dense with
-    the reason."""
-    if unit == "MACs":
-        saved = d.space.dense_macs(ctx.shape) - d.macs_after
-    else:
-        saved = d.space.dense_params + d.space.bias - d.params_after
-    if saved >= min_saving * total:
-        return d
-    return replace(d, proposal=None, skipped=f"saves {saved:,} of the model's {total:,} {unit} ({saved / total:.3%}), "
-                                             f"below min_saving {min_saving:g}: not worth its approximation error")
-

@@ -177,8 +177,10 @@ def test_state_dict_round_trip_resumes_identically():
     state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)  # plain data
     twin_model = _net()
     twin_model.load_state_dict(model.state_dict())
-    twin = fc.ADMM(twin_model, [fc.Tucker2(0.9), fc.SVD(0.9)], rho_growth=1.5)  # other ranks: the state's win
-    twin.load_state_dict(state)
+    twin = fc.ADMM(twin_model, [fc.Tucker2(0.9), fc.SVD(0.9)], rho_growth=1.5)  # other ranks: refused unless asked
+    with pytest.raises(ValueError, match="keep_saved_ranks"):
+        twin.load_state_dict(state)
+    twin.load_state_dict(state, keep_saved_ranks=True)
     assert twin.ranks == admm.ranks and twin.rho == admm.rho == pytest.approx(0.015)
     admm.update()
     twin.update()

@@ -39,9 +39,10 @@ def test_decompose_whole_model_and_report():
     assert isinstance(model.features[3], TuckerConv2d)
     assert isinstance(model.features[5], SVDConv2d)
     assert isinstance(model.features[7], nn.Conv2d)  # depthwise stays
-    assert isinstance(model.head, SVDLinear)
+    assert isinstance(model.head, nn.Linear)  # 320 of 0.3M MACs: too small to matter (min_share)
     rows = {r.name: r for r in report.rows}
     assert "depthwise" in rows["features.7"].skipped
+    assert rows["head"].skipped.startswith("too small to matter: 320 of the model's ")
     assert rows["features.3"].method == "tucker2" and rows["features.3"].error > 0
     assert rows["features.3"].macs_after < rows["features.3"].macs_before
     assert rows["features.3"].params_after == sum(p.numel() for p in model.features[3].parameters())
@@ -84,7 +85,7 @@ def test_dict_config_exact_regex_default_and_none():
         "features.0": None,
         "re:features\\.(3|9)": fc.CP(8),
         "_default": fc.SVD(0.5),
-    }, example_input=X[:1])
+    }, example_input=X[:1], min_share=0)  # every layer, the small head too
     assert isinstance(model.features[0], nn.Conv2d)
     assert isinstance(model.features[3], CPConv2d) and isinstance(model.features[9], CPConv2d)
     assert isinstance(model.features[5], SVDConv2d) and isinstance(model.head, SVDLinear)
@@ -167,3 +168,29 @@ def test_single_input_channel_conv_is_not_called_depthwise():
     rows = {r.name: r for r in report.rows}
     assert "one input channel" in rows["0"].skipped and "depthwise" not in rows["0"].skipped
     assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], TuckerConv2d)
+
+
+def test_layers_too_small_to_matter_or_all_zero_stay_dense():
+    """A 4-output head (a detector's box regressor) is a sliver of the model's cost: decomposing it
+    at rank 1 buys nothing and costs accuracy; an all-zero head (a zero-initialised classifier) has
+    nothing to approximate. Both stay dense with the reason, unless asked for (min_share=0, or a
+    dict config naming the layer); a budget allocates over the other layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4))
+    zero = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 8 * 8, 10))
+    nn.init.zeros_(zero[2].weight)
+    x = torch.randn(1, 3, 8, 8)
+    total = fc.count(model, x).macs
+    rows = {r.name: r for r in fc.plan(model, fc.SVD(0.5), example_input=x).rows}
+    assert rows["6"].skipped == (f"too small to matter: 256 of the model's {total:,} MACs "
+                                 f"({256 / total:.3%}), below min_share 0.002")
+    assert fc.plan(model, fc.SVD(0.5), example_input=x, min_share=0).rows[-1].decomposed
+    assert fc.plan(model, {"6": fc.SVD(0.5)}, example_input=x).rows[-1].decomposed  # named: the user's call
+    assert fc.plan(model, fc.SVD(0.5), example_input=x, min_share=0.01).rows[-1].skipped.endswith("min_share 0.01")
+    budget = fc.plan(model, [fc.Tucker2(fc.Budget(macs=0.5)), fc.SVD(fc.Budget(macs=0.5))], example_input=x)
+    assert budget.budgets[0].layers == 2 and "too small" in budget.rows[-1].skipped
+    head = fc.plan(zero, fc.SVD(0.5), example_input=x, min_share=0).rows[-1]
+    assert head.skipped == "its weight is all zero (e.g. a zero-initialised head): nothing to approximate"
+    with pytest.raises(ValueError, match=r"min_share must be a share of the model's cost in \[0, 1\), got 1.5"):
+        fc.plan(model, fc.SVD(0.5), example_input=x, min_share=1.5)

@@ -23,7 +23,8 @@ def test_from_scratch_replaces_layers_by_fresh_ones_at_the_asked_ranks():
     torch.manual_seed(0)
     model = _model().double().eval()
     before = {n: m.weight.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight")}
-    report = fc.decompose_(model, [fc.Tucker2(0.25), fc.SVD(4)], example_input=X.double(), from_scratch=True)
+    report = fc.decompose_(model, [fc.Tucker2(0.25), fc.SVD(4)], example_input=X.double(), from_scratch=True,
+                           min_share=0)  # the head too
     assert isinstance(model[2], TuckerConv2d) and isinstance(model[4], TuckerConv2d) and isinstance(model[8], SVDLinear)
     assert model[8].ranks == (4,) and not model[4].training  # eval mode kept, dtype kept
     assert all(p.dtype == torch.float64 for p in model.parameters())
@@ -35,7 +36,7 @@ def test_from_scratch_replaces_layers_by_fresh_ones_at_the_asked_ranks():
     w = before["4"].double()
     assert float((model[4].dense_weight() - w).norm() / w.norm()) > 0.9
     # the same ranks as decomposing would give, and the report is the plan's
-    planned = fc.plan(_model(), [fc.Tucker2(0.25), fc.SVD(4)], example_input=X, from_scratch=True)
+    planned = fc.plan(_model(), [fc.Tucker2(0.25), fc.SVD(4)], example_input=X, from_scratch=True, min_share=0)
     assert [r.ranks for r in planned.rows] == [r.ranks for r in report.rows]
 
 

@@ -172,18 +172,21 @@ def write_markdown(path: Union[str, os.PathLike], title: str, env: Mapping[str, 
     return Path(path)
 
 
-def _csv_cell(value: Any) -> Any:
+def _csv_cell(value: Any, digits: Optional[int] = 6) -> Any:
     if value is None:
         return ""
-    return f"{value:.6g}" if isinstance(value, float) else value
+    if isinstance(value, float) and digits is not None:
+        return f"{value:.{digits}g}"
+    return value
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], *, columns: Optional[Sequence[str]] = None,
-             env: Optional[Mapping[str, Any]] = None) -> str:
+             env: Optional[Mapping[str, Any]] = None, digits: Optional[int] = 6) -> str:
     """Rows (mappings) as CSV. ``columns``: which keys, in order (a row's other keys are left out);
     default: the first row's keys (a later row with another key is a ``ValueError``). A missing key
     is an empty cell. ``env``: constant columns after them (the environment, or a few of its keys).
-    Floats keep 6 significant digits; None is an empty cell."""
+    Floats keep ``digits`` significant digits (None: every digit, e.g. accuracies that other files
+    must match exactly); None is an empty cell."""
     names = list(columns) if columns is not None else (list(rows[0]) if rows else [])
     if columns is None:
         for i, row in enumerate(rows):
@@ -198,14 +201,15 @@ def csv_text(rows: Sequence[Mapping[str, Any]], *, columns: Optional[Sequence[st
     writer = csv.DictWriter(out, fieldnames=names + list(extra), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{k: _csv_cell(row.get(k)) for k in names}, **extra})
+        writer.writerow({**{k: _csv_cell(row.get(k), digits) for k in names}, **extra})
     return out.getvalue()
 
 
 def write_csv(path: Union[str, os.PathLike], rows: Sequence[Mapping[str, Any]], *,
-              columns: Optional[Sequence[str]] = None, env: Optional[Mapping[str, Any]] = None) -> Path:
+              columns: Optional[Sequence[str]] = None, env: Optional[Mapping[str, Any]] = None,
+              digits: Optional[int] = 6) -> Path:
     """Write ``csv_text(rows, ...)`` to ``path``, whole or not at all; returns the path."""
-    atomic_write_text(csv_text(rows, columns=columns, env=env), path)
+    atomic_write_text(csv_text(rows, columns=columns, env=env, digits=digits), path)
     return Path(path)
 
 

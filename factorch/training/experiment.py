@@ -16,11 +16,7 @@ moves alike for both.
 """
 from __future__ import annotations
 
-import csv
-import datetime
-import io
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -28,10 +24,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from factorch.api import reconstruct_
-from factorch.files import atomic_write_text
 from factorch.io import load, read_checkpoint
 from factorch.measure.plots import training_curves
 from factorch.measure.latency import Profiler, compare
+from factorch.measure.results import environment, markdown_table, write_csv, write_markdown
 from factorch.training.config import TrainConfig
 from factorch.distributed import Distributed, pick_device
 from factorch.training.run import CHECKPOINT, FINAL, print_line, train
@@ -86,9 +82,11 @@ def run_experiment(base: TrainConfig, scenarios: Sequence[Scenario], out_dir: st
                 speed = throughput({s.name: out / s.slug / FINAL for s in scenarios}, profiler)
             rows = summarize(histories, {s.name: s for s in scenarios}, speed)
             if dist.is_main:
-                atomic_write_text(_header(base, command, scenarios, profiler) + "\n" + markdown_table(rows) + "\n",
-                                  table)
-                atomic_write_text(csv_text(rows), table_csv)
+                env = environment(pick_device(base.device), command=command or None)
+                write_markdown(table, f"{base.model} on {base.dataset}: decomposition during training", env,
+                               markdown_table(HEAD, [table_cells(r) for r in rows]),
+                               extra=settings_lines(base, scenarios, profiler))
+                write_csv(table_csv, rows, columns=COLUMNS, digits=None)  # accuracies as the metrics log has them
                 training_curves(histories, figure, title=f"{base.model} on {base.dataset}, {base.epochs} epochs")
     finally:
         dist.close()
@@ -160,61 +158,40 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["Scenario", "Best acc", "Final acc", "Acc before -> after decomposition", "Params",
-            "Params (decomposed)", "MACs", "Training time", "Speedup (training time)",
-            "Speedup (throughput)", "Layers decomposed / left dense"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        t = _duration(r["train_seconds"])
-        if r["seconds_before"] is not None:  # "4.77 hr + 0.49 hr" as in Table 1
-            t = f"{_duration(r['seconds_before'])} + {_duration(r['train_seconds'] - r['seconds_before'])}"
-        layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
-        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        steps = f"{r['throughput_speedup']:.2f}x" if r.get("throughput_speedup") else "-"
-        before, after = r["acc_before_dec"], r["acc_after_dec"]
-        drop = "-" if after is None else f"{100 * after:.2f}%" if before is None else \
-            f"{100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f})"
-        lines.append("| " + " | ".join([r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%",
-                                        drop, _num(r["params"]), _num(r["params_decomposed"]), _num(r["macs"]), t, speed,
-                                        steps, layers]) + " |")
-    return "\n".join(lines)
+HEAD = ["Scenario", "Best acc", "Final acc", "Acc before -> after decomposition", "Params", "Params (decomposed)",
+        "MACs", "Training time", "Speedup (training time)", "Speedup (throughput)", "Layers decomposed / left dense"]
 
 
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
-    return buf.getvalue()
+def table_cells(r: dict[str, Any]) -> list[str]:
+    """One row of the Markdown table, formatted as Elhoushi et al.'s tables (percent, "4.77 h + 0.49 h")."""
+    t = _duration(r["train_seconds"])
+    if r["seconds_before"] is not None:  # "4.77 hr + 0.49 hr" as in Table 1
+        t = f"{_duration(r['seconds_before'])} + {_duration(r['train_seconds'] - r['seconds_before'])}"
+    layers = f"{r['decomposed_layers']} / {r['dense_layers']}" if r["decomposed_layers"] is not None else "-"
+    speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+    steps = f"{r['throughput_speedup']:.2f}x" if r.get("throughput_speedup") else "-"
+    before, after = r["acc_before_dec"], r["acc_after_dec"]
+    drop = "-" if after is None else f"{100 * after:.2f}%" if before is None else \
+        f"{100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f})"
+    return [r["scenario"], f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%", drop, _num(r["params"]),
+            _num(r["params_decomposed"]), _num(r["macs"]), t, speed, steps, layers]
 
 
-def _header(cfg: TrainConfig, command: str, scenarios: Sequence[Scenario] = (),
-            profiler: Optional[Profiler] = None) -> str:
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else platform.processor() or platform.machine()
-    lines = [f"# {cfg.model} on {cfg.dataset}: decomposition during training",
-             "",
-             f"- device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
-             f"- date: {datetime.date.today().isoformat()}",
-             f"- settings: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr} (x0.1 at "
+def settings_lines(cfg: TrainConfig, scenarios: Sequence[Scenario] = (), profiler: Optional[Profiler] = None
+                   ) -> list[str]:
+    """The results file's lines below the environment header: the run's settings, how the two
+    speed-ups are measured, and each scenario's events with their own settings."""
+    lines = [f"settings: {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr} (x0.1 at "
              f"{', '.join(f'{m:g}' for m in cfg.milestones)} of the epochs), momentum {cfg.momentum}, "
              f"weight decay {cfg.weight_decay}, subset {cfg.subset or 'none'}, seed {cfg.seed}",
-             "- training time: training passes plus the events (decomposition, reconstruction, ADMM updates), "
+             "training time: training passes plus the events (decomposition, reconstruction, ADMM updates), "
              "without test evaluation; speedup (training time): the original's over the scenario's (wall clock, "
              "moves with the machine's load)"]
     if profiler is not None:
         threads = f"{profiler.threads} CPU thread(s)" if profiler.threads else f"{torch.get_num_threads()} CPU threads"
-        lines.append(f"- speedup (throughput): one training step (forward+backward, batch {profiler.batch or 1}) of the "
+        lines.append(f"speedup (throughput): one training step (forward+backward, batch {profiler.batch or 1}) of the "
                      f"dense model over the scenario's final model, timed side by side in one process after "
                      f"training (interleaved, {profiler.warmup} warm-up calls, median of {profiler.runs}, "
                      f"{threads}); a dense final model shows the measurement's noise")
-    for s in scenarios:  # each event's own settings (methods, ranks, ...)
-        if s.events:
-            lines.append(f"- {s.name}: {', '.join(repr(e) for e in s.events)}")
-    if command:
-        lines.append(f"- command: `{command}`")
-    return "\n".join(lines) + "\n"
+    lines += [f"{s.name}: {', '.join(repr(e) for e in s.events)}" for s in scenarios if s.events]
+    return lines

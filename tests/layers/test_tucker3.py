@@ -152,7 +152,7 @@ def test_public_names_and_whole_model(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     report = fc.decompose_(model, [fc.Tucker3(0.3), fc.SVD(0.5)], example_input=x[:1])
     assert isinstance(model.layer2[1].conv1, Tucker3Conv2d) and all(r.decomposed for r in report.rows[1:-1])
-    assert "below min_saving" in report.rows[-1].skipped  # the 64 -> 10 head: too small to matter
+    assert "below min_share" in report.rows[-1].skipped  # the 64 -> 10 head: too small to matter
     assert fc.count(model, x[:1]).macs == sum(r.macs_after if r.decomposed else r.macs_before for r in report.rows)
     fc.save(model, tmp_path / "t3.pt")
     assert torch.equal(fc.load(tmp_path / "t3.pt").eval()(x), model.eval()(x))

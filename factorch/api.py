@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
+import factorch.handlers  # noqa: F401  (fills the registry)
 from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
 from factorch.measure.count import count, layer_macs, probe
 from factorch.calibration.safety import select, weight_error

@@ -25,6 +25,7 @@ from torch import nn
 
 from factorch.files import atomic_save
 from factorch.layers.base import FactorizedLayer
+from factorch.models.spec import ModelSpec
 from factorch.surgery import get_module, swap, walk
 
 FORMAT, VERSION = "factorch", 1
@@ -147,9 +148,20 @@ def _architecture(arch: Any, source: str) -> Callable[[], nn.Module]:
         raise CheckpointError(f"{source!r} stores no architecture (saved from a model factorch did not build): pass "
                               "--model NAME|pkg.module:function|file.py:function with this file as --weights (in "
                               "Python: fc.load(path, model=your_model))")
-    from factorch.models.spec import ModelSpec
+    try:
+        spec = ModelSpec.from_record(arch, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if spec.source == "code":
+        raise CheckpointError(spec.refusal(source))
 
-    return ModelSpec.from_record(arch, source).rebuilder(source)
+    def build() -> nn.Module:
+        try:
+            return spec.build()
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{source!r}: cannot build its architecture {spec.text}: {e}") from None
+
+    return build
 
 
 def load_weights(model: nn.Module, state: Any, source: str) -> None:

@@ -74,3 +74,55 @@ def test_the_closure_sees_what_a_plain_install_lacks():
     closure = declared_closure()
     assert {"torch", "numpy", "tensorly"} <= closure
     assert not {"pytest", "tqdm", "matplotlib", "pillow", "onnx"} & closure
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the factorch modules it imports (at module level or inside functions; not under
+    ``TYPE_CHECKING``), each resolved to the module that defines it."""
+    import ast
+
+    modules = {".".join(f.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): f
+               for f in package.rglob("*.py")}
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, file in modules.items():
+        tree = ast.parse(file.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in
+                       ast.unparse(node.test) for b in node.body for n in ast.walk(b)}
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("factorch"):
+                found |= {owner(node.module)} | {owner(f"{node.module}.{a.name}") for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {owner(a.name) for a in node.names if a.name.startswith("factorch")}
+        graph[name] = found - {name, ""}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    """Dependencies point one way (decompositions <- layers <- registry <- api <- training <- cli):
+    no module imports, even lazily, a module that imports it back."""
+    graph = _imports(ROOT / "factorch")
+    seen, done, path = set(), set(), []
+
+    def visit(module: str) -> None:
+        seen.add(module)
+        path.append(module)
+        for dep in sorted(graph[module]):
+            assert dep not in path, "import cycle: " + " -> ".join(path[path.index(dep):] + [dep])
+            if dep not in seen:
+                visit(dep)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module)
+    assert "factorch.training.config" in graph and graph["factorch.api"]  # the walk saw the package

@@ -18,42 +18,17 @@ the count for that data directory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from dataclasses import replace
+from typing import Optional
 
 from torch.utils.data import Dataset
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: Optional[int]  # None: counted from the files (``info(name, root)``)
-    in_channels: int
-    input_size: tuple[int, int]  # (H, W) of the loaded images unless ``size`` is given
-    default_root: Optional[str]  # where the files usually are; None when bundled or user-given
-
-
-Loader = Callable[..., Dataset]
-ClassCounter = Callable[[Optional[str]], int]
-_DATASETS: dict[str, tuple[DatasetInfo, Loader, Optional[ClassCounter]]] = {}
-
-
-def register_dataset(info_: DatasetInfo, count_classes: Optional[ClassCounter] = None) -> Callable[[Loader], Loader]:
-    """Decorator: ``loader(root, train, augment, size) -> Dataset`` registered under ``info_.name``;
-    ``count_classes(root)`` when ``info_.num_classes`` is None (the files decide)."""
-    if (info_.num_classes is None) != (count_classes is not None):
-        raise ValueError(f"dataset {info_.name!r}: give num_classes or count_classes, exactly one")
-
-    def add(loader: Loader) -> Loader:
-        _DATASETS[info_.name] = (info_, loader, count_classes)
-        return loader
-
-    return add
+from factorch.data.registry import DATASETS, ClassCounter, DatasetInfo, Loader, register_dataset
 
 
 def list_datasets() -> list[str]:
     _load_builtin()
-    return sorted(_DATASETS)
+    return sorted(DATASETS)
 
 
 def info(name: str, root: Optional[str] = None) -> DatasetInfo:
@@ -89,9 +64,9 @@ def load(name: str, root: Optional[str] = None, train: bool = True, subset: Opti
 
 def _entry(name: str) -> tuple[DatasetInfo, Loader, Optional[ClassCounter]]:
     _load_builtin()
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name]
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
 
 
 def _load_builtin() -> None:

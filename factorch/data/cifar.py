@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from factorch.data import DatasetInfo, register_dataset
+from factorch.data.registry import DatasetInfo, register_dataset
 from factorch.data.arrays import ArrayDataset, check_labels
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from factorch.data import DatasetInfo, register_dataset
+from factorch.data.registry import DatasetInfo, register_dataset
 from factorch.data.arrays import ArrayDataset
 
 

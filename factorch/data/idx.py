@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from factorch.data import DatasetInfo, register_dataset
+from factorch.data.registry import DatasetInfo, register_dataset
 from factorch.data.arrays import ArrayDataset, check_labels
 
 FILES = {

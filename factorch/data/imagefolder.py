@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from factorch.data import DatasetInfo, register_dataset
+from factorch.data.registry import DatasetInfo, register_dataset
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -6,44 +6,22 @@ by name and ``factorch.load`` can rebuild it without executing pickled code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    builder: Callable[..., nn.Module]
-    input_size: tuple[int, int]  # default (H, W) of one example
-    description: str
-
-
-_MODELS: dict[str, ModelEntry] = {}
-
-
-def register_model(name: str, input_size: tuple[int, int] = (32, 32), description: str = "") -> Callable:
-    """Decorator registering ``builder(num_classes, in_channels) -> nn.Module`` under ``name``."""
-
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[name] = ModelEntry(name, builder, input_size, description or (builder.__doc__ or "").strip())
-        return builder
-
-    return add
+from factorch.models.registry import MODELS, ModelEntry, register_model
 
 
 def list_models() -> list[str]:
     _load_builtin()
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; ``ValueError`` lists the known names."""
     _load_builtin()
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(_MODELS))}")
-    return _MODELS[name]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    return MODELS[name]
 
 
 def create(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:

@@ -9,7 +9,7 @@ import importlib.util
 
 from torch import nn
 
-from factorch.models import register_model
+from factorch.models.registry import register_model
 
 AVAILABLE = importlib.util.find_spec("torchvision") is not None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorch.models import register_model
+from factorch.models.registry import register_model
 
 
 class PadShortcut(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorch.models import register_model
+from factorch.models.registry import register_model
 
 
 class LeNet5(nn.Module):

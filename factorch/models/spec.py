@@ -141,10 +141,8 @@ class ModelSpec:
     def from_record(cls, arch: Any, source: str) -> "ModelSpec":
         """The spec a checkpoint records (``record``), its fields checked: a crafted file must not
         reach a constructor with values of the wrong kind."""
-        from factorch.io import CheckpointError
-
         if not isinstance(arch, dict):
-            raise CheckpointError(f"{source!r}: malformed architecture entry {arch!r}")
+            raise ValueError(f"{source!r}: malformed architecture entry {arch!r}")
         try:
             if "source" not in arch:  # a zoo model (also every checkpoint written before other sources)
                 name, num_classes, in_channels = arch["name"], arch["num_classes"], arch["in_channels"]
@@ -157,27 +155,15 @@ class ModelSpec:
                 raise ValueError("unknown source")
             return cls(kind, name, plain_kwargs(kwargs, "its kwargs"))
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{source!r}: malformed architecture entry {arch!r} ({e})") from None
+            raise ValueError(f"{source!r}: malformed architecture entry {arch!r} ({e})") from None
 
-    def rebuilder(self, source: str) -> Callable[[], nn.Module]:
-        """How ``fc.load`` rebuilds this architecture from a checkpoint alone: zoo, torchvision and
-        timm models; never the user's code (see the module docstring)."""
-        from factorch.io import CheckpointError
-
-        if self.source == "code":
-            args = json.dumps(self.kwargs) if self.kwargs else ""
-            raise CheckpointError(
-                f"{source!r} was built by your code ({self.name}); factorch never runs code that a file names: pass "
+    def refusal(self, source: str) -> str:
+        """Why a checkpoint of a model built by the user's code is not rebuilt from the file, and
+        what to pass instead (see the module docstring)."""
+        args = json.dumps(self.kwargs) if self.kwargs else ""
+        return (f"{source!r} was built by your code ({self.name}); factorch never runs code that a file names: pass "
                 f"--model {self.name}" + (f" --model-args '{args}'" if args else "") +
                 " (in Python: fc.load(path, model=your_model))")
-
-        def build() -> nn.Module:
-            try:
-                return self.build()
-            except (ValueError, RuntimeError) as e:
-                raise CheckpointError(f"{source!r}: cannot build its architecture {self.text}: {e}") from None
-
-        return build
 
 
 def parse_model_args(text: Optional[str]) -> dict[str, Any]:

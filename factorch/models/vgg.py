@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from factorch.models import register_model
+from factorch.models.registry import register_model
 
 CONFIGS: dict[str, list] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],

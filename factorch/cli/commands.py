@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 import factorch as fc
+from factorch.registry import MIN_SHARE
 from factorch.cli.common import add_calibration_args, add_decomposition_args, add_model_args, add_timing_args, \
     calibration_flags_given, calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
 
@@ -17,6 +18,9 @@ def add_decompose(sub: argparse._SubParsersAction) -> None:
                    help="leave layers whose name fully matches REGEX dense (repeatable)")
     p.add_argument("--keep-if-faster", action="store_true",
                    help="time each layer dense and factorized (--device, --batch) and keep the faster")
+    p.add_argument("--min-share", type=float, default=MIN_SHARE, metavar="S",
+                   help=f"leave dense the layers whose cost is below this share of the model's MACs (default "
+                        f"{MIN_SHARE:g}; 0: every layer a method handles)")
     add_timing_args(p, batch=1)
     p.add_argument("--calibration", metavar="DATASET",
                    help="fit the factors to the outputs on this data set's training images (data-aware, with a "
@@ -51,7 +55,7 @@ def run_decompose(args: argparse.Namespace) -> int:
     keep = exclude_filter(args.exclude, loaded.model)
     timing = profiler_from(args) if args.keep_if_faster else False
     report = fc.decompose_(loaded.model, methods, filter_fn=keep, example_input=loaded.example_input(),
-                           keep_if_faster=timing, calibration=calibration)
+                           keep_if_faster=timing, calibration=calibration, min_share=args.min_share)
     print(report)
     require_decomposed(report, f"nothing was written to {args.output}")  # an unchanged copy is no result
     fc.save(loaded.model, args.output, meta={"input_shape": list(loaded.input_shape)})

@@ -42,7 +42,7 @@ class CPConv2d(FactorizedConv):
         self.last = nn.Conv2d(gr, spec.out_channels, 1, groups=g, bias=spec.bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         """From scratch (zero-mean uniform factors): ``Var B = 1/C``, ``Var P = 1/kh``, ``Var Q = 1/kw``
         keep the variance through the first three convs and ``Var A = 1/(3R)``, so the kernel (a sum of R products) has
         ``Var = 1 / (3 C kh kw)``, the default init of the dense conv (per group)."""

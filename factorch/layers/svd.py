@@ -42,7 +42,7 @@ class SVDLinear(FactorizedLayer):
         self.last = nn.Linear(rank, out_features, bias=bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         _init(self.first.weight, self.last.weight, self.last.bias, self.in_features, self.rank)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -124,7 +124,7 @@ class SVDConv2d(FactorizedConv):
         self.last = nn.Conv2d(g * rank, spec.out_channels, 1, groups=g, bias=spec.bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         _init(self.first.weight, self.last.weight, self.last.bias, self.config.in_channels // self.config.groups,
               self.rank)
 

@@ -148,7 +148,7 @@ class TTConv2d(FactorizedConv):
         self.bias = nn.Parameter(torch.zeros(spec.out_channels)) if spec.bias else None
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         """From scratch: every core entry zero-mean uniform with variance ``s^2``,
         ``s^(2D) prod_k r_k = 1 / (3 C kh kw)`` (D cores): a
         kernel entry is a sum of ``prod r_k`` products of D independent entries, so it has the

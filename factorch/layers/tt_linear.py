@@ -118,7 +118,7 @@ class TTLinear(FactorizedLayer):
         """(M', N'): the sizes the cores factor (>= out_features, in_features)."""
         return math.prod(self.out_shape), math.prod(self.in_shape)
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         """Core entries zero-mean uniform with variance ``s^2``, ``s^(2d) prod_k r_k = 1 / (3 N)``: a
         TT-matrix entry is a sum of ``prod r_k`` products of d independent entries, so
         ``Var W_ij = 1 / (3 N)`` as in ``nn.Linear``'s default (uniform +-1/sqrt(N)), and entries are

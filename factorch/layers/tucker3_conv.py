@@ -86,7 +86,7 @@ class Tucker3Conv2d(FactorizedConv):
         self.last = nn.Conv2d(g * r_out, spec.out_channels, 1, groups=g, bias=spec.bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         """From scratch (zero-mean uniform factors): ``Var W_C = 1/C``, ``Var W_D = 1/D'``,
         ``Var W_N = 1/N'`` and ``Var G = 1/(3 C' D)``, so the kernel (a sum of N' C' D' products) has
         ``Var = 1 / (3 C D)``, the default init of the dense conv (per group); the rebuilt kxk

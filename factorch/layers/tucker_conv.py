@@ -39,7 +39,7 @@ class TuckerConv2d(FactorizedConv):
         self.last = nn.Conv2d(g * r_out, spec.out_channels, 1, groups=g, bias=spec.bias)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def init_factors(self) -> None:
         """From scratch (zero-mean uniform factors): ``Var V = 1/C`` and ``Var U = 1/R_out`` keep the variance through the
         1x1s, the core has the default variance of a kxk conv over R_in channels, so the kernel
         ``W = G x_0 U x_1 V`` (a sum of R_out R_in products) has ``Var = 1 / (3 C kh kw)``, the default

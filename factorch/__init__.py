@@ -22,6 +22,7 @@ from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
 from factorch.measure.latency import Latency, Profiler
 from factorch.rank import EVBMF, Budget, Energy, Tolerance, evbmf
+from factorch.training.distillation import distillation_loss
 from factorch.report import BudgetResult, LayerReport, Report
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "Tucker3",
     "count",
     "decompose_",
+    "distillation_loss",
     "evbmf",
     "export",
     "layers",

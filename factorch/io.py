@@ -164,6 +164,20 @@ def _architecture(arch: Any, source: str) -> Callable[[], nn.Module]:
     return build
 
 
+def load_into(model: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with the weights of ``path``: a factorch checkpoint (its factorization applied to
+    a copy of ``model``: ``load(path, model=model)``), a state_dict, or a training checkpoint
+    holding one under ``"state_dict"``. Returns the model and the checkpoint's ``meta`` ({} for a
+    state_dict). Weights that do not fit are one ``CheckpointError`` and ``model`` is untouched."""
+    state = read_checkpoint(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return load(path, model=model), dict(state.get("meta") or {})
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a common training-checkpoint layout
+    load_weights(model, state, str(path))
+    return model, {}
+
+
 def load_weights(model: nn.Module, state: Any, source: str) -> None:
     """``model.load_state_dict(state)`` after checking names and shapes, so a mismatch is one line
     naming the first offending keys (and the model is not touched)."""

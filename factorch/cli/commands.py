@@ -111,9 +111,10 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 from factorch.cli.bench import add_bench  # noqa: E402  (the measuring subcommands)
+from factorch.cli.compress import add_compress  # noqa: E402
 from factorch.cli.export import add_export  # noqa: E402
 from factorch.cli.sweep import add_sweep  # noqa: E402
 from factorch.cli.train import add_experiment, add_train  # noqa: E402  (the training subcommands)
 
-COMMANDS = [add_decompose, add_count, add_reconstruct, add_export, add_models, add_train, add_experiment, add_sweep,
-            add_bench]
+COMMANDS = [add_decompose, add_count, add_reconstruct, add_export, add_models, add_train, add_experiment, add_compress,
+            add_sweep, add_bench]

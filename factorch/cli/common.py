@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import factorch as fc
-from factorch.io import load_weights, read_checkpoint
+from factorch.io import load_into, read_checkpoint
 from factorch.models.spec import ModelSpec, parse_model_args
 from factorch.selection import exclude_filter  # noqa: F401  (the one --exclude parser, for every subcommand)
 
@@ -77,14 +77,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
     model = spec.build(args.num_classes, args.in_channels)
     shape = None
     if weights:
-        state = read_checkpoint(weights)
-        if isinstance(state, dict) and state.get("format") == "factorch":
-            model = fc.load(weights, model=model)
-            shape = (state.get("meta") or {}).get("input_shape")
-        else:
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]  # common training-checkpoint layout
-            load_weights(model, state, weights)
+        model, meta = load_into(model, weights)
+        shape = meta.get("input_shape")
     if shape is None:
         shape = spec.input_shape()
         if shape is not None and spec.source == "zoo" and args.in_channels:

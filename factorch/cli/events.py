@@ -10,18 +10,24 @@ configured event has is an error, never silently ignored.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from factorch.cli.common import parse_methods, parse_rank
 from factorch.training.events import EVENTS, Event, Option
 
 
 def _options() -> list[Option]:
-    """Every option of a registered event class, once (shared options are one flag)."""
+    """Every option of a registered event class, once (a shared option is one flag)."""
     found: list[Option] = []
     for cls in EVENTS.values():
         found += [o for o in cls.cli_options() if o.flag not in {f.flag for f in found}]
     return found
+
+
+def _dest(o: Option) -> str:
+    """Where argparse puts an option: named after its flag (two classes may have a setting of one
+    name, e.g. a ``weight``, under different flags)."""
+    return o.flag.lstrip("-").replace("-", "_")
 
 
 def _flag_dest(cls: type[Event]) -> str:
@@ -29,11 +35,11 @@ def _flag_dest(cls: type[Event]) -> str:
 
 
 def flag_of(dest: str) -> str:
-    """The flag that sets ``args.<dest>`` (an event's flag or option; else ``--dest-with-dashes``)."""
+    """The flag that sets ``args.<dest>`` (an event's flag; else ``--dest-with-dashes``)."""
     for cls in EVENTS.values():
         if cls.flag and dest == _flag_dest(cls):
             return cls.flag
-    return next((o.flag for o in _options() if o.field == dest), "--" + dest.replace("_", "-"))
+    return "--" + dest.replace("_", "-")
 
 
 def add_event_args(p: argparse.ArgumentParser, with_flags: bool) -> None:
@@ -50,33 +56,38 @@ def add_event_args(p: argparse.ArgumentParser, with_flags: bool) -> None:
     g = p.add_argument_group("event settings (each applies to the events that have it)")
     for o in _options():
         if o.switch:
-            g.add_argument(o.flag, dest=o.field, action=argparse.BooleanOptionalAction, default=None, help=o.help)
+            g.add_argument(o.flag, dest=_dest(o), action=argparse.BooleanOptionalAction, default=None, help=o.help)
         elif o.field == "exclude":  # a tuple setting: the flag is repeated
-            g.add_argument(o.flag, dest=o.field, action="append", metavar=o.metavar, help=o.help)
+            g.add_argument(o.flag, dest=_dest(o), action="append", metavar=o.metavar, help=o.help)
         else:
-            g.add_argument(o.flag, dest=o.field, type=o.type, metavar=o.metavar, help=o.help)
+            g.add_argument(o.flag, dest=_dest(o), type=o.type, metavar=o.metavar, help=o.help)
 
 
-def event_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What the command line gives every event: ``methods`` from ``--method``/``--rank``, and each
-    option's value (its ``cli_default`` when absent; None: the class's default)."""
-    settings: dict[str, Any] = {"methods": tuple(parse_methods(args.method, parse_rank(args.rank)))}
-    for o in _options():
-        value = getattr(args, o.field, None)
-        if isinstance(value, list):
-            value = tuple(value)
-        settings[o.field] = o.cli_default if value is None else value
-    return settings
+def settings_for(args: argparse.Namespace) -> Callable[[type[Event]], dict[str, Any]]:
+    """What the command line gives an event class: ``methods`` from ``--method``/``--rank``, and the
+    value of each of its options (the option's ``cli_default`` when absent; None: the class's own
+    default)."""
+    methods = tuple(parse_methods(args.method, parse_rank(args.rank)))
+
+    def of(cls: type[Event]) -> dict[str, Any]:
+        settings: dict[str, Any] = {"methods": methods}
+        for o in cls.cli_options():
+            value = getattr(args, _dest(o), None)
+            settings[o.field] = o.cli_default if value is None else tuple(value) if isinstance(value, list) else value
+        return settings
+
+    return of
 
 
-def events_from_flags(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[Event, ...]:
+def events_from_flags(args: argparse.Namespace) -> tuple[Event, ...]:
     """The events ``factorch train``'s flags ask for, in registration order."""
+    settings = settings_for(args)
     events = []
     for cls in EVENTS.values():
         value = getattr(args, _flag_dest(cls), None) if cls.flag else None
         if value is None or value is False:
             continue
-        events.append(cls.spelled(value if cls.takes_epoch else None, settings))
+        events.append(cls.spelled(value if cls.takes_epoch else None, settings(cls)))
     return tuple(events)
 
 
@@ -86,10 +97,10 @@ def unused_options(args: argparse.Namespace, events: Sequence[Event], scenarios:
     (experiment)."""
     unused: dict[tuple[type[Event], ...], list[str]] = {}
     for o in _options():
-        if getattr(args, o.field, None) is None:
+        if getattr(args, _dest(o), None) is None:
             continue
         owners = tuple(cls for cls in EVENTS.values() if o in cls.cli_options())
-        if not any(o.field in e.settings() for e in events):
+        if not any(isinstance(e, owners) for e in events):
             unused.setdefault(owners, []).append(o.flag)
     if not unused:
         return None

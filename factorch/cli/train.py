@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from factorch.cli.common import MODEL_HELP, add_decomposition_args
-from factorch.cli.events import add_event_args, event_settings, events_from_flags, flag_of, unused_options
+from factorch.cli.events import add_event_args, events_from_flags, flag_of, settings_for, unused_options
 from factorch.distributed import is_main_process
 from factorch.models.spec import parse_model_args
 from factorch.training import TrainConfig, train
@@ -16,26 +16,32 @@ from factorch.training.scenarios import forms, parse_scenarios
 PAPER_SCENARIOS = "the paper's: original, dec@5%%, dec@10%%, dec@5%%+rec@95%%, original-then-dec+20%% of the epochs"
 
 
-def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
+def add_data_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """The model (and the trained weights to start from) and the data set."""
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", required=True, help=MODEL_HELP)
+    g.add_argument("--model", required=model_required, help=MODEL_HELP)
     g.add_argument("--model-args", metavar="ARGS",
                    help="keyword arguments of --model's function: key=value,... or a JSON object")
+    g.add_argument("--weights", metavar="FILE",
+                   help="start from these trained weights (a state_dict or a factorch checkpoint) instead of a "
+                        "random init")
     g.add_argument("--dataset", default="digits", help="digits (bundled, default), fashion-mnist, mnist, cifar10, imagefolder")
     g.add_argument("--data-dir", help="the dataset's files (default: the dataset's usual place)")
     g.add_argument("--subset", type=int, help="use N training and N test examples (quick runs)")
     g.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    g = p.add_argument_group("optimization (defaults: Elhoushi et al. 2019's)")
-    g.add_argument("--epochs", type=int, default=200, help="epochs (default 200)")
+
+
+def add_optimizer_args(g: argparse._ArgumentGroup, lr: float = 0.1) -> None:
+    """SGD's settings (the epochs are the caller's: ``train``'s --epochs, ``compress``'s phases)."""
     g.add_argument("--batch-size", type=int, default=128, help="global batch size (default 128)")
-    g.add_argument("--lr", type=float, default=0.1, help="initial LR, /10 at 50%% and 75%% of the epochs (default 0.1)")
+    g.add_argument("--lr", type=float, default=lr, help=f"initial LR, /10 at 50%% and 75%% of the epochs (default {lr:g})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds the initialisation, data order and augmentation (default 0; same seed, same run)")
-    g = p.add_argument_group("decomposition (every event that decomposes)")
-    add_decomposition_args(g, method="tucker2", rank="evbmf")
-    add_event_args(p, with_flags=command == "train")
+
+
+def add_execution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
@@ -46,9 +52,21 @@ def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run(s) in --out from the last finished epoch")
 
 
+def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
+    add_data_args(p)
+    g = p.add_argument_group("optimization (defaults: Elhoushi et al. 2019's)")
+    g.add_argument("--epochs", type=int, default=200, help="epochs (default 200)")
+    add_optimizer_args(g)
+    g = p.add_argument_group("decomposition (every event that decomposes)")
+    add_decomposition_args(g, method="tucker2", rank="evbmf")
+    add_event_args(p, with_flags=command == "train")
+    add_execution_args(p)
+
+
 def _config(args: argparse.Namespace, events: tuple = ()) -> TrainConfig:
     return TrainConfig(
-        model=args.model, model_args=parse_model_args(args.model_args), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+        model=args.model, model_args=parse_model_args(args.model_args), weights=args.weights, dataset=args.dataset,
+        data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         subset=args.subset, augment=not args.no_augment, amp=args.amp, channels_last=args.channels_last,
         device=args.device, workers=args.workers, seed=args.seed, events=events)
@@ -88,8 +106,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    settings = event_settings(args)
-    events = events_from_flags(args, settings)
+    events = events_from_flags(args)
     unused = unused_options(args, events)
     if unused:
         raise ValueError(unused)
@@ -125,7 +142,7 @@ def paper_scenarios(epochs: int) -> str:
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
     base = _config(args)
-    scenarios = parse_scenarios(args.scenarios or paper_scenarios(args.epochs), args.epochs, event_settings(args))
+    scenarios = parse_scenarios(args.scenarios or paper_scenarios(args.epochs), args.epochs, settings_for(args))
     unused = unused_options(args, [e for s in scenarios for e in s.events], scenarios=True)
     if unused:
         raise ValueError(unused)

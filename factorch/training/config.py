@@ -46,7 +46,9 @@ class TrainConfig:
 
     ``model``: any ``--model`` spelling (``factorch.models.spec``: a zoo name, ``torchvision:NAME``,
     ``pkg.module:function``, ...) with ``model_args`` its keyword arguments; the dataset gives the
-    classes and input channels.
+    classes and input channels. ``weights``: start from these trained weights (a state_dict or a
+    factorch checkpoint, ``io.load_into``) instead of a random init: the model then is the teacher
+    of a distillation event and the start of ADMM and fine-tuning (``factorch compress``).
 
     ``epochs`` is the number of epochs run; ``schedule_epochs`` (default ``epochs``) the length the
     LR milestones are fractions of: "original-then-dec+E" runs ``epochs + E`` epochs on the
@@ -60,6 +62,7 @@ class TrainConfig:
 
     model: str = "vgg19"
     model_args: dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
     dataset: str = "digits"
     data_dir: Optional[str] = None
     epochs: int = 200
@@ -145,7 +148,7 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     level) gets its events as ``describe()`` gives them, in the order those runs built them
     (decompose, reconstruct, then the others). Today's configs are returned unchanged."""
     if "decompose_at" not in config and "methods" not in config:
-        return {"model_args": {}, **config, "events": list(config.get("events", []))}
+        return {"model_args": {}, "weights": None, **config, "events": list(config.get("events", []))}
     old = dict(config)
     shared = {"methods": list(old.get("methods", [])), "first_conv": bool(old.get("first_conv", False)),
               "exclude": list(old.get("exclude", []))}
@@ -165,4 +168,4 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
         events.append(e)
     for key in ("decompose_at", "reconstruct_at", *_OLD_SETTINGS):
         old.pop(key, None)
-    return {"model_args": {}, **old, "events": events}
+    return {"model_args": {}, "weights": None, **old, "events": events}

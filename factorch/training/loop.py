@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -49,6 +50,16 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One training step's batch, for the events' loss terms: the ``inputs`` (B, ...), the model's
+    ``outputs`` (B, classes; with the graph) and the ``targets`` (B,)."""
+
+    inputs: Tensor
+    outputs: Tensor
+    targets: Tensor
+
+
 CHECK_EVERY = 16  # steps between reads of the non-finite-loss flag on a GPU (a read waits for the device)
 
 
@@ -59,7 +70,7 @@ class TrainingDiverged(RuntimeError):
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                 device: Optional[torch.device | str] = None, scaler: Optional[Any] = None,
                 scheduler: Optional[Any] = None, *, amp: bool = False, channels_last: bool = False,
-                desc: str = "train", extra_loss: Optional[Callable[[], Optional[Tensor]]] = None,
+                desc: str = "train", extra_loss: Optional[Callable[[Batch], Optional[Tensor]]] = None,
                 after_step: Optional[Callable[[], None]] = None, stop_on_nonfinite: bool = True
                 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader`` with cross-entropy; returns
@@ -68,8 +79,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
 
     ``scaler``: a ``torch.amp.GradScaler`` (float16 AMP); ``scheduler``: stepped after every
     optimizer step (per-batch schedules; an epoch schedule is the caller's); ``device``: default
-    the model's. ``extra_loss()``: a term added to every batch's loss before the backward pass
-    (e.g. ``fc.ADMM.penalty``; None: nothing); the reported loss is the cross-entropy alone.
+    the model's. ``extra_loss(batch)``: a term added to every batch's loss before the backward
+    pass, given the ``Batch`` (e.g. ``fc.ADMM.penalty``, a distillation term; None: nothing),
+    computed under the same autocast; the reported loss is the cross-entropy alone.
     ``after_step()``: called after every optimizer step. Loss and accuracy are summed on the
     device and read once (no per-batch sync). A non-finite loss is flagged on the device too; with
     ``stop_on_nonfinite`` the pass ends at the first one (checked every step on the CPU, every
@@ -90,7 +102,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         with autocast(device, amp):
             out = model(x)                                   # (B, classes)
             loss = F.cross_entropy(out, y)
-        term = extra_loss() if extra_loss is not None else None
+            term = extra_loss(Batch(x, out, y)) if extra_loss is not None else None
         total = loss if term is None else loss + term
         optimizer.zero_grad(set_to_none=True)
         if use_scaler:

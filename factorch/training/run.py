@@ -30,14 +30,14 @@ from factorch import data as fdata
 from factorch.measure.count import count
 from factorch.models.spec import ModelSpec
 from factorch.files import LOCK_FILE, DirectoryLocked, append_text, atomic_write_text
-from factorch.io import CheckpointError, apply_spec, load_weights, save
+from factorch.io import CheckpointError, apply_spec, load_into, load_weights, save
 from factorch.training.checkpoint import (config_mismatch, load_run, rng_state, save_run, seed_everything,
                                           set_rng_state)
 from factorch.training.config import RUNTIME_ONLY, TrainConfig, first_event_epoch, upgrade_config
 from factorch.distributed import Distributed
 from factorch.training.events import Change, Event, RunContext
 from factorch.training.handoff import make_optimizer, rebuild_optimizer
-from factorch.training.loop import (TrainingDiverged, count_correct, to_memory_format, train_epoch,
+from factorch.training.loop import (Batch, TrainingDiverged, count_correct, to_memory_format, train_epoch,
                                     uses_channels_last)
 
 
@@ -101,10 +101,18 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     train_set = fdata.load(cfg.dataset, cfg.data_dir, train=True, subset=cfg.subset, augment=cfg.augment, seed=cfg.seed)
     test_set = fdata.load(cfg.dataset, cfg.data_dir, train=False, subset=cfg.subset, seed=cfg.seed)
     device = dist.device
-    model = ModelSpec.parse(cfg.model, cfg.model_args).build(meta.num_classes, meta.in_channels).to(device)
+    spec = ModelSpec.parse(cfg.model, cfg.model_args)
+
+    def start_model() -> torch.nn.Module:  # the model the run starts from: a random init, or the given weights
+        model = spec.build(meta.num_classes, meta.in_channels)
+        return load_into(model, cfg.weights)[0] if cfg.weights else model
+
+    model = start_model().to(device)  # weights that do not fit fail here, before anything is written
     example = torch.zeros((1, meta.in_channels, *_input_size(test_set, meta)), device=device)
     history: list[dict[str, Any]] = []
     if state is not None:
+        if cfg.weights:  # the state's structure: a fresh build of the architecture, not the start's
+            model = spec.build(meta.num_classes, meta.in_channels).to(device)
         apply_spec(model, state["factorized"])
         load_weights(model, state["model"], source)
         history = list(state["history"])
@@ -112,7 +120,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
     to_memory_format(model, channels_last)
     events = cfg.build_events()
     run = RunContext(model, example, dist, log, train_set, channels_last=channels_last, amp=cfg.amp,
-                     batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed)
+                     batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                     start_model=start_model if cfg.weights else None)
     for event in events:  # before the directory exists: an event's bad input leaves nothing behind
         event.begin(run, len(history))
     if same_run:
@@ -164,7 +173,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
             group["lr"] = schedule.lr_at(epoch)
         sampler.set_epoch(epoch)
         stats = train_epoch(net, loader, optimizer, device, scaler, amp=cfg.amp, channels_last=channels_last,
-                            desc=f"epoch {epoch + 1}/{cfg.epochs}", extra_loss=lambda: _loss_terms(events),
+                            desc=f"epoch {epoch + 1}/{cfg.epochs}", extra_loss=lambda batch: _loss_terms(events, batch),
                             after_step=lambda: [event.after_step() for event in events],
                             stop_on_nonfinite=dist.world == 1)
         _check_finite(stats, epoch, dist, ckpt_path)
@@ -210,9 +219,9 @@ def _check_finite(stats: dict[str, Any], epoch: int, dist: Distributed, ckpt_pat
                            f"stopped; {kept} (try a lower --lr or other ranks)")
 
 
-def _loss_terms(events: tuple[Event, ...]) -> Optional[torch.Tensor]:
+def _loss_terms(events: tuple[Event, ...], batch: Batch) -> Optional[torch.Tensor]:
     """The sum of the events' loss terms for this batch (None when no event adds one)."""
-    terms = [t for t in (event.loss() for event in events) if t is not None]
+    terms = [t for t in (event.loss(batch) for event in events) if t is not None]
     return sum(terms[1:], terms[0]) if terms else None
 
 

@@ -14,18 +14,20 @@ an epoch, or ``@P%`` the fraction P of the run's epochs (rounded):
   schedule's final LR ("Original then Dec.", Elhoushi et al. 2019, Table 1 last row).
 
 Every event a scenario names gets the experiment's ``settings`` (the decomposition settings and
-any given option, e.g. ADMM's rho) where it has them.
+any given option, e.g. ADMM's rho) where it has them: a dict for every event class, or a function
+of the class giving its own (the CLI's: two classes may spell a setting of one name differently).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Union
 
 from factorch.training.config import TrainConfig
 from factorch.training.events import EVENTS, Decompose, Event
 
+Settings = Union[Mapping[str, Any], Callable[[type[Event]], Mapping[str, Any]], None]
 AFTER_ORIGINAL = re.compile(r"original-then-dec\+(\d+)")
 TOKEN = re.compile(r"([a-z][a-z0-9_]*)(?:@(\d+)(%?))?")
 
@@ -60,11 +62,11 @@ class Scenario:
         return dataclasses.replace(base, events=self.events)
 
 
-def parse_scenario(text: str, epochs: int, settings: Optional[Mapping[str, Any]] = None) -> Scenario:
+def parse_scenario(text: str, epochs: int, settings: Settings = None) -> Scenario:
     """``Scenario`` for ``text`` in a run of ``epochs`` epochs; ``ValueError`` naming the scenario
     and the accepted forms, or what is wrong with one of its events."""
     t = text.strip().lower()
-    given = dict(settings or {})
+    given = settings if callable(settings) else (lambda cls: dict(settings or {}))
     if t == "original":
         return Scenario(t)
     after = AFTER_ORIGINAL.fullmatch(t)
@@ -72,7 +74,7 @@ def parse_scenario(text: str, epochs: int, settings: Optional[Mapping[str, Any]]
         extra = int(after[1])
         if extra < 1:
             raise ValueError(f"scenario {text!r}: E must be at least 1 epoch")
-        return Scenario(t, (Decompose.spelled(epochs, given),), extra)
+        return Scenario(t, (Decompose.spelled(epochs, given(Decompose)),), extra)
     events = []
     for token in t.split("+"):
         m = TOKEN.fullmatch(token)
@@ -80,7 +82,7 @@ def parse_scenario(text: str, epochs: int, settings: Optional[Mapping[str, Any]]
         if cls is None or (m[2] is None) == cls.takes_epoch:
             raise ValueError(f"scenario {text!r} not understood; use {forms()}")
         epoch = None if m[2] is None else (round(int(m[2]) / 100 * epochs) if m[3] else int(m[2]))
-        events.append(cls.spelled(epoch, given))
+        events.append(cls.spelled(epoch, given(cls)))
     events = tuple(events)
     try:
         TrainConfig(epochs=epochs, events=events)  # every event validated against the run
@@ -89,7 +91,7 @@ def parse_scenario(text: str, epochs: int, settings: Optional[Mapping[str, Any]]
     return Scenario(t, events)
 
 
-def parse_scenarios(text: str, epochs: int, settings: Optional[Mapping[str, Any]] = None) -> list[Scenario]:
+def parse_scenarios(text: str, epochs: int, settings: Settings = None) -> list[Scenario]:
     """Comma list of scenarios, validated, duplicates refused."""
     items = [s for s in text.split(",") if s.strip()]
     if not items:

@@ -16,7 +16,7 @@ from factorch import registry
 from factorch.cli.main import build_parser
 from factorch.cli.train import _command
 from factorch.layers.base import FactorizedLayer
-from factorch.cli.events import event_settings, events_from_flags
+from factorch.cli.events import events_from_flags
 from factorch.training import TrainConfig, train
 from factorch.training.events import Decompose, training_profiler
 from factorch.training.loop import uses_channels_last
@@ -176,10 +176,10 @@ def test_cli_flags():
     parser = build_parser()
     base = ["train", "--model", "lenet5"]
     args = parser.parse_args([*base, "--decompose-at", "1"])
-    (event,) = events_from_flags(args, event_settings(args))
+    (event,) = events_from_flags(args)
     assert event.keep_if_faster is True and args.channels_last is None  # on by default; layout auto
     args = parser.parse_args([*base, "--decompose-at", "1", "--no-keep-if-faster", "--no-channels-last"])
-    (event,) = events_from_flags(args, event_settings(args))
+    (event,) = events_from_flags(args)
     assert event.keep_if_faster is False and args.channels_last is False
     assert {"--no-keep-if-faster", "--no-channels-last"} <= set(_command(args, "train").split())
     assert parser.parse_args([*base, "--channels-last"]).channels_last is True

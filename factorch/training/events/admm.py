@@ -18,6 +18,7 @@ import torch
 
 from factorch.admm import ADMM, check_growth, check_rho
 from factorch.training.events.base import Change, Event, Option, RunContext, register
+from factorch.training.loop import Batch
 from factorch.training.events.decomposing import CALIBRATION_BATCHES, Decomposing, check_batches
 
 
@@ -114,7 +115,7 @@ class ADMMPhase(Decomposing):
             self._admm.update()
         return None
 
-    def loss(self) -> Optional[torch.Tensor]:
+    def loss(self, batch: Batch) -> Optional[torch.Tensor]:
         return self._admm.penalty() if self._admm is not None else None
 
     def after_step(self) -> None:

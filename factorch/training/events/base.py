@@ -19,7 +19,8 @@ none of them by name. An event class carries everything about itself:
     before_epoch(epoch, run)   may change ``run.model`` in place; returns a ``Change`` when it
                                changed the architecture (the loop then rebuilds the optimizer, the
                                DDP wrapper and the counts, and measures the accuracy right after)
-    loss()                     every batch: a term added to the training loss, or None
+    loss(batch)                every batch: a term added to the training loss, or None (``batch``:
+                               the inputs, the model's outputs and the targets, ``loop.Batch``)
     after_step()               after every optimizer step
     metrics()                  after the epoch: entries for its row of ``metrics.jsonl``
     summary(metrics)           those entries in short, appended to the epoch's log line
@@ -42,6 +43,7 @@ from torch.utils.data import Dataset
 
 from factorch.distributed import Distributed
 from factorch.report import Report
+from factorch.training.loop import Batch
 
 
 @dataclass
@@ -65,7 +67,9 @@ class Change:
 class RunContext:
     """What the run already decided, for its events: the (unwrapped) model they change in place, an
     example input (batch 1, for MACs), the process group, the log, the training set (calibration
-    batches), the memory format, AMP, the global batch size, the epochs and the seed."""
+    batches), the memory format, AMP, the global batch size, the epochs, the seed, and how to
+    rebuild the model the run started from (``start_model``: its trained weights; None from a
+    random init)."""
 
     model: nn.Module
     example: torch.Tensor
@@ -77,6 +81,21 @@ class RunContext:
     batch_size: int = 1
     epochs: int = 1
     seed: int = 0
+    start_model: Optional[Callable[[], nn.Module]] = None
+
+    def teacher(self) -> nn.Module:
+        """A frozen copy of the model the run started from (its ``weights``), on the run's device
+        and memory format, in eval mode: what a distillation event learns from."""
+        if self.start_model is None:
+            raise ValueError("distillation needs a trained model to learn from: start the run from its weights "
+                             "(--weights FILE, TrainConfig(weights=...))")
+        with torch.random.fork_rng(devices=[]):  # a random init before the weights load: the run's draws stay
+            model = self.start_model().to(self.example.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
 
     @property
     def process_batch(self) -> int:
@@ -188,7 +207,7 @@ class Event:
     def before_epoch(self, epoch: int, run: RunContext) -> Optional[Change]:
         return None
 
-    def loss(self) -> Optional[torch.Tensor]:
+    def loss(self, batch: Batch) -> Optional[torch.Tensor]:
         return None
 
     def after_step(self) -> None:

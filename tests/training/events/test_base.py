@@ -44,7 +44,7 @@ class CountSteps(Event):
         self._on = epoch >= self.start
         return None
 
-    def loss(self):
+    def loss(self, batch):
         return self.weight * sum(p.square().sum() for p in self._model.parameters()) if self._on else None
 
     def after_step(self):
@@ -94,7 +94,7 @@ def test_a_registered_event_is_spelled_in_scenarios_and_on_the_command_line(coun
     assert got[1].events == (CountSteps(1, weight=1e-3),) and got[2].events[1] == CountSteps(2, weight=1e-3)
     with pytest.raises(ValueError, match=r"scenario 'count@3': count_from must be in \[0, 2\]"):
         parse_scenarios("count@3", 3)
-    with pytest.raises(ValueError, match="not understood; use original, dec@K, rec@K, admm@K, scratch, count@K"):
+    with pytest.raises(ValueError, match="not understood; use original, dec@K, rec@K, admm@K, scratch, distill, count@K"):
         parse_scenarios("tally@1", 3)
 
     argv = ["train", "--model", "lenet5", "--subset", "160", "--epochs", "3", "--batch-size", "32", "--lr", "0.05"]

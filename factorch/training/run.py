@@ -105,7 +105,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, start_from: Optional[str |
 
     def start_model() -> torch.nn.Module:  # the model the run starts from: a random init, or the given weights
         model = spec.build(meta.num_classes, meta.in_channels)
-        return load_into(model, cfg.weights)[0] if cfg.weights else model
+        if not cfg.weights:
+            return model
+        try:
+            return load_into(model, cfg.weights)[0]
+        except CheckpointError as e:  # e.g. a head for another number of classes: say what it was built for
+            raise CheckpointError(f"{e} (the model is built for {cfg.dataset}: {meta.num_classes} classes, "
+                                  f"{meta.in_channels} input channel(s))") from None
 
     model = start_model().to(device)  # weights that do not fit fail here, before anything is written
     example = torch.zeros((1, meta.in_channels, *_input_size(test_set, meta)), device=device)

@@ -95,3 +95,36 @@ def test_torchrun_train_into_a_held_directory_stops_every_rank(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count(f"error: another factorch process (pid {os.getpid()}) is writing into '{out}'") == 2
     assert sorted(p.name for p in out.iterdir()) == [".factorch.lock"]
+
+
+COMPRESS_WORKER = textwrap.dedent('''
+    import json, sys, torch, factorch as fc
+    from factorch.training import TrainConfig, train
+    from factorch.training.events import ADMMPhase, Distill
+    cfg = TrainConfig(model="lenet5", dataset="digits", subset=256, epochs=3, batch_size=32, lr=0.01, device="cpu",
+                      weights=sys.argv[1], events=(ADMMPhase(1, rho=0.01, methods=(fc.Tucker2(0.5), fc.SVD(0.5))),
+                                                   Distill()))
+    history = train(cfg, sys.argv[2], log=lambda s: None)
+    import torch.distributed as dist
+    rank = dist.get_rank() if dist.is_initialized() else int(__import__("os").environ["RANK"])
+    times = ("epoch_seconds", "train_seconds", "event_seconds", "eval_seconds", "time")
+    rows = [{k: v for k, v in r.items() if k not in times} for r in history]
+    json.dump(rows, open(f"{sys.argv[2]}/history{rank}.json", "w"))
+''')
+
+
+def test_torchrun_compress_gives_every_rank_the_same_ranks_and_metrics(tmp_path):
+    """ADMM from trained weights, then distillation, under DDP: every rank returns the same
+    history (the decomposition's layers and ranks, every metric, the distillation term reduced over
+    the ranks)."""
+    start = tmp_path / "dense.pt"
+    fc.save(fc.models.create("lenet5", 10, 1), start)
+    (tmp_path / "worker.py").write_text(COMPRESS_WORKER)
+    proc = torchrun([str(tmp_path / "worker.py"), str(start), str(tmp_path / "run")])
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:]
+    h0, h1 = (json.loads((tmp_path / "run" / f"history{r}.json").read_text()) for r in (0, 1))
+    assert h0 == h1 and len(h0) == 3
+    assert h0[1]["event"]["kind"] == "decompose" and all("distill_loss" in r for r in h0)
+    assert "admm_distance" in h0[0]
+    model = fc.load(tmp_path / "run" / "model.pt")
+    assert isinstance(model.conv2, fc.layers.TuckerConv2d)

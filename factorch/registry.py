@@ -115,6 +115,11 @@ def handler_for(method: Method, module: nn.Module) -> Handler | None:
     return None
 
 
+def method_types() -> list[type[Method]]:
+    """Every method type with a handler for some layer type, sorted by name."""
+    return sorted({method_type for method_type, _ in _HANDLERS}, key=lambda t: t.__name__)
+
+
 def layer_types() -> tuple[type, ...]:
     """Every layer type some method can handle (what ``decompose_`` reports on)."""
     return tuple({layer_type for _, layer_type in _HANDLERS})

@@ -1,7 +1,12 @@
 """Shared by the generic tests: dense layers of many geometries and every registered method, paired
 wherever the method's handler applies (``factorch.registry``), so a new method is tested as soon as
-it is registered."""
+it is registered. ``Branches`` puts layers of any geometry in one model; ``method_lists`` gives
+the method lists that cover a model, one per way the registered methods can share it."""
+import dataclasses
+import math
+
 import pytest
+import torch
 from torch import nn
 
 import factorch as fc
@@ -33,6 +38,21 @@ def _label(method):
     return method.name + extra
 
 
+def with_rank(method, rank):
+    """``method`` at ``rank``, its other fields (e.g. TT's conv order, CP's restarts) kept."""
+    return dataclasses.replace(method, rank=rank)
+
+
+def label(methods) -> str:
+    """``tucker2+svd``: a method or a method list in a test id."""
+    return "+".join(_label(m) for m in (methods if isinstance(methods, (list, tuple)) else [methods]))
+
+
+def handles(method, module) -> bool:
+    """Whether ``method``'s handler applies to ``module``."""
+    return isinstance(candidate(method, module), Candidate)
+
+
 def pairs():
     """``pytest.param(method, make_dense, input_shape)`` for every (method, dense layer) it handles."""
     out = []
@@ -47,3 +67,74 @@ def layer_classes():
     """Every factorized layer class some registered method builds (each must appear in ``pairs``)."""
     return {candidate(m, make()).layer_cls for m in METHODS for _, make, _ in DENSE
             if isinstance(candidate(m, make()), Candidate)}
+
+
+def one_per_class():
+    """``pytest.param(method, make_dense, input_shape)``: per factorized layer class and structure
+    option some registered method builds, the first (method, dense layer) of ``pairs`` that builds
+    it -- every layer class once, for tests too slow to run over every pair."""
+    out = {}
+    for p in pairs():
+        method, make, _ = p.values
+        found = candidate(method, make())
+        out.setdefault((found.layer_cls, tuple(sorted(found.options.items()))), p)
+    return list(out.values())
+
+
+class Branches(nn.Module):
+    """Layers of any geometry in one model: each runs on its own slice of one flat input (batch,
+    features), reshaped to its input shape; the outputs are flattened and concatenated.
+    ``layers``: (name, module, input shape without the batch); the module is child ``name``."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.shapes = {}
+        for name, module, shape in layers:
+            self.add_module(name, module)
+            self.shapes[name] = tuple(shape)
+
+    @property
+    def features(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
+    def example(self, batch=1, dtype=torch.float32):
+        """A zero input of ``batch`` examples (shapes for costing only)."""
+        return torch.zeros(batch, self.features, dtype=dtype)
+
+    def forward(self, x):
+        outs, start = [], 0
+        for name, module in self.named_children():
+            size = math.prod(self.shapes[name])
+            outs.append(module(x[:, start:start + size].reshape(-1, *self.shapes[name])).flatten(1))
+            start += size
+        return torch.cat(outs, 1)
+
+
+def dense_model():
+    """Every layer of ``DENSE`` in one model (``Branches``), named by its id: a layer of each kind
+    and geometry the generic tests know, for tests of whole-model paths (decompose_, plan, budgets)."""
+    return Branches([(name.replace(".", "_"), make(), shape) for name, make, shape in DENSE])
+
+
+def method_lists(modules, rank=1):
+    """The method lists (at ``rank``) that cover ``modules``, one per distinct way the registered
+    methods can share them: for each method of ``METHODS`` that handles one of them, that method
+    first, then every other one, in order, that handles a module no method before it handles (one
+    config per method name: ``fc.ADMM`` tells a list's methods apart by name). A list that gives
+    every module the same method as an earlier one is left out (``[svd, cp]`` and ``[cp, svd]``
+    decompose a model alike), so in some list each method takes every module it handles."""
+    modules = list(modules)
+    out, seen = [], set()
+    for method in METHODS:
+        if not any(handles(method, m) for m in modules):
+            continue
+        chosen, left = [method], [m for m in modules if not handles(method, m)]
+        for other in METHODS:
+            if other.name != method.name and any(handles(other, m) for m in left):
+                chosen.append(other)
+                left = [m for m in left if not handles(other, m)]
+        split = tuple(next((label(c) for c in chosen if handles(c, m)), None) for m in modules)
+        if split not in seen:
+            seen.add(split)
+            out.append([with_rank(m, rank) for m in chosen])
+    return out

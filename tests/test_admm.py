@@ -1,5 +1,9 @@
 """fc.ADMM (Yin et al. 2021; docs/math.md, "Low-rank ADMM training"): Z has the target ranks, the penalty and its
-gradient, the dual update, decompose_ at Z's ranks, state_dict round trip, bad input."""
+gradient, the dual update, decompose_ at Z's ranks, state_dict round trip, bad input.
+
+Z's ranks are checked for every registered method and every method list that covers the test net
+(``tests.cases``); ADMM's own mechanics (penalty, update, state, decomposition) do not depend on the
+method and use Tucker-2 and SVD as the example."""
 import io
 import math
 import textwrap
@@ -13,6 +17,7 @@ import factorch as fc
 from factorch.decompositions.tt import interleave
 from factorch.layers.tt_conv import kernel_to_chain, tt_conv_shapes
 from factorch.layers.tt_linear import tt_linear_shapes
+from tests import cases
 from tests.conftest import needs_gloo, torchrun
 
 
@@ -28,11 +33,15 @@ def _rank(matrix):
     return int(torch.linalg.matrix_rank(matrix.double(), rtol=1e-5))
 
 
-def _tucker2_ranks(z):          # (N, C, kh, kw): mode-0 and mode-1 unfoldings
+def _tucker2_ranks(z, method):  # (N, C, kh, kw): mode-0 and mode-1 unfoldings
     return (_rank(z.flatten(1)), _rank(z.transpose(0, 1).flatten(1)))
 
 
-def _svd_ranks(z):              # (N, C)
+def _tucker3_ranks(z, method):  # and the flattened spatial mode (kh kw)
+    return _tucker2_ranks(z, method) + (_rank(z.flatten(2).permute(2, 0, 1).flatten(1)),)
+
+
+def _svd_ranks(z, method):      # (N, C)
     return (_rank(z),)
 
 
@@ -40,21 +49,34 @@ def _chain_ranks(t):            # TT-ranks are the ranks of the sequential unfol
     return tuple(_rank(t.reshape(math.prod(t.shape[:k]), -1)) for k in range(1, t.dim()))
 
 
-def _tt_ranks(z):
+def _tt_ranks(z, method):
     if z.dim() == 2:            # TT-matrix over (m_k n_k) modes (TTLinear's default shapes)
         n_s, m_s = tt_linear_shapes(z.shape[1], z.shape[0])
         return _chain_ranks(interleave(z.double(), m_s, n_s))
     c_s, n_s = tt_conv_shapes(z.shape[1], z.shape[0])
-    return _chain_ranks(kernel_to_chain(z.double(), c_s, n_s, "efficient"))
+    return _chain_ranks(kernel_to_chain(z.double(), c_s, n_s, method.conv_order))
 
 
-RANKS_OF = {"tucker2": _tucker2_ranks, "svd": _svd_ranks, "tt": _tt_ranks}
+RANKS_OF = {"tucker2": _tucker2_ranks, "tucker3": _tucker3_ranks, "svd": _svd_ranks, "tt": _tt_ranks}
 
 
-@pytest.mark.parametrize("methods", [fc.Tucker2(0.3), fc.SVD(0.3), fc.TT(3), [fc.Tucker2((5, 3)), fc.SVD(4)]],
-                         ids=["tucker2", "svd", "tt", "tucker2+svd"])
+def _z_configs():
+    """Every registered method alone and every method list that covers the net, at int ranks (a
+    ceiling per mode), and fractions and a tuple rank (one per mode) with Tucker-2 and SVD."""
+    # int ranks for every method: a fraction can give Tucker-3 ranks like (5, 1, 4), an out rank
+    # above in x spatial that no tensor's unfoldings have
+    alone = [pytest.param(cases.with_rank(m, 3), id=cases.label(m)) for m in cases.METHODS]
+    lists = [pytest.param(ms, id=cases.label(ms)) for ms in cases.method_lists(_net().children(), rank=4)
+             if len(ms) > 1]
+    return alone + lists + [pytest.param([fc.Tucker2(0.3), fc.SVD(0.3)], id="tucker2+svd-fraction"),
+                            pytest.param([fc.Tucker2((5, 3)), fc.SVD(4)], id="tucker2(5,3)+svd")]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("methods", _z_configs())
 def test_z_has_exactly_the_target_ranks(methods):
-    """Z's unfoldings have exactly the ranks fixed at construction, also after W moved and U grew."""
+    """Z's unfoldings have exactly the ranks fixed at construction, also after W moved and U grew
+    (CP: a rank-R CP tensor, whose unfoldings have rank at most R)."""
     model = _net()
     admm = fc.ADMM(model, methods)
     plan = fc.plan(_net(), methods)  # same weights: the ranks are the plan's
@@ -68,15 +90,12 @@ def test_z_has_exactly_the_target_ranks(methods):
         for name, layer in admm._layers.items():
             z = layer.z
             assert z.shape == layer.weight.shape and z.dtype == layer.weight.dtype
-            assert RANKS_OF[layer.method.name](z) == admm.ranks[name], name
-
-
-def test_cp_projection_is_a_rank_r_cp_tensor():
-    model = _net()
-    admm = fc.ADMM(model, fc.CP(4))
-    for name, layer in admm._layers.items():
-        assert admm.ranks[name] == (4,)
-        assert _rank(layer.z.flatten(1)) <= 4 and _rank(layer.z.transpose(0, 1).flatten(1)) <= 4
+            if layer.method.name == "cp":
+                (r,) = admm.ranks[name]
+                assert max(_tucker2_ranks(z, layer.method)) <= r, name
+                continue
+            assert layer.method.name in RANKS_OF, f"how to read Z's ranks under {layer.method.name!r}?"
+            assert RANKS_OF[layer.method.name](z, layer.method) == admm.ranks[name], name
 
 
 def test_penalty_and_its_gradient():

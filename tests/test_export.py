@@ -12,6 +12,7 @@ import factorch as fc
 from factorch.cli.main import run
 from factorch.export import FORMATS, export
 from factorch.layers import FactorizedLayer, TTConv2d
+from tests.cases import METHODS, with_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +34,7 @@ def one_thread_block():
 def every_layer_model() -> nn.Sequential:
     """A small CNN in which each registered method (and TT's conventional conv order) decomposes
     its own kxk conv, 1x1 conv and linear layer: every registered layer type, once at least."""
-    methods = [cls(rank=2) for _, cls in sorted(fc.Method.by_name.items())] + [fc.TT(rank=2, conv_order="conventional")]
+    methods = [with_rank(m, 2) for m in METHODS]
     layers = OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1))
     for i in range(len(methods)):
         layers[f"k3_{i}"], layers[f"k1_{i}"] = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)

@@ -2,13 +2,16 @@
 layer usefully, notes on ranks that differ from what was asked, and one clear error naming the
 layer for broken input -- the model always left untouched."""
 import copy
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import factorch as fc
-from factorch.layers import SVDLinear, TTLinear, TuckerConv2d
+from factorch.layers import FactorizedLayer, SVDLinear, TTLinear, TuckerConv2d
+from factorch.registry import candidate, layer_label
+from tests.cases import METHODS, Branches, one_per_class, pairs, with_rank
 
 
 def _snapshot(model):
@@ -24,7 +27,8 @@ def _same(model, snap):
 
 def test_a_list_passes_over_a_method_that_does_not_reduce_macs():
     """[TT(8), SVD(8)] on a 64->10 Linear: TT's ranks cost more MACs than the dense layer, so SVD
-    decomposes it and the report says why TT was passed over."""
+    decomposes it and the report says why TT was passed over. (Specific methods: a known case
+    where the first method is not useful and the second is.)"""
     model = nn.Sequential(nn.Linear(64, 10))
     report = fc.decompose_(model, [fc.TT(8), fc.SVD(8)], example_input=torch.zeros(1, 64))
     (row,) = report.rows
@@ -39,6 +43,8 @@ def test_a_list_passes_over_a_method_that_does_not_reduce_macs():
 
 
 def test_a_list_passes_over_rank_zero_and_reports_every_reason_when_nothing_is_useful():
+    """Specific methods with known outcomes on a random 64x64 Linear: EVBMF gives SVD rank 0, TT(64)
+    costs more MACs than the dense layer."""
     model = nn.Sequential(nn.Linear(64, 64))  # random init: EVBMF finds only noise
     report = fc.plan(model, [fc.SVD(fc.EVBMF()), fc.TT(64)], example_input=torch.zeros(1, 64))
     (row,) = report.rows
@@ -48,17 +54,26 @@ def test_a_list_passes_over_rank_zero_and_reports_every_reason_when_nothing_is_u
     assert fallback.rows[0].decomposed and "svd passed over: rank 0" in fallback.rows[0].note
 
 
-def test_a_fraction_below_rank_1_is_noted():
-    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
-    report = fc.plan(model, fc.Tucker2(0.001), example_input=torch.zeros(1, 16, 8, 8))
-    for row in report.rows:
-        assert row.ranks == (1, 1) and "fraction 0.001 is below rank 1" in row.note
-        kept = (row.params_after - 32) / (row.params_before - 32)
-        assert kept > 0.001 and f"keep {kept:.3g} of the weights" in row.note
+@pytest.mark.parametrize("method,make,shape", pairs())
+def test_a_fraction_below_rank_1_is_noted(method, make, shape):
+    """Every (method, layer) pair: a fraction of the parameters that even rank 1 exceeds gives rank 1
+    in every mode, and the row's note says how much those ranks keep (bias excluded)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(make())
+    report = fc.plan(model, with_rank(method, 0.001), example_input=torch.zeros(1, *shape))
+    (row,) = report.rows
+    modes = candidate(method, model[0]).space(model[0]).modes
+    assert row.decomposed and row.ranks == (1,) * len(modes)
+    assert "fraction 0.001 is below rank 1" in row.note
+    bias = model[0].bias.numel() if model[0].bias is not None else 0
+    kept = (row.params_after - bias) / (row.params_before - bias)
+    assert kept > 0.001 and f"keep {kept:.3g} of the weights" in row.note
     assert "below rank 1" in str(report)
 
 
 def test_an_int_rank_above_full_is_capped_with_a_note():
+    """Tucker-2's two channel modes: 12 caps the 3-channel input mode only (a per-mode cap where the
+    layer stays cheaper than dense)."""
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
     report = fc.decompose_(model, fc.Tucker2(12), example_input=torch.zeros(1, 3, 16, 16))
     first, second = report.rows
@@ -66,39 +81,52 @@ def test_an_int_rank_above_full_is_capped_with_a_note():
     assert second.ranks == (12, 12) and not second.note
 
 
+def _two(make, shape):
+    """Two copies of one dense layer, 'a' and 'b', in one model (``tests.cases.Branches``)."""
+    return Branches([("a", make(), shape), ("b", make(), shape)])
+
+
 @pytest.mark.parametrize("rank", [fc.EVBMF(), fc.Energy(0.9), fc.Tolerance(0.1), fc.Budget(params=0.3),
                                   fc.Budget(macs=0.5)])
-@pytest.mark.parametrize("method", [fc.Tucker2, fc.TT, fc.CP])
-def test_non_finite_weights_are_one_error_naming_the_layer(method, rank):
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_non_finite_weights_are_one_error_naming_the_layer(method, make, shape, rank):
+    """Every layer class (each through the first method and dense layer that builds it), every kind
+    of rank that reads the weights: one single-line error naming the broken layer, model untouched."""
+    model = _two(make, shape)
     with torch.no_grad():
-        model[2].weight[3, 1, 0, 2] = float("inf") if isinstance(rank, fc.Energy) else float("nan")
+        model.b.weight.view(-1)[5] = float("inf") if isinstance(rank, fc.Energy) else float("nan")
     snap = _snapshot(model)
     for verb in (fc.decompose_, fc.plan):
-        with pytest.raises(ValueError, match=r"layer '2' \(conv3x3 16->16\).*NaN or Inf") as e:
-            verb(model, method(rank), example_input=torch.zeros(1, 8, 8, 8))
+        with pytest.raises(ValueError, match=rf"layer 'b' \({re.escape(layer_label(model.b))}\).*NaN or Inf") as e:
+            verb(model, with_rank(method, rank), example_input=model.example())
         assert "\n" not in str(e.value)
     assert _same(model, snap)
 
 
-def test_reconstruct_of_a_broken_layer_is_one_error_naming_it():
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_reconstruct_of_a_broken_layer_is_one_error_naming_it(method, make, shape):
+    """Every layer class: NaN in a factor, or a factor missing, is one error naming the layer and
+    its class; the model is left as it was; intact, every layer is rebuilt."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Linear(6, 6), nn.Conv2d(16, 16, 3))
-    fc.decompose_(model, [fc.Tucker2(0.5), fc.SVD(0.5)])
+    model = _two(make, shape)
+    fc.decompose_(model, with_rank(method, 2), example_input=model.example())
+    cls = type(model.b).__name__
+    assert isinstance(model.a, FactorizedLayer) and isinstance(model.b, FactorizedLayer)
     broken = copy.deepcopy(model)
+    factor, param = next((n, p) for n, p in broken.b.named_parameters() if not n.endswith("bias"))
     with torch.no_grad():
-        broken[3].core.weight[0, 0, 0, 0] = float("nan")
+        param.view(-1)[0] = float("nan")
     snap = _snapshot(broken)
-    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) has NaN or Inf factors"):
+    with pytest.raises(ValueError, match=rf"layer 'b' \({cls}\) has NaN or Inf factors"):
         fc.reconstruct_(broken)
-    assert _same(broken, snap) and isinstance(broken[0], TuckerConv2d)
+    assert _same(broken, snap) and isinstance(broken.a, FactorizedLayer)
     missing = copy.deepcopy(model)
-    del missing[3].core
-    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) cannot be rebuilt as a dense layer: "
-                                         r"AttributeError"):
+    delattr(missing.b, factor.split(".")[0])  # the module or parameter holding the first factor
+    with pytest.raises(ValueError, match=rf"layer 'b' \({cls}\) cannot be rebuilt as a dense layer: AttributeError"):
         fc.reconstruct_(missing)
-    assert isinstance(missing[0], TuckerConv2d) and isinstance(missing[2], SVDLinear)
-    assert sorted(fc.reconstruct_(model)) == ["0", "2", "3"]
+    assert isinstance(missing.a, FactorizedLayer) and isinstance(missing.b, FactorizedLayer)
+    assert sorted(fc.reconstruct_(model)) == ["a", "b"]
+    assert type(model.a) is type(model.b) is type(make())
 
 
 @pytest.mark.parametrize("verb", [fc.decompose_, fc.plan])
@@ -106,12 +134,13 @@ def test_a_meta_device_model_is_one_clear_error(verb):
     with torch.device("meta"):
         model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Linear(6, 6))
     with pytest.raises(ValueError, match=r"on the meta device \(e.g. '0.weight'\).*to_empty"):
-        verb(model, [fc.Tucker2(0.5), fc.SVD(0.5)])
+        verb(model, [with_rank(m, 0.5) for m in METHODS])  # refused before any method is asked
     assert isinstance(model[0], nn.Conv2d) and model[0].weight.is_meta
 
 
 def test_tt_budget_allocates_bonds():
-    """Budget works for tensor trains too: bonds are scored by the full tensor's bond unfoldings."""
+    """Budget works for tensor trains too: bonds are scored by the full tensor's bond unfoldings
+    (TT-specific: the bond structure)."""
     for budget in (fc.Budget(params=0.05), fc.Budget(macs=0.3)):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
@@ -121,6 +150,7 @@ def test_tt_budget_allocates_bonds():
 
 
 def test_propose_is_the_decision_for_one_layer_and_method():
+    """Tucker-2 as the example: its rank formula and its 1x1 refusal are known."""
     conv = nn.Conv2d(16, 32, 3, padding=1)
     proposal = fc.registry.propose(fc.Tucker2(0.25), conv, (16, 8, 8))
     assert proposal.layer_cls is TuckerConv2d and proposal.ranks == TuckerConv2d.resolve_rank(conv, 0.25)

@@ -51,7 +51,7 @@ def test_memory_format_rule():
     assert uses_channels_last(True, mlp, "cpu") and not uses_channels_last(False, conv, "cpu")  # the user's choice
 
 
-@pytest.mark.parametrize("method_type", sorted({m for m, _ in registry._HANDLERS}, key=lambda t: t.__name__))
+@pytest.mark.parametrize("method_type", registry.method_types())
 def test_channels_last_outputs_equal_nchw_for_every_method(method_type):
     torch.manual_seed(0)
     model = ConvNet().double()

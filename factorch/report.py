@@ -97,8 +97,10 @@ class BudgetResult:
 
     def __str__(self) -> str:
         dense = f"; {self.left_dense} of them left dense, counted dense" if self.left_dense else ""
+        short = ("; less than the target: no layer's rank can grow without its factorized form costing more MACs "
+                 "than its dense one") if self.fraction < 0.99 * self.target else ""
         return (f"{self.budget}: the {self.layers} layers it governs keep {self.fraction:.4f} of their "
-                f"{self.kind} ({_num(self.before)} -> {_num(self.after)}; target {self.target:g}{dense})")
+                f"{self.kind} ({_num(self.before)} -> {_num(self.after)}; target {self.target:g}{dense}{short})")
 
 
 def _num(v: Optional[int]) -> str:

@@ -89,12 +89,12 @@ def test_reconstruct_of_a_broken_layer_is_one_error_naming_it():
     with torch.no_grad():
         broken[3].core.weight[0, 0, 0, 0] = float("nan")
     snap = _snapshot(broken)
-    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) has NaN or Inf factors"):
+    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv\) has NaN or Inf factors"):
         fc.reconstruct_(broken)
     assert _same(broken, snap) and isinstance(broken[0], TuckerConv2d)
     missing = copy.deepcopy(model)
     del missing[3].core
-    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv2d\) cannot be rebuilt as a dense layer: "
+    with pytest.raises(ValueError, match=r"layer '3' \(TuckerConv\) cannot be rebuilt as a dense layer: "
                                          r"AttributeError"):
         fc.reconstruct_(missing)
     assert isinstance(missing[0], TuckerConv2d) and isinstance(missing[2], SVDLinear)

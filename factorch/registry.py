@@ -289,7 +289,8 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
         before, after = space.dense_macs(ctx.shape), space.macs(ranks, ctx.shape)
         costed.update(ranks=ranks, params_after=space.params(ranks) + space.bias, macs_after=after)
         if after >= before:
-            where = f" (at a nominal {'x'.join(map(str, ctx.shape[1:]))} input)" if ctx.nominal and ctx.shape[1:] else ""
+            nominal = "x".join(map(str, ctx.shape[1:]))
+            where = f" (at a nominal {nominal} input)" if ctx.nominal and nominal else ""
             passed.append((method.name, f"ranks {ranks} do not reduce MACs{where}: {before:,} -> {after:,}"))
             continue
         notes = [costed.pop("note")] + [f"{m} passed over: {why}" for m, why in passed]

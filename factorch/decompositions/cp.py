@@ -278,8 +278,8 @@ def cp_als(
     if algorithm not in _ALGORITHMS:
         raise ValueError(f"CP algorithm must be one of {', '.join(CP_ALGORITHMS)}, got {algorithm!r}")
     if tensor.dim() < 3 or (algorithm == "tensorly" and tensor.dim() != 4):
-        raise ValueError(f"CP needs a conv kernel (N, C, *k){' with 2 spatial axes for tensorly' if algorithm == 'tensorly' else ''}"
-                         f", got shape {tuple(tensor.shape)}")
+        need = " with 2 spatial axes for tensorly" if algorithm == "tensorly" else ""
+        raise ValueError(f"CP needs a conv kernel (N, C, *k){need}, got shape {tuple(tensor.shape)}")
     if rank < 1 or restarts < 1:
         raise ValueError(f"CP rank and restarts must be >= 1, got rank={rank}, restarts={restarts}")
     x = tensor.detach().to(dtype=torch.float64)  # on its own device

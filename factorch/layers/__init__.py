@@ -15,5 +15,5 @@ from factorch.layers.tt_linear import TTLinear
 from factorch.layers.tucker3_conv import Tucker3Conv, Tucker3Conv2d
 from factorch.layers.tucker_conv import TuckerConv, TuckerConv2d
 
-__all__ = ["CPConv", "CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv", "SVDConv2d", "SVDLinear", "TTConv", "TTConv2d",
-           "TTLinear", "Tucker3Conv", "Tucker3Conv2d", "TuckerConv", "TuckerConv2d"]
+__all__ = ["CPConv", "CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv", "SVDConv2d", "SVDLinear", "TTConv",
+           "TTConv2d", "TTLinear", "Tucker3Conv", "Tucker3Conv2d", "TuckerConv", "TuckerConv2d"]

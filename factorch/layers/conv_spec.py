@@ -180,10 +180,10 @@ class ConvSpec:
     def macs(self, input_shape: Sequence[int]) -> int:
         """The dense conv's MACs for one ``(C, *spatial)`` input (``docs/math.md``, "Counting
         multiply-adds"): ``out_elements (C/g) prod(k)``; transposed ``in_elements (N/g) prod(k)``."""
-        k = math.prod(self.kernel_size)
+        k, g = math.prod(self.kernel_size), self.groups
         if self.transposed:
-            return math.prod(tuple(input_shape)[-self.dims:]) * self.in_channels * (self.out_channels // self.groups) * k
-        return math.prod(self.output_size(input_shape)) * self.out_channels * (self.in_channels // self.groups) * k
+            return math.prod(tuple(input_shape)[-self.dims:]) * self.in_channels * (self.out_channels // g) * k
+        return math.prod(self.output_size(input_shape)) * self.out_channels * (self.in_channels // g) * k
 
     def as_dict(self) -> dict[str, Any]:
         """Constructor keyword arguments of the factorized layers; a plain conv's omit ``transposed``

@@ -168,7 +168,8 @@ class CPConv(FactorizedConv):
     def extra_repr(self) -> str:
         s = self.config
         kind = "transposed, " if s.transposed else ""
-        return f"{s.in_channels}, {s.out_channels}, {kind}kernel_size={s.kernel_size}, rank={self.rank}, groups={s.groups}"
+        return (f"{s.in_channels}, {s.out_channels}, {kind}kernel_size={s.kernel_size}, rank={self.rank}, "
+                f"groups={s.groups}")
 
 
 CPConv2d = alias(CPConv, "CPConv2d")

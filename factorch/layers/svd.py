@@ -151,7 +151,8 @@ class SVDConv(FactorizedConv):
         """One mode (full ``min(N, C)`` per group); params ``g R (C/g + N/g)``; MACs ``P' R (C + N)``
         at the output positions ``P'`` (transposed: ``P R (C + N)`` at the input positions)."""
         if math.prod(spec.kernel_size) != 1:
-            raise ValueError(f"{cls.__name__} takes pointwise convs only (1x1, 1x1x1, k1), got kernel {spec.kernel_size}")
+            raise ValueError(f"{cls.__name__} takes pointwise convs only (1x1, 1x1x1, k1), got kernel "
+                             f"{spec.kernel_size}")
         g = spec.groups
         n, c = spec.out_channels // g, spec.in_channels // g
 

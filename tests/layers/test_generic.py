@@ -224,7 +224,9 @@ BIG = [nn.Conv2d(32, 48, 3, padding=1), nn.Conv2d(32, 48, 1), nn.Linear(256, 128
 
 
 def _geometry(dense: nn.Module) -> str:
-    return "linear" if isinstance(dense, nn.Linear) else f"{'convT' if dense.transposed else 'conv'}{len(dense.kernel_size)}d"
+    if isinstance(dense, nn.Linear):
+        return "linear"
+    return f"{'convT' if dense.transposed else 'conv'}{len(dense.kernel_size)}d"
 
 
 def _first_handled():
@@ -235,7 +237,8 @@ def _first_handled():
         for dense in BIG:
             found = candidate(method, dense)
             if isinstance(found, Candidate):
-                out.setdefault((found.layer_cls, tuple(found.options.items()), _geometry(dense)), (method, dense, found))
+                key = (found.layer_cls, tuple(found.options.items()), _geometry(dense))
+                out.setdefault(key, (method, dense, found))
     return [pytest.param(*v, id=f"{k[0].__name__}-{k[2]}{'-' + str(dict(k[1])) if k[1] else ''}")
             for k, v in out.items()]
 

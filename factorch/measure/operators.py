@@ -105,14 +105,18 @@ FORMULAS: dict[Any, Formula] = {
 
 
 def operator_macs(packet: Any, args: tuple, kwargs: dict, out: Any) -> Optional[int]:
-    """MACs of one operator call, or None when neither registry has a formula for it (or the
-    formula cannot tell, e.g. nested tensors)."""
+    """MACs of one operator call, or None when neither registry has a formula for it, or the
+    formula cannot tell (nested tensors, arguments it was not written for): then it is reported
+    as uncounted, never taken as 0."""
     own = FORMULAS.get(packet)
-    if own is not None:
-        return own(*args, out=out, **kwargs)
     theirs = flop_registry.get(packet)
-    if theirs is not None:
-        return int(theirs(*args, **kwargs, out_val=out)) // 2
+    try:
+        if own is not None:
+            return own(*args, out=out, **kwargs)
+        if theirs is not None:
+            return int(theirs(*args, **kwargs, out_val=out)) // 2
+    except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+        return None
     return None
 
 
@@ -129,7 +133,8 @@ class Frame:
 
 class OperatorCounter(TorchDispatchMode):
     """Counts every operator's MACs into the innermost ``Frame`` on ``frames`` (pushed and popped
-    by module hooks, ``factorch.measure.count``); with no frame open they go to ``outside``."""
+    by module hooks, ``factorch.measure.count``: the model itself is the outermost frame); with no
+    frame open they go to ``outside``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,6 +151,6 @@ class OperatorCounter(TorchDispatchMode):
         macs = operator_macs(packet, args, kwargs, out)
         if macs is not None:
             frame.macs += macs
-        elif MULTIPLYING.search(packet.__name__):
-            frame.uncounted.add(f"aten.{packet.__name__}")
+        elif packet in FORMULAS or packet in flop_registry or MULTIPLYING.search(packet.__name__):
+            frame.uncounted.add(str(packet))  # "aten._trilinear"
         return out

@@ -145,7 +145,7 @@ class ADMM:
             told = [r for r in report.skipped if r.skipped != "excluded by filter_fn"] or report.skipped
             reasons = "; ".join(f"{r.name}: {r.skipped}" for r in told[:4]) + ("; ..." if len(told) > 4 else "")
             return (f"fc.ADMM: {', '.join(repr(m) for m in self._methods)} handles no layer of "
-                    f"{type(self.model).__name__} ({reasons or 'no Conv2d/Linear layers'})")
+                    f"{type(self.model).__name__} ({reasons or 'no conv/linear layers'})")
         return [(r.name, r.method, tuple(r.ranks)) for r in rows]
 
     def _layer(self, name: str, method_name: str, ranks: Sequence[int], z: Optional[Tensor] = None,

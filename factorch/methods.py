@@ -43,7 +43,8 @@ class Method:
 
 @dataclass(frozen=True)
 class Tucker2(Method):
-    """Tucker-2 on the channel modes: Conv2d with a kernel larger than 1x1 -> ``TuckerConv2d``.
+    """Tucker-2 on the channel modes: a conv (Conv1d/2d/3d, ConvTranspose1d/2d/3d) with a kernel larger
+    than 1x1 -> ``TuckerConv``.
 
     ``rank``: int (both modes), ``(out_rank, in_rank)``, a fraction of parameters, or a rule."""
 
@@ -53,9 +54,9 @@ class Tucker2(Method):
 
 @dataclass(frozen=True)
 class Tucker3(Method):
-    """Tucker-3: Conv2d with a kernel larger than 1x1 -> ``Tucker3Conv2d``: the two channel modes
-    and the flattened spatial mode (kh kw) factorized, by HOOI (Gobieski et al., course project;
-    ``docs/math.md``, "Tucker-3 with a factorized spatial mode").
+    """Tucker-3: a conv (any dimensionality, plain or transposed) with a kernel larger than 1x1 ->
+    ``Tucker3Conv``: the two channel modes and the flattened spatial mode (prod(k)) factorized, by
+    HOOI (Gobieski et al., course project; ``docs/math.md``, "Tucker-3 with a factorized spatial mode").
 
     ``rank``: int (every mode), ``(out_rank, in_rank, spatial_rank)``, a fraction of parameters, or
     a rule (EVBMF, Energy, Tolerance: on each mode's singular values)."""
@@ -66,7 +67,8 @@ class Tucker3(Method):
 
 @dataclass(frozen=True)
 class CP(Method):
-    """CP (ALS): Conv2d with a kernel larger than 1x1 -> ``CPConv2d``. ``restarts``: ALS runs kept
+    """CP (ALS): a conv (any dimensionality, plain or transposed) with a kernel larger than 1x1 ->
+    ``CPConv`` (one depthwise one-axis conv per spatial axis). ``restarts``: ALS runs kept
     by best fit (the first from the SVD init, the others from seeded random starts)."""
 
     restarts: int = 1
@@ -80,15 +82,17 @@ class CP(Method):
 
 @dataclass(frozen=True)
 class SVD(Method):
-    """Truncated SVD: Linear -> ``SVDLinear``, 1x1 Conv2d -> ``SVDConv2d``."""
+    """Truncated SVD: Linear -> ``SVDLinear``, a pointwise conv (1x1, k1, 1x1x1; plain or transposed)
+    -> ``SVDConv``."""
 
     name: ClassVar[str] = "svd"
 
 
 @dataclass(frozen=True)
 class TT(Method):
-    """Tensor-train: Linear -> ``TTLinear`` (TT-matrix, Novikov et al. 2015), Conv2d (1x1 and larger,
-    groups=1) -> ``TTConv2d`` (``conv_order`` "efficient" = HODEC's order, or "conventional" = Garipov's).
+    """Tensor-train: Linear -> ``TTLinear`` (TT-matrix, Novikov et al. 2015), a conv (any dimensionality,
+    plain or transposed, 1x1 and larger, groups=1) -> ``TTConv`` (``conv_order`` "efficient" = HODEC's
+    order, or "conventional" = Garipov's).
 
     ``rank``: int (every inner TT-rank, capped at each bond's full rank), a tuple (one per bond), a
     fraction of parameters, ``Tolerance(eps)`` (TT-SVD with ``||W - W_hat|| <= eps ||W||``), or

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from factorch.layers.base import FactorizedLayer
+from factorch.layers.conv_spec import ConvSpec, kernel_text
 from factorch.methods import Method
 from factorch.rank import Budget, Item, Pool, RankRule, RankSpace, Resolution, allocate, resolve
 
@@ -96,11 +98,13 @@ Handler = Callable[[Any, nn.Module], Union[Candidate, NotApplicable]]
 _HANDLERS: dict[tuple[type, type], Handler] = {}
 
 
-def register(method_type: type[Method], layer_type: type[nn.Module]) -> Callable[[Handler], Handler]:
-    """Decorator: ``@register(Tucker2, nn.Conv2d)`` makes the function the handler for that pair."""
+def register(method_type: type[Method], *layer_types: type[nn.Module]) -> Callable[[Handler], Handler]:
+    """Decorator: ``@register(Tucker2, nn.Conv2d)`` makes the function the handler for that pair;
+    several layer types (``@register(Tucker2, nn.Conv1d, nn.Conv2d, ...)``) share one handler."""
 
     def add(handler: Handler) -> Handler:
-        _HANDLERS[(method_type, layer_type)] = handler
+        for layer_type in layer_types:
+            _HANDLERS[(method_type, layer_type)] = handler
         return handler
 
     return add
@@ -133,26 +137,34 @@ def candidate(method: Method, module: nn.Module) -> Union[Candidate, NotApplicab
     return handler(method, module)
 
 
-NOMINAL_SIZE = 32  # conv input side used to test "fewer MACs" when no example_input is given
+NOMINAL_SIZE = 32  # conv input side (per spatial axis) used to test "fewer MACs" when no example_input is given
 
 
 def nominal_shape(module: nn.Module) -> tuple[int, ...]:
     """A stand-in input shape (no batch) for costing a layer without ``example_input``: a Linear's
-    own ``(in_features,)``, a conv's ``(C, 32, 32)`` (larger if its receptive field needs it)."""
+    own ``(in_features,)``, a conv's ``(C, 32)``, ``(C, 32, 32)`` or ``(C, 32, 32, 32)`` by its
+    dimensionality (larger where its receptive field needs it)."""
     if isinstance(module, nn.Linear):
         return (module.in_features,)
     reach = max(d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size))
     side = max(NOMINAL_SIZE, reach)
-    return (module.in_channels, side, side)
+    return (module.in_channels, *(side,) * len(module.kernel_size))
 
 
 def layer_label(module: nn.Module) -> str:
-    """``conv3x3 16->32 s2 g4`` / ``linear 512->10``: a layer in one short string, for messages."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        g = f" g{module.groups}" if module.groups > 1 else ""
-        s = f" s{module.stride[0]}" if module.stride != (1, 1) else ""
-        return f"conv{kh}x{kw} {module.in_channels}->{module.out_channels}{s}{g}"
+    """A layer in one short string, for messages: ``conv3x3 16->32 s2 g4`` (2-D), ``conv1d k5 16->32``,
+    ``conv3d 3x3x3 16->32 s(1,2,2)``, ``convT2d 4x4 64->32 s2``, ``linear 512->10``."""
+    if isinstance(module, _ConvNd):
+        spec = ConvSpec.of(module)
+        if spec.dims == 2 and not spec.transposed:
+            head = f"conv{kernel_text(spec)}"
+        else:
+            head = f"conv{'T' if spec.transposed else ''}{spec.dims}d {kernel_text(spec)}"
+        strides = set(spec.stride)
+        s = "" if strides == {1} else f" s{spec.stride[0]}" if len(strides) == 1 else \
+            f" s({','.join(map(str, spec.stride))})"
+        g = f" g{spec.groups}" if spec.groups > 1 else ""
+        return f"{head} {spec.in_channels}->{spec.out_channels}{s}{g}"
     if isinstance(module, nn.Linear):
         return f"linear {module.in_features}->{module.out_features}"
     return type(module).__name__
@@ -282,7 +294,8 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
         before, after = space.dense_macs(ctx.shape), space.macs(ranks, ctx.shape)
         costed.update(ranks=ranks, params_after=space.params(ranks) + space.bias, macs_after=after)
         if after >= before:
-            where = f" (at a nominal {ctx.shape[-1]}x{ctx.shape[-1]} input)" if ctx.nominal else ""
+            nominal = "x".join(map(str, ctx.shape[1:]))
+            where = f" (at a nominal {nominal} input)" if ctx.nominal and nominal else ""
             passed.append((method.name, f"ranks {ranks} do not reduce MACs{where}: {before:,} -> {after:,}"))
             continue
         notes = [costed.pop("note")] + [f"{m} passed over: {why}" for m, why in passed]

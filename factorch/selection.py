@@ -3,8 +3,8 @@
 ``Selection``: one method, a list (first that applies wins), or a dict keyed by exact layer name,
 ``"re:<regex>"`` (full match, first in insertion order) or ``"_default"``; a ``None`` value leaves
 the matching layers dense. ``exclude_filter`` / ``layer_filter``: the ``filter_fn`` of
-``--exclude`` regexes and of the convention that leaves a model's first conv dense (Elhoushi et
-al. 2019, section 4; Kim et al. 2016, section 3).
+``--exclude`` regexes and of the convention that leaves a model's first conv (1-D, 2-D or 3-D)
+dense (Elhoushi et al. 2019, section 4; Kim et al. 2016, section 3).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
+from factorch.layers.conv_spec import CONVS
 from factorch.methods import Method
 from factorch.surgery import FilterFn, walk
 
@@ -101,9 +102,10 @@ def exclude_filter(patterns: Sequence[str], model: Optional[nn.Module] = None) -
 def layer_filter(first_conv: bool, exclude: Sequence[str], model: nn.Module) -> Callable[[nn.Module, str], bool]:
     """``filter_fn`` for ``decompose_``: drop layers matching an ``exclude`` regex (a regex that
     matches no layer of ``model`` is an error: ``exclude_filter``) and, unless
-    ``first_conv``, the model's first Conv2d (the paper leaves it dense)."""
+    ``first_conv``, the model's first conv of any dimensionality, plain or transposed (the paper
+    leaves it dense)."""
     excluded = exclude_filter(exclude, model)
-    first = None if first_conv else next((n for n, m in walk(model) if isinstance(m, nn.Conv2d)), None)
+    first = None if first_conv else next((n for n, m in walk(model) if isinstance(m, CONVS)), None)
 
     def keep(module: nn.Module, name: str) -> bool:
         return name != first and (excluded is None or excluded(module, name))

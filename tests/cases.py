@@ -13,8 +13,9 @@ import factorch as fc
 from factorch import handlers as _handlers  # noqa: F401  (fills the registry)
 from factorch.registry import Candidate, candidate
 
-# (id, factory, input shape without the batch): kernels 1/3/5/(1,7), strides, asymmetric and 'same'
-# padding, padding modes, dilation, groups, bias, odd input sizes
+# (id, factory, input shape without the batch): 2-D kernels 1/3/5/(1,7), strides, asymmetric and 'same'
+# padding, padding modes, dilation, groups, bias, odd input sizes; then the same over Conv1d, Conv3d
+# and ConvTranspose1d/2d/3d
 DENSE = [
     ("conv3x3", lambda: nn.Conv2d(8, 12, 3, padding=1), (8, 11, 13)),
     ("conv3x3-s2-g2", lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2), (8, 11, 13)),
@@ -25,6 +26,33 @@ DENSE = [
      (12, 9, 7)),
     ("conv1x1-s2-p1", lambda: nn.Conv2d(8, 12, 1, stride=2, padding=1), (8, 11, 13)),
     ("conv1x1-g2-nobias", lambda: nn.Conv2d(8, 8, 1, groups=2, bias=False), (8, 7, 9)),
+    # 1-D, 3-D and transposed convs: strides, padding ('same' where PyTorch takes it), padding modes,
+    # dilation, groups, output_padding, even kernels, pointwise ones, bias on and off
+    ("conv1d-k5-s2-p2", lambda: nn.Conv1d(8, 12, 5, stride=2, padding=2), (8, 23)),
+    ("conv1d-k3-d2-same-reflect", lambda: nn.Conv1d(6, 10, 3, padding="same", dilation=2, padding_mode="reflect"),
+     (6, 17)),
+    ("conv1d-k4-g2-nobias", lambda: nn.Conv1d(8, 8, 4, groups=2, bias=False), (8, 15)),
+    ("conv1d-k1-s2", lambda: nn.Conv1d(8, 12, 1, stride=2), (8, 15)),
+    ("conv3d-3x3x3-s(1,2,2)-p1", lambda: nn.Conv3d(6, 8, 3, stride=(1, 2, 2), padding=1), (6, 5, 7, 9)),
+    ("conv3d-1x3x3-g2-circular-nobias",
+     lambda: nn.Conv3d(8, 8, (1, 3, 3), padding=(0, 1, 1), groups=2, padding_mode="circular", bias=False),
+     (8, 3, 6, 5)),
+    ("conv3d-3x1x2-d(2,1,1)-same", lambda: nn.Conv3d(4, 6, (3, 1, 2), padding="same", dilation=(2, 1, 1)),
+     (4, 7, 4, 5)),
+    ("conv3d-1x1x1-p(1,0,0)", lambda: nn.Conv3d(8, 6, 1, padding=(1, 0, 0)), (8, 3, 4, 5)),
+    ("convT1d-k4-s2-p1", lambda: nn.ConvTranspose1d(8, 6, 4, stride=2, padding=1), (8, 9)),
+    ("convT1d-k3-s3-op2-nobias", lambda: nn.ConvTranspose1d(6, 8, 3, stride=3, output_padding=2, bias=False), (6, 7)),
+    ("convT1d-k1-s2-p1-g2", lambda: nn.ConvTranspose1d(8, 6, 1, stride=2, padding=1, groups=2), (8, 9)),
+    ("convT2d-4x4-s2-p1", lambda: nn.ConvTranspose2d(8, 12, 4, stride=2, padding=1), (8, 5, 7)),
+    ("convT2d-3x3-s2-p1-op1-d2-g2-nobias", lambda: nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1,
+                                                                       dilation=2, groups=2, bias=False), (8, 5, 6)),
+    ("convT2d-2x3-s(2,1)-p(0,1)-op(1,0)", lambda: nn.ConvTranspose2d(6, 10, (2, 3), stride=(2, 1), padding=(0, 1),
+                                                                      output_padding=(1, 0)), (6, 5, 4)),
+    ("convT2d-1x1-s2-op1", lambda: nn.ConvTranspose2d(8, 12, 1, stride=2, output_padding=1), (8, 5, 6)),
+    ("convT3d-2x2x2-s2", lambda: nn.ConvTranspose3d(6, 4, 2, stride=2), (6, 3, 4, 5)),
+    ("convT3d-3x3x3-s(1,2,2)-p1-op(0,1,1)-g2",
+     lambda: nn.ConvTranspose3d(4, 6, 3, stride=(1, 2, 2), padding=1, output_padding=(0, 1, 1), groups=2),
+     (4, 3, 4, 3)),
     ("linear", lambda: nn.Linear(24, 30), (24,)),
     ("linear-rows", lambda: nn.Linear(20, 12, bias=False), (5, 20)),
 ]

@@ -21,23 +21,32 @@ def _seed():
 
 
 def conv_reference(x, weight, conv_spec, bias=None):
-    """Independent reference: pad explicitly as nn.Conv2d does, then F.conv2d with no padding."""
+    """Independent reference for a conv of any dimensionality: pad explicitly as nn.Conv*d does, then
+    F.conv{1,2,3}d with no padding; a transposed conv runs unpadded (the full scatter, plus
+    output_padding zero rows at the end) and is then cropped by its padding on both sides."""
     import torch.nn.functional as F
 
     s = conv_spec
+    d = len(s.kernel_size)
+    if s.transposed:
+        conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[d]
+        full = conv_t(x, weight, bias, s.stride, 0, s.output_padding, s.groups, s.dilation)
+        crop = (slice(None), slice(None)) + tuple(slice(p, n - p) for p, n in zip(s.padding, full.shape[2:]))
+        return full[crop]
     if isinstance(s.padding, str):
         if s.padding == "valid":
-            pads = [0, 0, 0, 0]
+            pads = [0, 0] * d
         else:  # 'same': total d*(k-1) per axis, left = total // 2 (PyTorch's convention)
             pads = []
-            for d, k in reversed(list(zip(s.dilation, s.kernel_size))):
-                total = d * (k - 1)
+            for dil, k in reversed(list(zip(s.dilation, s.kernel_size))):
+                total = dil * (k - 1)
                 pads += [total // 2, total - total // 2]
     else:
-        pads = [s.padding[1], s.padding[1], s.padding[0], s.padding[0]]
+        pads = [v for p in reversed(s.padding) for v in (p, p)]
     mode = {"zeros": "constant"}.get(s.padding_mode, s.padding_mode)
     x = F.pad(x, pads, mode=mode) if any(pads) else x
-    return F.conv2d(x, weight, bias, s.stride, 0, s.dilation, s.groups)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
+    return conv(x, weight, bias, s.stride, 0, s.dilation, s.groups)
 
 
 @pytest.fixture

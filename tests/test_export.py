@@ -1,7 +1,9 @@
-"""Export as a promise: every registered layer type and a decomposed ResNet-20, in every format,
-with a dynamic batch size, give eager's outputs; anything else is refused before a file exists."""
+"""Export as a promise: every registered layer type over every conv dimensionality (1-D, 2-D, 3-D,
+plain and transposed) and a decomposed ResNet-20, in every format, with a dynamic batch size, give
+eager's outputs; anything else is refused before a file exists."""
 import contextlib
 import importlib.util
+import math
 from collections import OrderedDict
 
 import pytest
@@ -31,14 +33,26 @@ def one_thread_block():
         torch.set_num_threads(threads)
 
 
-def every_layer_model() -> nn.Sequential:
-    """A small CNN in which each registered method (and TT's conventional conv order) decomposes
-    its own kxk conv, 1x1 conv and linear layer: every registered layer type, once at least."""
+# (dims, transposed) -> the example input's spatial size: every conv geometry a layer class takes
+GEOMETRIES = {"conv2d": (2, False, (6, 6)), "conv1d": (1, False, (12,)), "conv3d": (3, False, (4, 5, 3)),
+              "convT1d": (1, True, (7,)), "convT2d": (2, True, (4, 5)), "convT3d": (3, True, (3, 4, 3))}
+
+
+def every_layer_model(geometry: str = "conv2d") -> nn.Sequential:
+    """A small CNN of ``geometry`` (plain or transposed convs of 1 to 3 dims) in which each
+    registered method (and TT's conventional conv order) decomposes its own k3 (transposed: k4) conv,
+    pointwise conv and linear layer: every registered layer type, once at least, in that geometry."""
+    dims, transposed, _ = GEOMETRIES[geometry]  # the convs keep the spatial size
+    conv = fc.layers.conv_spec.CONV_TYPES[(transposed, dims)]
     methods = [with_rank(m, 2) for m in METHODS]
-    layers = OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1))
-    for i in range(len(methods)):
-        layers[f"k3_{i}"], layers[f"k1_{i}"] = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
-    layers.update(pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), into=nn.Linear(32, 64))
+    plain = fc.layers.conv_spec.CONV_TYPES[(False, dims)]
+    layers = OrderedDict(stem=plain(3, 16, 3, padding=1))
+    for i in range(len(methods)):  # transposed: a 2x upsampling (kernel 4, stride 2), then back down
+        layers[f"k3_{i}"] = conv(16, 16, 4, stride=2, padding=1) if transposed else conv(16, 16, 3, padding=1)
+        layers[f"k1_{i}"] = conv(16, 16, 1)
+        if transposed:
+            layers[f"down_{i}"] = plain(16, 16, 2, stride=2)
+    layers.update(flatten=nn.Flatten(), into=nn.Linear(16 * math.prod(GEOMETRIES[geometry][2]), 64))
     for i in range(len(methods)):
         layers[f"fc_{i}"] = nn.Linear(64, 64)
     layers["head"] = nn.Linear(64, 10)
@@ -47,18 +61,25 @@ def every_layer_model() -> nn.Sequential:
     for i, method in enumerate(methods):
         own = {f"k3_{i}", f"k1_{i}", f"fc_{i}"}
         fc.decompose_(model, method, filter_fn=lambda m, name, own=own: name in own,
-                      example_input=torch.zeros(1, 3, 6, 6))
+                      example_input=example(geometry), min_share=0)
     return model
 
 
-@pytest.fixture(scope="module")
-def layers_model():
+def example(geometry: str, batch: int = 1, fill=torch.zeros) -> torch.Tensor:
+    return fill(batch, 3, *GEOMETRIES[geometry][2])
+
+
+@pytest.fixture(scope="module", params=list(GEOMETRIES))
+def layers_model(request):
     with one_thread_block():
-        model = every_layer_model()
+        model = every_layer_model(request.param)
     kinds = {type(m) for m in model.modules() if isinstance(m, FactorizedLayer)}
     assert kinds == set(FactorizedLayer.registry.values()), "a registered layer type no method produced"
     assert {m.order for m in model.modules() if isinstance(m, TTConv2d)} == {"efficient", "conventional"}
-    return model
+    dims, transposed, _ = GEOMETRIES[request.param]
+    convs = [m.config for m in model.modules() if isinstance(m, fc.layers.base.FactorizedConv)]
+    assert {(c.dims, c.transposed) for c in convs} == {(dims, transposed)}
+    return request.param, model
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +109,12 @@ def _written_file_runs(format, path, model, x):
 
 @pytest.mark.parametrize("format", EVERY_FORMAT)
 def test_every_layer_type_exports(tmp_path, layers_model, format):
+    geometry, model = layers_model
     path = tmp_path / f"layers.{format}"
-    result = export(layers_model, torch.zeros(1, 3, 6, 6), format, path)
+    result = export(model, example(geometry), format, path)
     assert result.path == path and path.stat().st_size == result.size and result.batches == (1, 3)
     assert result.max_abs_diff <= 1e-6 + 1e-4 * 10
-    _written_file_runs(format, path, layers_model, torch.randn(7, 3, 6, 6))
+    _written_file_runs(format, path, model, example(geometry, 7, torch.randn))
 
 
 @pytest.mark.parametrize("format", EVERY_FORMAT)
@@ -106,11 +128,13 @@ def test_decomposed_resnet20_exports(tmp_path, resnet20, format):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torch_jit_script_takes_every_layer_type(layers_model):
-    layers = {type(m): m for m in layers_model.modules() if isinstance(m, FactorizedLayer)}
-    conventional = next(m for m in layers_model.modules() if isinstance(m, TTConv2d) and m.order == "conventional")
+    geometry, model = layers_model
+    layers = {type(m): m for m in model.modules() if isinstance(m, FactorizedLayer)}
+    conventional = next(m for m in model.modules() if isinstance(m, TTConv2d) and m.order == "conventional")
     for layer in [*layers.values(), conventional]:
         scripted = torch.jit.script(layer)
-        shape = (64,) if isinstance(layer, (fc.layers.SVDLinear, fc.layers.TTLinear)) else (8, 5, 7)
+        shape = (64,) if isinstance(layer, (fc.layers.SVDLinear, fc.layers.TTLinear)) else \
+            (16, *(5, 7, 4)[:GEOMETRIES[geometry][0]])
         for batch in (1, 4):
             x = torch.randn(batch, *shape)
             assert torch.allclose(scripted(x), layer(x), rtol=1e-5, atol=1e-6), type(layer).__name__

@@ -63,12 +63,15 @@ def test_a_fraction_below_rank_1_is_noted(method, make, shape):
     report = fc.plan(model, with_rank(method, 0.001), example_input=torch.zeros(1, *shape))
     (row,) = report.rows
     modes = candidate(method, model[0]).space(model[0]).modes
-    assert row.decomposed and row.ranks == (1,) * len(modes)
+    assert row.ranks == (1,) * len(modes)
+    # rank 1 can still cost more MACs than the dense layer (TT's conventional order on a strided
+    # transposed conv): then it is skipped, and says so
+    assert row.decomposed or "do not reduce MACs" in row.skipped
     assert "fraction 0.001 is below rank 1" in row.note
     bias = model[0].bias.numel() if model[0].bias is not None else 0
     kept = (row.params_after - bias) / (row.params_before - bias)
     assert kept > 0.001 and f"keep {kept:.3g} of the weights" in row.note
-    assert "below rank 1" in str(report)
+    assert "below rank 1" in str(report) or not row.decomposed  # a skipped row's cell holds the reason
 
 
 def test_an_int_rank_above_full_is_capped_with_a_note():

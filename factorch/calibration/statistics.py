@@ -6,18 +6,27 @@ What a layer's input-channel factor sees is summarised by the second moment of i
 memory is one ``(C/g)^2`` matrix per group of each layer, whatever the number of batches.
 
 * ``nn.Linear``: the rows of its input ``(..., C)``: exact, ``E||(W - W_hat) x||^2 = ||(W - W_hat) S||^2``.
-* 1x1 ``nn.Conv2d``: the input pixels it reads (after its padding, at its stride): exact too.
-* k x k ``nn.Conv2d``: every input pixel, per group. The exact weighting of a k x k kernel is the
-  ``(C k^2)^2`` patch second moment; its diagonal blocks (one per kernel offset) are this matrix up
-  to border effects, so the channel weighting drops only the correlations *between* offsets. It
-  is what whitening one mode of a Tucker/CP kernel can use (a patch weighting does not factor
-  over the modes).
+* pointwise conv (1x1, 1x1x1, k1; ``nn.Conv1d/2d/3d``): the input pixels it reads (after its
+  padding, at its stride): exact too.
+* k conv of any dimensionality: every input pixel, per group. The exact weighting of a kernel of
+  ``K = prod(k)`` offsets is the ``(C K)^2`` patch second moment; its diagonal blocks (one per
+  kernel offset) are this matrix up to border effects, so the channel weighting drops only the
+  correlations *between* offsets. It is what whitening one mode of a Tucker/CP kernel can use (a
+  patch weighting does not factor over the modes).
+* transposed conv (``nn.ConvTranspose1d/2d/3d``, any kernel): every input pixel, per group. Each
+  input pixel ``x`` is scattered through the kernel, ``W_k^T x`` to offset ``k``; where the
+  scattered windows do not overlap (stride >= the dilated kernel) the output error is exactly
+  ``sum_k E||(W_k - W_hat_k)^T x||^2``, this matrix's weighting, and where they overlap it drops the
+  correlations between offsets, as for a plain conv. The input factor (``first``, a plain
+  pointwise conv on the input) is what it whitens; a transposed pointwise conv's cropping
+  (padding) is ignored: cropped pixels are weighted too.
 
 The sequential correction (``Calibration(sequential=True)``, the default) is in ``factorch.calibration.safety``.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,7 +37,7 @@ from torch import Tensor, nn
 from factorch.calibration.batches import MAX_CHANNELS, Calibration
 from factorch.decompositions.whitening import damped_cholesky, unwhiten, whitening_transform
 from factorch.layers.base import FactorizedLayer
-from factorch.layers.conv_spec import ConvSpec
+from factorch.layers.conv_spec import CONVS, ConvSpec
 from factorch.measure.count import probe
 
 # ---- input vectors and their statistics ----------------------------------------------------------
@@ -38,17 +47,18 @@ def _linear_rows(linear: nn.Linear, x: Tensor) -> Tensor:
     return x.reshape(1, -1, x.shape[-1])
 
 
-def _conv_rows(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """(g, rows, C/g): the input pixels (see the module docstring), per group."""
-    if conv.kernel_size == (1, 1):  # exactly the pixels it reads: padded, at its stride
-        spec = ConvSpec.of(conv)
+def _conv_rows(conv: nn.Module, x: Tensor) -> Tensor:
+    """(g, rows, C/g): the input pixels of a conv of any dimensionality (see the module docstring),
+    per group."""
+    spec = ConvSpec.of(conv)
+    if math.prod(spec.kernel_size) == 1 and not spec.transposed:  # exactly the pixels it reads: padded, strided
         pad = spec.explicit_padding()
         if any(pad):
             x = F.pad(x, pad, mode="constant" if spec.padding_mode == "zeros" else spec.padding_mode)
-        x = x[..., ::spec.stride[0], ::spec.stride[1]]
-    b, c, h, w = x.shape
+        x = x[(..., *(slice(None, None, s) for s in spec.stride))]
+    b, c = x.shape[:2]
     g = conv.groups
-    return x.reshape(b, g, c // g, h * w).permute(1, 0, 3, 2).reshape(g, b * h * w, c // g)
+    return x.reshape(b, g, c // g, -1).permute(1, 0, 3, 2).reshape(g, -1, c // g)
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class InputKind:
 
 
 KINDS = {nn.Linear: InputKind(_linear_rows, lambda m: (1, m.in_features)),
-         nn.Conv2d: InputKind(_conv_rows, lambda m: (m.groups, m.in_channels // m.groups))}
+         **{conv: InputKind(_conv_rows, lambda m: (m.groups, m.in_channels // m.groups)) for conv in CONVS}}
 
 
 def input_kind(module: nn.Module) -> Optional[InputKind]:
@@ -232,13 +242,17 @@ class Whitening:
 
     def whitened(self, module: nn.Module) -> nn.Module:
         """A float64 CPU copy of ``module`` whose weight's input mode is multiplied by ``A`` per
-        group: ``W'[n, d, ...] = sum_c W[n, c, ...] A[c, d]`` (cached). Its rank space has the
-        whitened spectra; ``from_dense_at`` of it fits the factors of ``W'``."""
+        group: ``W'[n, d, ...] = sum_c W[n, c, ...] A[c, d]`` (cached; a transposed conv's weight,
+        input channels first, through its kernel view ``ConvSpec.as_kernel``). Its rank space has
+        the whitened spectra; ``from_dense_at`` of it fits the factors of ``W'``."""
         key = id(module)
         if key not in self._copies:
+            spec = ConvSpec.of(module) if isinstance(module, CONVS) else None
             w = module.weight.detach().to(device="cpu", dtype=torch.float64)
+            w = spec.as_kernel(w) if spec is not None else w
             groups = w.chunk(len(self.transform), dim=0)  # (N/g, c, ...) each
             whitened = torch.cat([torch.einsum("nc...,cd->nd...", wg, a) for wg, a in zip(groups, self.transform)])
+            whitened = spec.as_weight(whitened) if spec is not None else whitened
             clone = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
             with torch.no_grad():
                 clone.weight.copy_(whitened)

@@ -1,11 +1,13 @@
-"""CP (CANDECOMP/PARAFAC) of a 4-way conv kernel by alternating least squares (``docs/math.md``, "CP convolution").
+"""CP (CANDECOMP/PARAFAC) of a conv kernel by alternating least squares (``docs/math.md``, "CP convolution").
 
-``W[n, c, i, j] ~= sum_r A[n, r] B[c, r] P[i, r] Q[j, r]``. Two algorithms:
+``W[n, c, i, j] ~= sum_r A[n, r] B[c, r] P[i, r] Q[j, r]`` for a 2-D kernel; a kernel with ``d``
+spatial axes (1-D: ``(N, C, k)``, 3-D: ``(N, C, kd, kh, kw)``) has one spatial factor per axis,
+``P_1 .. P_d``. Two algorithms:
 
 * ``"als"`` (default, ours, torch on the kernel's device): what costs time in CP-ALS is the
   MTTKRP, the tensor times the Khatri-Rao product of the other factors, once per mode and sweep.
   Here one sweep costs two GEMMs over the kernel (``_sweep``): ``X_(0) (B . P . Q)`` updates A, then
-  ``Y = A^T X_(0)`` serves B, P and Q (their MTTKRPs are small contractions of Y). Bro's line search
+  ``Y = A^T X_(0)`` serves B and the spatial factors (their MTTKRPs are small contractions of Y). Bro's line search
   extrapolates the factors along their last change each sweep; its error check reuses the GEMM the
   next A-update needs, so an accepted step is free. With ``compress`` the channel modes are first
   projected on their leading ``R`` singular vectors (HOSVD; Bro & Andersson's CANDELINC), ALS runs
@@ -15,7 +17,7 @@
   kernel is used directly.
   On kh = kw = 3 < R the spatial modes are never compressed;
 * ``"tensorly"``: TensorLy's ``parafac`` (100 sweeps from its SVD init; the code before this one,
-  kept to measure against). TensorLy is imported lazily, so ``import factorch`` stays cheap.
+  kept to measure against; 4-way kernels only). TensorLy is imported lazily, so ``import factorch`` stays cheap.
 
 Both start from the same SVD init (leading singular vectors per mode, TensorLy's random columns
 where a mode is smaller than the rank); restarts from random factors keep the best fit.
@@ -41,25 +43,36 @@ _COMPRESS_TRY, _COMPRESS_SHARE = 0.1, 0.5
 _RIDGE = 1e-12  # l2 on the normal equations of the unit-norm kernel: keeps them solvable
 
 
+def _khatri_rao(*factors: Tensor) -> Tensor:
+    """(prod of the rows, R): row (i_1, i_2, ...) holds ``F_1[i_1] * F_2[i_2] * ...``, row-major: the
+    column order of the unfolding ``X_(k)`` of the modes after k."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = (out[:, None, :] * f[None, :, :]).reshape(-1, out.shape[1])
+    return out
+
+
 def cp_to_tensor(factors: list[Tensor]) -> Tensor:
-    """Rebuild ``W[n, c, i, j] = sum_r A[n, r] B[c, r] P[i, r] Q[j, r]`` from four (dim, R) factors."""
-    a, b, p, q = factors
-    # Khatri-Rao of the last three factors, then one matmul: a 4-operand einsum contracts pairwise
+    """Rebuild ``W[n, c, i, ...] = sum_r A[n, r] B[c, r] P_1[i, r] ...`` from its (dim, R) factors
+    ``[A, B, P_1, .., P_d]``: (N, C, k_1, .., k_d)."""
+    a = factors[0]
+    # Khatri-Rao of the other factors, then one matmul: a many-operand einsum contracts pairwise
     # left to right through an (N, C, R) intermediate (3 GB and ~10 s for 512x512 at R = 1500).
-    kr = (b[:, None, None, :] * p[None, :, None, :] * q[None, None, :, :]).reshape(-1, a.shape[1])  # (C kh kw, R)
-    return (a @ kr.T).reshape(a.shape[0], b.shape[0], p.shape[0], q.shape[0])  # (N, C, kh, kw)
+    kr = _khatri_rao(*factors[1:])  # (C prod(k), R)
+    return (a @ kr.T).reshape(a.shape[0], *(f.shape[0] for f in factors[1:]))
 
 
 def _balance(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:
-    """Fold the component weights into the factors so each column carries ``lambda_r^(1/4)``.
+    """Fold the component weights into the factors so each column carries ``lambda_r^(1/n)`` (n
+    factors: 4 for a 2-D kernel).
 
     lambda_r = w_r * prod_k ||f_k[:, r]||; its sign goes to the first factor. Equal column norms
-    across the four factors condition fine-tuning best (``docs/math.md``, "CP convolution").
+    across the factors condition fine-tuning best (``docs/math.md``, "CP convolution").
     """
     norms = [f.norm(dim=0) for f in factors]  # each (R,)
     lam = weights * torch.stack(norms).prod(0)  # (R,)
     safe = [torch.where(nrm > 0, nrm, torch.ones_like(nrm)) for nrm in norms]
-    root = lam.abs() ** 0.25
+    root = lam.abs() ** (1.0 / len(factors))
     out = [f / nrm * root for f, nrm in zip(factors, safe)]
     out[0] = out[0] * torch.where(lam < 0, -1.0, 1.0).to(out[0])
     return out
@@ -76,42 +89,57 @@ def _solve(mttkrp: Tensor, gram: Tensor) -> Tensor:
     return torch.linalg.lstsq(v, mttkrp.T).solution.T  # singular: least-norm solution
 
 
-def _khatri_rao(b: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """(C kh kw, R): row (c, i, j) holds ``B[c] * P[i] * Q[j]``, the column order of ``X_(0)``."""
-    return (b[:, None, None, :] * p[None, :, None, :] * q[None, None, :, :]).reshape(-1, b.shape[1])
+def _hadamard(grams: list[Tensor], skip: int) -> Tensor:
+    """The element-wise product of every Gram matrix but ``grams[skip]``, in order."""
+    out = None
+    for k, g in enumerate(grams):
+        if k != skip:
+            out = g if out is None else out * g
+    return out
+
+
+def _spatial_mttkrp(z: Tensor, spatial: list[Tensor], j: int) -> Tensor:
+    """(k_j, R): ``z`` (R, k_1, .., k_d) contracted with every spatial factor but the j-th."""
+    t = z
+    for i in reversed(range(len(spatial))):  # from the last axis: the axes before stay where they are
+        if i != j:
+            shape = [1] * t.dim()
+            shape[0], shape[i + 1] = spatial[i].shape[1], spatial[i].shape[0]
+            t = (t * spatial[i].T.reshape(shape)).sum(i + 1)
+    return t.T
 
 
 def _sweep(x0: Tensor, shape: tuple[int, ...], factors: list[Tensor],
            m_a: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-    """One ALS sweep A, B, P, Q on ``x0 = X_(0)`` (N, C kh kw), given ``m_a = X_(0) (B . P . Q)``.
+    """One ALS sweep A, B, P_1, .., P_d on ``x0 = X_(0)`` (N, C prod(k)), given ``m_a = X_(0) (B . P_1 . ..)``.
 
-    Returns the factors, ``X_(3) (A . B . P)`` (kw, R) and the Hadamard product of the four Gram
-    matrices, for the fit. ``Y = A^T X_(0)`` (R, C, kh kw)
-    is the one pass over the kernel after the A-update: B's MTTKRP contracts it with ``P . Q``, and
-    ``Z = B^T Y`` (R, kh, kw) gives P's and Q's.
+    Returns the factors, the last factor's MTTKRP and the Hadamard product of all Gram matrices,
+    for the fit. ``Y = A^T X_(0)`` (R, C, prod(k)) is the one pass over the kernel after the
+    A-update: B's MTTKRP contracts it with the spatial Khatri-Rao product, and ``Z = B^T Y``
+    (R, k_1, .., k_d) gives the spatial factors'.
     """
-    _, c, kh, kw = shape
-    a, b, p, q = factors
+    c, ks = shape[1], shape[2:]
+    a, b, spatial = factors[0], factors[1], list(factors[2:])
     r = a.shape[1]
-    ga, gb, gp, gq = (f.T @ f for f in factors)
-    a = _solve(m_a, gb * gp * gq)
-    ga = a.T @ a
+    grams = [f.T @ f for f in factors]
+    a = _solve(m_a, _hadamard(grams, 0))
+    grams[0] = a.T @ a
     # products of many tiny matrices: elementwise and a sum (torch's CPU bmm loops over them)
-    y = (a.T @ x0).reshape(r, c, kh * kw)                                   # (R, C, kh kw)
-    pq = (p.T[:, :, None] * q.T[:, None, :]).reshape(r, 1, kh * kw)         # (R, 1, kh kw)
-    b = _solve((y * pq).sum(2).T, ga * gp * gq)                             # MTTKRP (C, R)
-    gb = b.T @ b
-    z = (y * b.T[:, :, None]).sum(1).reshape(r, kh, kw)                     # (R, kh, kw)
-    p = _solve((z * q.T[:, None, :]).sum(2).T, ga * gb * gq)                # MTTKRP (kh, R)
-    gp = p.T @ p
-    m_q = (z * p.T[:, :, None]).sum(1).T                                    # MTTKRP (kw, R)
-    gabp = ga * gb * gp
-    q = _solve(m_q, gabp)
-    return [a, b, p, q], m_q, gabp * (q.T @ q)
+    y = (a.T @ x0).reshape(r, c, -1)                                        # (R, C, prod k)
+    kr = _khatri_rao(*spatial).T.reshape(r, 1, -1)                          # (R, 1, prod k)
+    b = _solve((y * kr).sum(2).T, _hadamard(grams, 1))                      # MTTKRP (C, R)
+    grams[1] = b.T @ b
+    z = (y * b.T[:, :, None]).sum(1).reshape(r, *ks)                        # (R, k_1, .., k_d)
+    m_last = None
+    for j in range(len(spatial)):
+        m_last = _spatial_mttkrp(z, spatial, j)                             # MTTKRP (k_j, R)
+        spatial[j] = _solve(m_last, _hadamard(grams, 2 + j))
+        grams[2 + j] = spatial[j].T @ spatial[j]
+    return [a, b, *spatial], m_last, _hadamard(grams, -1)
 
 
 def _error(norm2: float, factors: list[Tensor], inner: float, grams: Optional[Tensor] = None) -> float:
-    """``||X - X_hat|| / ||X||`` from ``<X, X_hat>`` and ``||X_hat||^2 = sum(A'A * B'B * P'P * Q'Q)``."""
+    """``||X - X_hat|| / ||X||`` from ``<X, X_hat>`` and ``||X_hat||^2 = sum(A'A * B'B * P'P * ..)``."""
     grams = math.prod(f.T @ f for f in factors) if grams is None else grams
     return math.sqrt(max(norm2 - 2.0 * inner + float(grams.sum()), 0.0) / norm2)
 
@@ -130,7 +158,7 @@ def _als(x: Tensor, factors: list[Tensor], sweeps: int, tol: float) -> tuple[lis
     for k in range(sweeps):
         old = factors
         factors, m_q, grams = _sweep(x0, shape, factors, m_a)
-        err = _error(norm2, factors, float((m_q * factors[3]).sum()), grams)
+        err = _error(norm2, factors, float((m_q * factors[-1]).sum()), grams)
         m_a = None
         if k >= 2:  # extrapolate along the sweep's change; accept if the fit improves
             jump = (k + 1) ** (1.0 / power)
@@ -165,7 +193,7 @@ def _svd_init(x: Tensor, rank: int, rng: np.random.RandomState) -> list[Tensor]:
     mode, as TensorLy draws them) where the mode is smaller than R. Which local minimum ALS ends
     in depends on those columns; drawing TensorLy's makes the two algorithms comparable."""
     factors = []
-    for mode in range(4):
+    for mode in range(x.dim()):
         k = min(rank, x.shape[mode])
         vecs, vals = _leading(x, mode, k)
         if mode == 0:
@@ -190,7 +218,7 @@ def _factorch_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, a
     n, c = x.shape[:2]
     if compress and (rank < n or rank < c):
         u, v = _leading(x, 0, min(rank, n))[0], _leading(x, 1, min(rank, c))[0]  # (N, N'), (C, C')
-        core = torch.einsum("ncij,na,cb->abij", x, u, v)  # (N', C', kh, kw)
+        core = torch.einsum("nc...,na,cb->ab...", x, u, v)  # (N', C', *k)
         lost2 = max(1.0 - float((core * core).sum()), 0.0)  # ||X - X x_0 UU^T x_1 VV^T||^2, ||X|| = 1
         if lost2 > _COMPRESS_TRY:  # a flat spectrum (random init): the CP factors live elsewhere
             return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
@@ -202,7 +230,7 @@ def _factorch_als(x: Tensor, rank: int, n_iter_max: Optional[int], tol: float, a
             err2 = lost2 + core_err ** 2 * (1.0 - lost2)  # the two parts are orthogonal
             if lost2 > _COMPRESS_SHARE * err2:  # the error only falls: give up as early as possible
                 return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
-        factors = [u @ factors[0], v @ factors[1], factors[2], factors[3]]
+        factors = [u @ factors[0], v @ factors[1], *factors[2:]]
         return _als(x, factors, _POLISH_SWEEPS, tol)[0]
     return _als(x, init(x), n_iter_max or _SWEEPS, tol)[0]
 
@@ -237,7 +265,8 @@ def cp_als(
     algorithm: str = "als",
     compress: bool = True,
 ) -> list[Tensor]:
-    """Rank-``rank`` CP of a 4-way tensor by ALS: four balanced float64 factors ``[A, B, P, Q]``.
+    """Rank-``rank`` CP of a conv kernel ``(N, C, *k)`` (1 to 3 spatial axes) by ALS: balanced float64
+    factors ``[A, B, P_1, .., P_d]`` (``[A, B, P, Q]`` for a 2-D kernel).
 
     Float64 on the tensor's device. ``algorithm``: ``"als"`` (ours, see the module docstring) or
     ``"tensorly"``. ``n_iter_max``: sweeps (default: 300 on the full kernel, or 1000 on a compressed
@@ -248,8 +277,9 @@ def cp_als(
     """
     if algorithm not in _ALGORITHMS:
         raise ValueError(f"CP algorithm must be one of {', '.join(CP_ALGORITHMS)}, got {algorithm!r}")
-    if tensor.dim() != 4:
-        raise ValueError(f"CP needs a 4-way tensor, got shape {tuple(tensor.shape)}")
+    if tensor.dim() < 3 or (algorithm == "tensorly" and tensor.dim() != 4):
+        need = " with 2 spatial axes for tensorly" if algorithm == "tensorly" else ""
+        raise ValueError(f"CP needs a conv kernel (N, C, *k){need}, got shape {tuple(tensor.shape)}")
     if rank < 1 or restarts < 1:
         raise ValueError(f"CP rank and restarts must be >= 1, got rank={rank}, restarts={restarts}")
     x = tensor.detach().to(dtype=torch.float64)  # on its own device

@@ -27,6 +27,7 @@ where the generic routine takes seconds per 512x512x3x3 kernel.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -186,26 +187,27 @@ def tucker_core(x: Tensor, factors: Sequence[Tensor]) -> Tensor:
 
 def tucker2(weight: Tensor, ranks: tuple[int, int], n_iter_max: int = 100, tol: Optional[float] = None,
             stop: str = "residual", exact_sweeps: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Tucker-2 of a conv kernel (N, C, kh, kw) on its channel modes by HOOI: ``(core, U, V)``,
-    core (R_out, R_in, kh, kw), ``U`` (N, R_out), ``V`` (C, R_in), float64. ``ranks = (R_out, R_in)``."""
-    w = _check4(weight, "Tucker-2")
-    n, c, kh, kw = w.shape
-    core, (u, v, _) = hooi(w.reshape(n, c, kh * kw), (*_pair(ranks, n, c), kh * kw), n_iter_max, tol, stop,
+    """Tucker-2 of a conv kernel (N, C, *k) (any number of spatial axes) on its channel modes by
+    HOOI on the 3-way (N, C, prod k) view: ``(core, U, V)``, core (R_out, R_in, *k), ``U`` (N, R_out),
+    ``V`` (C, R_in), float64. ``ranks = (R_out, R_in)``."""
+    w = _check_kernel(weight, "Tucker-2")
+    n, c, *k = w.shape
+    core, (u, v, _) = hooi(w.reshape(n, c, -1), (*_pair(ranks, n, c), math.prod(k)), n_iter_max, tol, stop,
                            exact_sweeps)
-    return core.reshape(*core.shape[:2], kh, kw), u, v
+    return core.reshape(*core.shape[:2], *k), u, v
 
 
 def hosvd2(weight: Tensor, ranks: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """One-pass truncated HOSVD on modes 0 and 1 of a conv kernel: ``(core, U, V)`` in float64."""
-    w = _check4(weight, "Tucker-2")
-    n, c, kh, kw = w.shape
-    core, (u, v, _) = hosvd(w.reshape(n, c, kh * kw), (*_pair(ranks, n, c), kh * kw))
-    return core.reshape(*core.shape[:2], kh, kw), u, v
+    """One-pass truncated HOSVD on modes 0 and 1 of a conv kernel (N, C, *k): ``(core, U, V)`` in float64."""
+    w = _check_kernel(weight, "Tucker-2")
+    n, c, *k = w.shape
+    core, (u, v, _) = hosvd(w.reshape(n, c, -1), (*_pair(ranks, n, c), math.prod(k)))
+    return core.reshape(*core.shape[:2], *k), u, v
 
 
-def _check4(weight: Tensor, what: str) -> Tensor:
-    if weight.dim() != 4:
-        raise ValueError(f"{what} needs a 4-D conv kernel, got shape {tuple(weight.shape)}")
+def _check_kernel(weight: Tensor, what: str) -> Tensor:
+    if weight.dim() < 3:
+        raise ValueError(f"{what} needs a conv kernel (N, C, *k), got shape {tuple(weight.shape)}")
     return weight
 
 
@@ -217,10 +219,10 @@ def _pair(ranks: Sequence[int], n: int, c: int) -> tuple[int, int]:
 
 
 def tucker2_to_tensor(core: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """Rebuild ``W = G x_0 U x_1 V``: (R_out, R_in, kh, kw) -> (N, C, kh, kw).
+    """Rebuild ``W = G x_0 U x_1 V``: (R_out, R_in, *k) -> (N, C, *k).
 
     Works for any factors (also non-orthogonal ones after training)."""
-    return torch.einsum("abij,na,cb->ncij", core, u, v)
+    return torch.einsum("ab...,na,cb->nc...", core, u, v)
 
 
 def tucker3(tensor: Tensor, ranks: tuple[int, int, int], n_iter_max: int = 100, tol: Optional[float] = None,

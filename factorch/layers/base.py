@@ -200,6 +200,14 @@ class FactorizedLayer(nn.Module):
         return self.to(device=like.device, dtype=like.dtype)
 
 
+def alias(cls: type[FactorizedLayer], old_name: str) -> type[FactorizedLayer]:
+    """``cls`` also under ``old_name`` in the checkpoint registry: the 2-D-only class it generalised
+    (checkpoints name their layers' classes). Returns ``cls``, so ``Old = alias(New, "Old")``
+    keeps the old name importable too."""
+    FactorizedLayer.registry[old_name] = cls
+    return cls
+
+
 def as_float64(t: Tensor) -> Tensor:
     """Detached float64 copy on ``t``'s device, where all factor math happens (a CUDA layer is
     decomposed on its GPU)."""
@@ -258,8 +266,9 @@ def init_bias(bias: Optional[Tensor], fan_in: int) -> None:
 
 
 class FactorizedConv(FactorizedLayer):
-    """A factorized ``nn.Conv2d``: keeps the dense geometry in ``self.config`` (a ``ConvSpec``) and
-    its bias on the last factor conv (``dense_bias`` says where, if elsewhere)."""
+    """A factorized convolution of any dimensionality, plain or transposed: keeps the dense geometry
+    in ``self.config`` (a ``ConvSpec``) and its bias on the last factor conv (``dense_bias`` says
+    where, if elsewhere). ``dense_weight`` is in the dense layer's own layout (``ConvSpec.weight_shape``)."""
 
     def probe_input(self, generator: torch.Generator) -> Tensor:
         like = next(self.parameters())
@@ -269,9 +278,21 @@ class FactorizedConv(FactorizedLayer):
     def dense_bias(self) -> Tensor | None:
         return self.last.bias
 
-    def to_dense(self) -> nn.Conv2d:
+    def to_dense(self) -> nn.Module:
         like = next(self.parameters())
         return dense_conv(self.config, self.dense_weight(), self.dense_bias(), like).train(self.training)
 
     def spec(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "rank": list(self.ranks)}
+
+
+def read_kernel(conv: nn.Module) -> Tensor:
+    """A factor conv's weight as the kernel ``(N, C/g, *k)`` in float64 (``ConvSpec.as_kernel``: a
+    transposed conv's weight has its input channels first)."""
+    return ConvSpec.of(conv).as_kernel(as_float64(conv.weight))
+
+
+def write_kernel(conv: nn.Module, kernel: Tensor) -> None:
+    """Copy a kernel ``(N, C/g, *k)`` (any dtype) into a factor conv's weight, in its layout."""
+    with torch.no_grad():
+        conv.weight.copy_(ConvSpec.of(conv).as_weight(kernel).reshape(conv.weight.shape))

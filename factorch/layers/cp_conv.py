@@ -1,68 +1,93 @@
-"""CP convolution: 1x1 (C -> R), (kh x 1) depthwise, (1 x kw) depthwise, 1x1 (R -> N).
+"""CP convolution of any dimensionality, plain or transposed: 1x1 (C -> R), one depthwise one-axis
+conv per spatial axis, 1x1 (R -> N).
 
-Lebedev et al. 2015 (``docs/math.md``, "CP convolution"). The vertical conv carries the height stride, padding
-and dilation, the horizontal one the width ones (reusing the height padding for the width is a
-known bug of older code). Bias only on the last 1x1. Factor columns are balanced: each of the four
-carries ``lambda_r^(1/4)``. A grouped conv gets one rank-R CP per group.
+Lebedev et al. 2015 (``docs/math.md``, "CP convolution"). The kernel ``W[n, c, i_1, .., i_d] ~=
+sum_r A[n, r] B[c, r] P_1[i_1, r] .. P_d[i_d, r]`` is separable per component, so the window's
+sampling factorizes over the axes: the one-axis conv of axis a carries that axis's stride, padding,
+dilation and (transposed) output_padding, and nothing of the others (reusing the height padding
+for the width is a known bug of older code). A transposed layer's one-axis convs are transposed
+depthwise convs: scattering each input pixel through a separable window is scattering it along
+one axis, then the next. The axis convs are named after PyTorch's spatial axes (D, H, W):
+``depth``, ``vertical``, ``horizontal`` (the last ``d``: a 1-D conv has ``horizontal`` only, a
+2-D one ``vertical`` and ``horizontal`` as the 2-D layer always had). Bias only on the last 1x1.
+Factor columns are balanced: each of the ``d + 2`` carries ``lambda_r^(1/(d+2))``. A grouped conv
+gets one rank-R CP per group.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.cp import cp_als, cp_to_tensor
-from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
+from factorch.layers.base import FactorizedConv, alias, check_finite, default_variance, init_bias, init_uniform_, \
+    read_kernel, write_kernel
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace
 from factorch.rank.space import Ranks
 
+AXES = ("depth", "vertical", "horizontal")  # PyTorch's (D, H, W): the last d name a d-D layer's axis convs
 
-class CPConv2d(FactorizedConv):
-    """``first`` 1x1 (C -> gR), ``vertical`` (kh x 1, groups=gR), ``horizontal`` (1 x kw, groups=gR),
-    ``last`` 1x1 (gR -> N, bias). ``rank``: R per group, at most ``max_rank``."""
+
+class CPConv(FactorizedConv):
+    """``first`` 1x1 (C -> gR), per spatial axis a depthwise one-axis conv (``groups=gR``; transposed for
+    a transposed layer): ``depth`` (3-D), ``vertical`` (2-D, 3-D), ``horizontal``; ``last`` 1x1
+    (gR -> N, bias). ``rank``: R per group, at most ``max_rank``. Geometry arguments as ``TuckerConv``."""
 
     input_factor = "first"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros") -> None:
+                 padding_mode: str = "zeros", transposed: bool = False, output_padding=0) -> None:
         super().__init__()
         self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
-                                             dilation, groups, bias, padding_mode)
+                                             dilation, groups, bias, padding_mode, transposed, output_padding)
         (rank,) = self.space(spec).check(rank)
         self.rank = rank
         g, gr = spec.groups, spec.groups * rank
-        vertical, horizontal = spec.split_axes()
-        self.first = nn.Conv2d(spec.in_channels, gr, 1, groups=g, bias=False)
-        self.vertical = nn.Conv2d(gr, gr, groups=gr, bias=False, padding_mode=spec.padding_mode, **vertical)
-        self.horizontal = nn.Conv2d(gr, gr, groups=gr, bias=False, padding_mode=spec.padding_mode, **horizontal)
-        self.last = nn.Conv2d(gr, spec.out_channels, 1, groups=g, bias=spec.bias)
+        self.first = spec.pointwise(spec.in_channels, gr, groups=g)
+        self.depth: Optional[nn.Module] = None
+        self.vertical: Optional[nn.Module] = None
+        for name, geometry in zip(AXES[-spec.dims:], spec.split_axes()):
+            setattr(self, name, spec.make(in_channels=gr, out_channels=gr, groups=gr, bias=False, **geometry))
+        self.last = spec.pointwise(gr, spec.out_channels, groups=g, bias=spec.bias)
         self.reset_parameters()
 
+    def axis_convs(self) -> list[nn.Module]:
+        """The one-axis convs in the order they run (D, H, W)."""
+        return [getattr(self, name) for name in AXES[-self.config.dims:]]
+
     def init_factors(self) -> None:
-        """From scratch (zero-mean uniform factors): ``Var B = 1/C``, ``Var P = 1/kh``, ``Var Q = 1/kw``
-        keep the variance through the first three convs and ``Var A = 1/(3R)``, so the kernel (a sum of R products) has
-        ``Var = 1 / (3 C kh kw)``, the default init of the dense conv (per group)."""
-        _, c, kh, kw = self.config.weight_shape()
+        """From scratch (zero-mean uniform factors): ``Var B = 1/C``, ``Var P_a = 1/k_a`` keep the
+        variance through the first convs and ``Var A = 1/(3R)``, so the kernel (a sum of R products) has
+        ``Var = 1 / (3 C prod(k))``, the default init of the dense conv (per group); times
+        ``C prod(k) / fan_in`` for a transposed conv (PyTorch's fan-in of its weight is ``N/g prod(k)``)."""
+        s = self.config
+        c, k = s.in_channels // s.groups, math.prod(s.kernel_size)
         init_uniform_(self.first.weight, 1.0 / c)
-        init_uniform_(self.vertical.weight, 1.0 / kh)
-        init_uniform_(self.horizontal.weight, 1.0 / kw)
-        init_uniform_(self.last.weight, default_variance(self.rank))
-        init_bias(self.last.bias, c * kh * kw)
+        for conv, k_a in zip(self.axis_convs(), s.kernel_size):
+            init_uniform_(conv.weight, 1.0 / k_a)
+        init_uniform_(self.last.weight, default_variance(self.rank) * (c * k / s.fan_in))
+        init_bias(self.last.bias, s.fan_in)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (B, C, H, W) -> (B, gR, H, W) -> (B, gR, H', W) -> (B, gR, H', W') -> (B, N, H', W')
-        return self.last(self.horizontal(self.vertical(self.first(x))))
+        # (B, C, *S) -> (B, gR, *S) -> one axis at a time -> (B, gR, *S') -> (B, N, *S')
+        x = self.first(x)
+        if self.depth is not None:
+            x = self.depth(x)
+        if self.vertical is not None:
+            x = self.vertical(x)
+        return self.last(self.horizontal(x))
 
     @staticmethod
     def max_rank(spec: ConvSpec) -> int:
-        """Generic upper bound of the CP rank of one group's (N/g, C/g, kh, kw) block:
-        the product of all dimensions but the largest."""
-        n, c, kh, kw = spec.weight_shape()
-        dims = sorted((n // spec.groups, c, kh, kw))
+        """Generic upper bound of the CP rank of one group's (N/g, C/g, *k) block: the product of
+        all dimensions but the largest."""
+        _, c, *k = spec.kernel_shape()
+        dims = sorted((spec.out_channels // spec.groups, c, *k))
         return math.prod(dims[:-1])
 
     @property
@@ -71,69 +96,80 @@ class CPConv2d(FactorizedConv):
 
     @classmethod
     def space(cls, spec: ConvSpec) -> RankSpace:
-        """One mode, R (full: ``max_rank``), tied to three unfoldings: a rank-R CP kernel has rank
-        <= R in each, so a rule takes the largest rank they give (for the channel unfoldings this
-        is Elhoushi et al.'s ``max(R_out, R_in)``). Per group: params ``R (C + kh + kw + N)``; MACs
-        ``H W C R + H' W kh R + H' W' kw R + H' W' R N``."""
+        """One mode, R (full: ``max_rank``), tied to the unfoldings ``unfold`` gives: a rank-R CP
+        kernel has rank <= R in each, so a rule takes the largest rank they give (for the channel
+        unfoldings this is Elhoushi et al.'s ``max(R_out, R_in)``). Per group: params
+        ``R (C + sum(k) + N)``; MACs ``P C R + sum_a (axis conv a) + P' R N``, axis conv a costing
+        ``k_a R`` per output position (transposed: per input position) at the size the axes before it
+        left."""
         g = spec.groups
-        n, c, kh, kw = spec.weight_shape()
-        n //= g
-        vertical, _ = spec.split_axes()
-        along_h = replace(spec, **vertical)
+        n, c = spec.out_channels // g, spec.in_channels // g
+        axes = [replace(spec, **geometry) for geometry in spec.split_axes()]
 
         def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
             (r,) = ranks
-            h, w = shape[-2:]
-            hv, _ = along_h.output_size((h, w))
-            ho, wo = spec.output_size((h, w))
-            return g * r * (h * w * c + hv * w * kh + ho * wo * kw + ho * wo * n)
+            size = tuple(shape[-spec.dims:])
+            total = math.prod(size) * c
+            for axis, k_a in zip(axes, spec.kernel_size):
+                out = axis.output_size(size)
+                total += math.prod(size if spec.transposed else out) * k_a
+                size = out
+            return g * r * (total + math.prod(size) * n)
 
-        return RankSpace("CPConv2d", (Mode("rank", cls.max_rank(spec)),),
-                         params=lambda r: g * r[0] * (c + kh + kw + n), macs=macs,
-                         dense_params=g * n * c * kh * kw, dense_macs=spec.macs,
+        return RankSpace(cls.__name__, (Mode("rank", cls.max_rank(spec)),),
+                         params=lambda r: g * r[0] * (c + sum(spec.kernel_size) + n), macs=macs,
+                         dense_params=g * n * c * math.prod(spec.kernel_size), dense_macs=spec.macs,
                          bias=spec.out_channels if spec.bias else 0, error_modes=0, per_group=g > 1)
 
     @classmethod
-    def operands(cls, conv: nn.Conv2d) -> list[Tensor]:
-        """Per group, the (N/g, C/g, kh, kw) block of the kernel, float64."""
-        return list(as_float64(conv.weight).chunk(conv.groups, dim=0))
+    def operands(cls, conv) -> list[Tensor]:
+        """Per group, the (N/g, C/g, *k) block of the kernel (``ConvSpec.as_kernel``), float64."""
+        return list(read_kernel(conv).chunk(conv.groups, dim=0))
 
     @classmethod
     def unfold(cls, block: Tensor) -> list[list[Tensor]]:
-        n, c, kh, kw = block.shape
-        return [[block.reshape(n, -1),                                    # (N, C kh kw)
-                 block.transpose(0, 1).reshape(c, -1),                    # (C, N kh kw)
-                 block.permute(0, 2, 1, 3).reshape(n * kh, c * kw)]]      # (N kh, C kw)
+        """The channel unfoldings ``(N, C prod k)``, ``(C, N prod k)`` and, with two or more spatial
+        axes, the balanced ``(N k_1, C k_2 .. k_d)`` (2-D: ``(N kh, C kw)``)."""
+        n, c, *k = block.shape
+        tied = [block.reshape(n, -1), block.transpose(0, 1).reshape(c, -1)]
+        if len(k) > 1:
+            tied.append(block.transpose(1, 2).reshape(n * k[0], -1))
+        return [tied]
 
     @classmethod
-    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks, restarts: int = 1) -> "CPConv2d":
+    def from_dense_at(cls, conv, ranks: Ranks, restarts: int = 1) -> "CPConv":
         """Decompose ``conv`` by CP-ALS per group (float64), in ``conv``'s dtype and device."""
         check_finite("conv weight", conv.weight)
         layer = cls.empty_at(conv, ranks)._place(conv.weight)
         factors = [cp_als(block, layer.rank, restarts=restarts) for block in cls.operands(conv)]
-        with torch.no_grad():
-            a = torch.cat([f[0] for f in factors], dim=0)  # (N, R): group i's rows use its R
-            b, p, q = (torch.cat([f[k] for f in factors], dim=1) for k in (1, 2, 3))  # (dim, g*R)
-            layer.first.weight.copy_(b.T.reshape(-1, b.shape[0], 1, 1))   # (gR, C/g, 1, 1)
-            layer.vertical.weight.copy_(p.T[:, None, :, None])            # (gR, 1, kh, 1)
-            layer.horizontal.weight.copy_(q.T[:, None, None, :])          # (gR, 1, 1, kw)
-            layer.last.weight.copy_(a[:, :, None, None])                  # (N, R, 1, 1)
-            if conv.bias is not None:
+        d = layer.config.dims
+        a = torch.cat([f[0] for f in factors], dim=0)  # (N, R): group i's rows use its R
+        b, *spatial = (torch.cat([f[k] for f in factors], dim=1) for k in range(1, d + 2))  # (dim, g*R)
+        write_kernel(layer.first, b.T.reshape(-1, b.shape[0], *(1,) * d))  # (gR, C/g, 1..)
+        for axis, (conv_a, p) in enumerate(zip(layer.axis_convs(), spatial)):  # (gR, 1, .., k_a, ..)
+            write_kernel(conv_a, p.T.reshape(-1, 1, *(p.shape[0] if i == axis else 1 for i in range(d))))
+        write_kernel(layer.last, a.reshape(*a.shape, *(1,) * d))  # (N, R, 1..)
+        if conv.bias is not None:
+            with torch.no_grad():
                 layer.last.bias.copy_(conv.bias)
         return layer.train(conv.training)
 
     def dense_weight(self) -> Tensor:
         g, r = self.config.groups, self.rank
-        b = as_float64(self.first.weight)[:, :, 0, 0]        # (gR, C/g)
-        p = as_float64(self.vertical.weight)[:, 0, :, 0]     # (gR, kh)
-        q = as_float64(self.horizontal.weight)[:, 0, 0, :]   # (gR, kw)
-        a = as_float64(self.last.weight)[:, :, 0, 0]         # (N, R): group i's rows use its own R
+        b = read_kernel(self.first).flatten(1)                               # (gR, C/g)
+        spatial = [read_kernel(conv).flatten(1) for conv in self.axis_convs()]  # (gR, k_a) each
+        a = read_kernel(self.last).flatten(1)                                # (N, R): group i's rows use its own R
         blocks = []
         for i, a_i in enumerate(a.chunk(g)):
             cols = slice(i * r, (i + 1) * r)
-            blocks.append(cp_to_tensor([a_i, b[cols].T, p[cols].T, q[cols].T]))
-        return torch.cat(blocks)
+            blocks.append(cp_to_tensor([a_i, b[cols].T, *(p[cols].T for p in spatial)]))
+        return self.config.as_weight(torch.cat(blocks))
 
     def extra_repr(self) -> str:
         s = self.config
-        return f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel_size}, rank={self.rank}, groups={s.groups}"
+        kind = "transposed, " if s.transposed else ""
+        return (f"{s.in_channels}, {s.out_channels}, {kind}kernel_size={s.kernel_size}, rank={self.rank}, "
+                f"groups={s.groups}")
+
+
+CPConv2d = alias(CPConv, "CPConv2d")

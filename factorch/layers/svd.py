@@ -1,9 +1,14 @@
-"""Truncated-SVD layers: ``SVDLinear`` and ``SVDConv2d`` (1x1 convs); ``docs/math.md``, "Truncated SVD".
+"""Truncated-SVD layers: ``SVDLinear`` and ``SVDConv`` (pointwise convs of any dimensionality:
+1x1, 1x1x1, k1; plain or transposed); ``docs/math.md``, "Truncated SVD".
 
 ``W (N, C) ~= A B`` with ``A = U_R sqrt(S_R)`` and ``B = sqrt(S_R) V_R^T``: ``first`` applies B (no
-bias), ``last`` applies A and the original bias. For a 1x1 conv the stride, padding and
-``padding_mode`` go on ``first``: pointwise maps commute with subsampling and with padding, and
-the zero-padded border then gets exactly the bias, as in the dense conv.
+bias), ``last`` applies A and the original bias. The geometry goes on the factor at the smaller
+resolution, where it costs least: for a plain pointwise conv the stride, padding and
+``padding_mode`` go on ``first`` (pointwise maps commute with subsampling and with padding, and the
+zero-padded border then gets exactly the bias, as in the dense conv); for a transposed one the
+stride, padding and output_padding go on ``last``, a transposed pointwise conv (``first`` runs
+on the input pixels, ``last`` scatters them, and every output pixel gets the bias as in the dense
+layer).
 """
 from __future__ import annotations
 
@@ -14,19 +19,20 @@ import torch
 from torch import Tensor, nn
 
 from factorch.decompositions.svd import balanced_svd
-from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite, default_variance, \
-    init_bias, init_uniform_
+from factorch.layers.base import FactorizedConv, FactorizedLayer, alias, as_float64, check_finite, \
+    default_variance, init_bias, init_uniform_, read_kernel, write_kernel
 from factorch.layers.conv_spec import ConvSpec, LinearSpec
 from factorch.rank import Mode, RankSpace
 from factorch.rank.space import Ranks
 
 
-def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -> None:
+def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int, fan_in: int) -> None:
     """From scratch (zero-mean uniform factors): ``Var B = 1/C`` keeps the variance, ``Var A = 1/(3R)``: ``W = A B`` (a sum of R
-    products) has ``Var = 1 / (3 C)``, PyTorch's default for the dense layer."""
+    products) has ``Var = 1 / (3 C)``, PyTorch's default for the dense layer; times ``C / fan_in`` where
+    PyTorch's fan-in is not C (a transposed conv's is N/g)."""
     init_uniform_(first, 1.0 / c)
-    init_uniform_(last, default_variance(rank))
-    init_bias(bias, c)
+    init_uniform_(last, default_variance(rank) * (c / fan_in))
+    init_bias(bias, fan_in)
 
 
 class SVDLinear(FactorizedLayer):
@@ -43,7 +49,7 @@ class SVDLinear(FactorizedLayer):
         self.reset_parameters()
 
     def init_factors(self) -> None:
-        _init(self.first.weight, self.last.weight, self.last.bias, self.in_features, self.rank)
+        _init(self.first.weight, self.last.weight, self.last.bias, self.in_features, self.rank, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.last(self.first(x))  # (..., C) -> (..., R) -> (..., N)
@@ -106,30 +112,35 @@ class SVDLinear(FactorizedLayer):
         return f"{self.in_features}, {self.out_features}, rank={self.rank}"
 
 
-class SVDConv2d(FactorizedConv):
-    """A 1x1 conv as ``first`` 1x1 (C -> gR, stride/padding) and ``last`` 1x1 (gR -> N, bias); per group."""
+class SVDConv(FactorizedConv):
+    """A pointwise conv (1x1, 1x1x1, k1; plain or transposed) as ``first`` (C -> gR) and ``last``
+    (gR -> N, bias), per group; the stride/padding on ``first`` (plain) or ``last`` (transposed)."""
 
     input_factor = "first"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, rank: int = 1, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros") -> None:
+                 padding_mode: str = "zeros", transposed: bool = False, output_padding=0) -> None:
         super().__init__()
         self.config = spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
-                                             dilation, groups, bias, padding_mode)
+                                             dilation, groups, bias, padding_mode, transposed, output_padding)
         (rank,) = self.space(spec).check(rank)
         self.rank = rank
         g = spec.groups
-        self.first = spec.make(out_channels=g * rank, bias=False)
-        self.last = nn.Conv2d(g * rank, spec.out_channels, 1, groups=g, bias=spec.bias)
+        if spec.transposed:
+            self.first = spec.pointwise(spec.in_channels, g * rank, groups=g)
+            self.last = spec.make(in_channels=g * rank)
+        else:
+            self.first = spec.make(out_channels=g * rank, bias=False)
+            self.last = spec.pointwise(g * rank, spec.out_channels, groups=g, bias=spec.bias)
         self.reset_parameters()
 
     def init_factors(self) -> None:
-        _init(self.first.weight, self.last.weight, self.last.bias, self.config.in_channels // self.config.groups,
-              self.rank)
+        s = self.config
+        _init(self.first.weight, self.last.weight, self.last.bias, s.in_channels // s.groups, self.rank, s.fan_in)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.last(self.first(x))  # (B, C, H, W) -> (B, gR, H', W') -> (B, N, H', W')
+        return self.last(self.first(x))  # (B, C, *S) -> (B, gR, *S'') -> (B, N, *S')
 
     @property
     def ranks(self) -> tuple[int]:
@@ -137,47 +148,57 @@ class SVDConv2d(FactorizedConv):
 
     @classmethod
     def space(cls, spec: ConvSpec) -> RankSpace:
-        """One mode (full ``min(N, C)`` per group); params ``g R (C/g + N/g)``, MACs ``H' W' R (C + N)``."""
-        if spec.kernel_size != (1, 1):
-            raise ValueError(f"SVDConv2d takes 1x1 convs only, got kernel {spec.kernel_size}")
+        """One mode (full ``min(N, C)`` per group); params ``g R (C/g + N/g)``; MACs ``P' R (C + N)``
+        at the output positions ``P'`` (transposed: ``P R (C + N)`` at the input positions)."""
+        if math.prod(spec.kernel_size) != 1:
+            raise ValueError(f"{cls.__name__} takes pointwise convs only (1x1, 1x1x1, k1), got kernel "
+                             f"{spec.kernel_size}")
         g = spec.groups
         n, c = spec.out_channels // g, spec.in_channels // g
 
         def macs(ranks: tuple[int, ...], shape: tuple[int, ...]) -> int:
-            ho, wo = spec.output_size(tuple(shape[-2:]))
-            return ho * wo * g * ranks[0] * (c + n)
+            size = tuple(shape[-spec.dims:])
+            positions = math.prod(size if spec.transposed else spec.output_size(size))
+            return positions * g * ranks[0] * (c + n)
 
-        return RankSpace("SVDConv2d", (Mode("rank", min(n, c)),), params=lambda r: g * r[0] * (c + n),
+        return RankSpace(cls.__name__, (Mode("rank", min(n, c)),), params=lambda r: g * r[0] * (c + n),
                          macs=macs, dense_params=g * n * c, dense_macs=spec.macs,
                          bias=spec.out_channels if spec.bias else 0, per_group=g > 1)
 
     @classmethod
-    def operands(cls, conv: nn.Conv2d) -> list[Tensor]:
-        """Per group, the (N/g, C/g) weight matrix, float64."""
-        return list(as_float64(conv.weight)[:, :, 0, 0].chunk(conv.groups))
+    def operands(cls, conv) -> list[Tensor]:
+        """Per group, the (N/g, C/g) weight matrix (``ConvSpec.as_kernel``), float64."""
+        return list(read_kernel(conv).flatten(1).chunk(conv.groups))
 
     @classmethod
     def unfold(cls, weight: Tensor) -> list[list[Tensor]]:
         return [[weight]]
 
     @classmethod
-    def from_dense_at(cls, conv: nn.Conv2d, ranks: Ranks) -> "SVDConv2d":
+    def from_dense_at(cls, conv, ranks: Ranks) -> "SVDConv":
         check_finite("conv weight", conv.weight)
         layer = cls.empty_at(conv, ranks)._place(conv.weight)
         pairs = [balanced_svd(w, layer.rank) for w in cls.operands(conv)]
-        with torch.no_grad():
-            layer.first.weight.copy_(torch.cat([b for _, b in pairs])[:, :, None, None])  # (gR, C/g, 1, 1)
-            layer.last.weight.copy_(torch.cat([a for a, _ in pairs])[:, :, None, None])   # (N, R, 1, 1)
-            if conv.bias is not None:
+        ones = (1,) * layer.config.dims
+        b, a = torch.cat([b for _, b in pairs]), torch.cat([a for a, _ in pairs])
+        write_kernel(layer.first, b.reshape(*b.shape, *ones))  # (gR, C/g, 1..)
+        write_kernel(layer.last, a.reshape(*a.shape, *ones))   # (N, R, 1..)
+        if conv.bias is not None:
+            with torch.no_grad():
                 layer.last.bias.copy_(conv.bias)
         return layer.train(conv.training)
 
     def dense_weight(self) -> Tensor:
         g = self.config.groups
-        bs = as_float64(self.first.weight)[:, :, 0, 0].chunk(g)  # g x (R, C/g)
-        as_ = as_float64(self.last.weight)[:, :, 0, 0].chunk(g)  # g x (N/g, R)
-        return torch.cat([a @ b for a, b in zip(as_, bs)])[:, :, None, None]
+        bs = read_kernel(self.first).flatten(1).chunk(g)  # g x (R, C/g)
+        as_ = read_kernel(self.last).flatten(1).chunk(g)  # g x (N/g, R)
+        kernel = torch.cat([a @ b for a, b in zip(as_, bs)])
+        return self.config.as_weight(kernel.reshape(*kernel.shape, *(1,) * self.config.dims))
 
     def extra_repr(self) -> str:
         s = self.config
-        return f"{s.in_channels}, {s.out_channels}, rank={self.rank}, stride={s.stride}, groups={s.groups}"
+        kind = "transposed, " if s.transposed else ""
+        return f"{s.in_channels}, {s.out_channels}, {kind}rank={self.rank}, stride={s.stride}, groups={s.groups}"
+
+
+SVDConv2d = alias(SVDConv, "SVDConv2d")

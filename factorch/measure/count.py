@@ -1,32 +1,47 @@
-"""Parameters and MACs per layer, counted by forward hooks on the real modules.
+"""Parameters and MACs per module, counted on the real forward pass (``docs/math.md``, "Counting
+multiply-adds").
 
-MACs (multiply-accumulates; FLOPs = 2 MACs) are counted for ``nn.Conv2d`` and ``nn.Linear``, the
-layers that decompositions change, from the shapes each one really sees, so stride, padding and the
-input-resolution 1x1 of a factorized conv are all accounted for:
+MACs (multiply-accumulates; FLOPs = 2 MACs) are counted at the operator level
+(``factorch.measure.operators``: every convolution of any dimensionality, plain or transposed,
+every matrix product however it is spelled -- ``nn.Linear``, ``F.linear``, ``@``, ``bmm``,
+``einsum`` -- and scaled-dot-product attention, fused paths included) from the shapes each
+operator really sees, so stride, padding and the input-resolution 1x1 of a factorized conv are
+all accounted for:
 
-* Conv2d: ``H' W' * (C/g) * kh * kw * N`` per example (``docs/math.md``, "Counting multiply-adds");
-* Linear: ``rows * C * N`` per example (rows = all leading dims but the batch).
+* conv: ``out_elements * (C/g) * prod(kernel)``; transposed conv ``in_elements * (N/g) * prod(kernel)``;
+* linear / matmul: ``rows * C * N``; attention: ``L_q L_k (d + d_v)`` per head and example.
 
-Any other leaf module may count itself: if it defines ``count_macs(input, output) -> int`` (MACs for
-the whole batch of that call), the hook uses it (``TTLinear`` does: its contractions are not
-``nn.Linear`` calls). Normalisation, activations and pooling are not counted (the same in dense and
-factorized models).
+Each operator is attributed to the innermost module running it (an ``nn.MultiheadAttention`` row
+holds its projections and attention products: it reads ``out_proj``'s weight without calling
+it). A module may count itself instead: if it defines ``count_macs(input, output) -> int`` (MACs
+for the whole batch of that call), that is used and the operators it runs are not counted again
+(``TTLinear``, Tucker-3's ``SpatialCoreConv``). An operator that multiplies but has no formula
+(``nn.LSTM``'s fused CPU cell, ``nn.Bilinear``'s ``_trilinear``) is never counted as 0 silently:
+its module's row lists it in ``uncounted``, ``Counts.unattributed`` holds those rows, the printed
+table says so and ``count`` warns. Normalisation, activations and pooling are not counted (the
+same in dense and factorized models).
 A factorized layer's MACs are its factor convs' MACs, e.g. Tucker-2:
 ``H W C R_in + H' W' kh kw R_in R_out + H' W' R_out N`` (Elhoushi et al. Eq. 11's denominator).
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from factorch.measure.operators import Frame, OperatorCounter
+
 
 @dataclass(frozen=True)
 class LayerCount:
-    """One leaf module: its own parameters and its MACs per example."""
+    """One module call: its parameters, its MACs per example, its shapes (no batch). ``params``: the
+    module's own parameters and those of its submodules that did not run (the weights it read
+    itself, e.g. ``nn.MultiheadAttention``'s ``out_proj``). ``uncounted``: operators it ran that
+    multiply but have no formula (its ``macs`` then miss them)."""
 
     name: str
     kind: str
@@ -34,15 +49,23 @@ class LayerCount:
     macs: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    uncounted: tuple[str, ...] = ()
 
 
 @dataclass
 class Counts:
-    """``params``: all distinct parameters of the model; ``macs``: per example; ``layers``: rows."""
+    """``params``: all distinct parameters of the model; ``macs``: per example, of every counted
+    operator; ``layers``: one row per module call that holds parameters, MACs or uncounted operators."""
 
     params: int
     macs: int
     layers: list[LayerCount] = field(default_factory=list)
+
+    @property
+    def unattributed(self) -> list[LayerCount]:
+        """The rows whose module ran multiplying operators no formula counts: ``macs`` is a lower
+        bound while this is not empty."""
+        return [r for r in self.layers if r.uncounted]
 
     def under(self, prefix: str) -> tuple[int, int]:
         """(params, MACs) of every counted layer whose name is ``prefix`` or starts with ``prefix.``."""
@@ -54,22 +77,18 @@ class Counts:
         lines = [f"{'layer':<{width}}  {'type':<14} {'params':>12} {'MACs':>14}  output"]
         for r in self.layers:
             out = "x".join(map(str, r.output_shape))
-            lines.append(f"{r.name:<{width}}  {r.kind:<14} {r.params:>12,} {r.macs:>14,}  {out}")
-        lines.append(f"{'total':<{width}}  {'':<14} {self.params:>12,} {self.macs:>14,}")
+            macs = f"{r.macs:,}" + ("+?" if r.uncounted else "")
+            lines.append(f"{r.name:<{width}}  {r.kind:<14} {r.params:>12,} {macs:>14}  {out}")
+        total = f"{self.macs:,}" + ("+?" if self.unattributed else "")
+        lines.append(f"{'total':<{width}}  {'':<14} {self.params:>12,} {total:>14}")
+        lines += [f"not counted: {describe(r)}" for r in self.unattributed]
         return "\n".join(lines)
 
 
-def _macs(module: nn.Module, args: tuple, out: torch.Tensor) -> int:
-    """MACs of one call for the whole batch."""
-    own = getattr(module, "count_macs", None)
-    if callable(own) and args and isinstance(args[0], torch.Tensor):
-        return int(own(args[0], out))
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return out.numel() * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, nn.Linear):
-        return out.numel() * module.in_features
-    return 0
+def describe(row: LayerCount) -> str:
+    """``lstm (LSTM): aten.mkldnn_rnn_layer has no MAC formula``: an unattributed row, for messages."""
+    return f"{row.name} ({row.kind}): {', '.join(row.uncounted)} {'has' if len(row.uncounted) == 1 else 'have'} " \
+           "no MAC formula"
 
 
 def count(model: nn.Module, example_input: Any) -> Counts:
@@ -78,24 +97,72 @@ def count(model: nn.Module, example_input: Any) -> Counts:
 
     Runs one forward pass in eval mode without gradients and restores every module's mode, so
     BatchNorm statistics are not touched. Works on the ``meta`` device (shapes only, no compute).
+    Multiplying operators without a formula are listed in ``Counts.unattributed`` and warned about.
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
-    rows: list[LayerCount] = []
+    counter = OperatorCounter()
+    calls: list[tuple[str, nn.Module, Frame, tuple, tuple]] = []
+    names = {m: name or type(m).__name__ for name, m in model.named_modules()}
+
+    def enter(module: nn.Module, args: tuple) -> None:
+        parent = counter.frames[-1].own if counter.frames else False
+        counter.frames.append(Frame(own=parent or callable(getattr(module, "count_macs", None))))
 
     def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
-        if not isinstance(out, torch.Tensor):
-            return
-        params = sum(p.numel() for p in module.parameters(recurse=False))
-        macs = _macs(module, args, out) // batch
-        in_shape = tuple(args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else ()
-        rows.append(LayerCount(name, type(module).__name__, params, macs, in_shape, tuple(out.shape[1:])))
+        frame = counter.frames.pop()
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        own = getattr(module, "count_macs", None)
+        if callable(own) and first is not None and not (counter.frames and counter.frames[-1].own):
+            frame.macs = int(own(first, out))
+        calls.append((name, module, frame, tuple(first.shape[1:]) if first is not None else (), _shape(out)))
 
-    leaves = {name or type(m).__name__: m for name, m in model.named_modules() if not any(True for _ in m.children())}
-    probe(model, example_input, leaves, record)
-    params = sum(p.numel() for p in model.parameters())
-    rows = [r for r in rows if r.params or r.macs]
-    return Counts(params=params, macs=sum(r.macs for r in rows), layers=rows)
+    pre = [m.register_forward_pre_hook(enter) for m in names]
+    try:
+        with counter:
+            probe(model, example_input, {n: m for m, n in names.items()}, record)
+    finally:
+        for h in pre:
+            h.remove()
+    carried = _weights_read(model, {m for _, m, _, _, _ in calls})
+    rows = []
+    for name, module, frame, in_shape, out_shape in calls:
+        params = sum(p.numel() for p in module.parameters(recurse=False)) + carried.get(module, 0)
+        row = LayerCount(name, type(module).__name__, params, frame.macs // batch, in_shape, out_shape,
+                         tuple(sorted(frame.uncounted)))
+        if row.params or row.macs or row.uncounted:
+            rows.append(row)
+    counts = Counts(params=sum(p.numel() for p in model.parameters()), macs=sum(r.macs for r in rows), layers=rows)
+    if counts.unattributed:
+        warnings.warn("fc.count: MACs not counted (no formula), the total is a lower bound: "
+                      + "; ".join(describe(r) for r in counts.unattributed), stacklevel=2)
+    return counts
+
+
+def _shape(out: Any) -> tuple[int, ...]:
+    """The shape (no batch) of a module's output, or of the first tensor of a tuple output."""
+    if isinstance(out, (tuple, list)):
+        out = next((t for t in out if isinstance(t, torch.Tensor)), None)
+    return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
+
+
+def _weights_read(model: nn.Module, ran: set[nn.Module]) -> dict[nn.Module, int]:
+    """Per module that ran, the parameters of its submodules that did not run themselves (their
+    nearest running ancestor read their weights, e.g. ``nn.MultiheadAttention``'s ``out_proj``)."""
+    carried: dict[nn.Module, int] = {}
+
+    def visit(module: nn.Module, owner: nn.Module | None) -> None:
+        for child in module.children():
+            if child in ran:
+                visit(child, child)
+                continue
+            own = sum(p.numel() for p in child.parameters(recurse=False))
+            if owner is not None and own:
+                carried[owner] = carried.get(owner, 0) + own
+            visit(child, owner)
+
+    visit(model, model if model in ran else None)
+    return carried
 
 
 def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:

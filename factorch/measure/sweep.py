@@ -33,6 +33,7 @@ from torch import nn
 
 from factorch.api import decompose_
 from factorch.calibration import as_calibration
+from factorch.layers.conv_spec import CONVS
 from factorch.measure.count import count
 from factorch.methods import Method
 from factorch.measure.latency import Profiler, compare
@@ -113,11 +114,11 @@ def check_sweep(model: nn.Module, layers: Sequence[str], methods: Sequence[str],
         bad = [r for r in listed if isinstance(r, bool) or not isinstance(r, int) or r < 1]
         if bad:
             raise ValueError(f"ranks must be ints >= 1, got {bad[0]!r}")
-    weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weighted = [n for n, m in model.named_modules() if isinstance(m, (*CONVS, nn.Linear))]
     points = []
     for name in layers:
         module = dict(model.named_modules()).get(name)
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if not isinstance(module, (*CONVS, nn.Linear)):
             shown = ", ".join(weighted[:16]) + (", ..." if len(weighted) > 16 else "")
             what = "has no layer" if module is None else f"has a {type(module).__name__}, not a conv/linear, at"
             raise ValueError(f"the model {what} {name!r}; conv/linear layers: {shown}")

@@ -32,11 +32,13 @@ def uses_channels_last(choice: Optional[bool], model: nn.Module, device: torch.d
     ``--no-channels-last``), else ("auto") channels_last exactly when the model has a 2-D
     convolution (4-D activations; an MLP has no layout to choose) and the device is one of
     ``CHANNELS_LAST_DEVICES``, where it was measured faster. Both the dense model and the
-    decomposed one follow the rule, so their speed ratio compares like with like."""
+    decomposed one follow the rule, so their speed ratio compares like with like. 1-D and 3-D
+    convs stay contiguous (channels_last_3d was not measured faster here), and a model that also
+    holds 5-D weights (a Conv3d) does too: channels_last cannot lay them out."""
     if choice is not None:
         return bool(choice)
     return torch.device(device).type in CHANNELS_LAST_DEVICES and \
-        any(isinstance(m, nn.Conv2d) for m in model.modules())
+        any(isinstance(m, nn.Conv2d) for m in model.modules()) and not any(p.dim() == 5 for p in model.parameters())
 
 
 def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:

@@ -18,16 +18,18 @@ from tests.cases import pairs
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _inputs(shape, n=3, batch=6, rank=None, seed=0):
+def _inputs(shape, n=3, batch=6, rank=None, seed=0, conv=None):
     """``n`` float64 batches of ``shape`` whose channel vectors are correlated (spatially
-    independent), or lie in a ``rank``-dimensional subspace."""
+    independent), or lie in a ``rank``-dimensional subspace. ``conv``: channels first (default: a
+    3-D shape, a 2-D conv's)."""
     g = torch.Generator().manual_seed(seed)
-    conv = len(shape) == 3
+    conv = len(shape) == 3 if conv is None else conv
     c = shape[0] if conv else shape[-1]
     r = rank or c
     mix = torch.randn(r, c, generator=g, dtype=torch.float64) * torch.rand(c, generator=g, dtype=torch.float64)
     if conv:
-        return [torch.einsum("brhw,rc->bchw", torch.randn(batch, r, *shape[1:], generator=g, dtype=torch.float64), mix)
+        return [torch.einsum("br...,rc->bc...", torch.randn(batch, r, *shape[1:], generator=g, dtype=torch.float64),
+                             mix)
                 for _ in range(n)]
     return [torch.randn(batch, *shape[:-1], r, generator=g, dtype=torch.float64) @ mix for _ in range(n)]
 
@@ -62,7 +64,7 @@ def test_full_rank_data_aware_factors_reproduce_the_layer(method, make, shape):
     and keep weight-only factors."""
     torch.manual_seed(0)
     dense = make().double()
-    xs = _inputs(shape)
+    xs = _inputs(shape, conv=not isinstance(dense, nn.Linear))
     w = _whitening(dense, xs, damping=1e-3)
     found = candidate(method, dense)
     if found.layer_cls.input_factor is None:
@@ -91,7 +93,7 @@ def _inputs_per_group(shape, groups, d, n=5, batch=6):
     g = torch.Generator().manual_seed(1)
     cg = shape[0] // groups
     mix = torch.block_diag(*[torch.randn(d, cg, generator=g, dtype=torch.float64) for _ in range(groups)])
-    return [torch.einsum("brhw,rc->bchw", torch.randn(batch, d * groups, *shape[1:], generator=g,
+    return [torch.einsum("br...,rc->bc...", torch.randn(batch, d * groups, *shape[1:], generator=g,
                                                        dtype=torch.float64), mix) for _ in range(n)]
 
 
@@ -115,7 +117,8 @@ def test_inputs_in_a_subspace_are_captured_exactly_where_weight_only_factors_can
     space = found.space(dense)
     groups = getattr(dense, "groups", 1)
     d = max(1, min(m.full for m in space.modes if m.name in ("in", "rank")) // 2)
-    xs = _inputs(shape, n=5, rank=d * groups, seed=1)  # per group, d of the C/g channel dimensions...
+    # per group, d of the C/g channel dimensions...
+    xs = _inputs(shape, n=5, rank=d * groups, seed=1, conv=not isinstance(dense, nn.Linear))
     if groups > 1:  # ...when every group's channels are mixed only among themselves
         xs = _inputs_per_group(shape, groups, d)
     ranks = _input_rank_ranks(space, d)

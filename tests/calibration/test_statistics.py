@@ -1,5 +1,7 @@
 """Calibration statistics and bad calibration input: streaming equals one-shot, the positions a conv
 reads, no labels needed, damping instead of NaN, one clear error with the model untouched."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,3 +193,30 @@ def test_one_1x1_conv_reads_its_padding_mode():
     stats = collect(nn.Sequential(conv), [x], {"0": conv})[0]["0"]
     read = F.pad(x, (1, 1, 1, 1), mode="reflect").permute(0, 2, 3, 1).reshape(-1, 2)
     assert stats.rows == 36 and torch.allclose(stats.total[0], read.T @ read)
+
+
+@pytest.mark.parametrize("conv,shape", [
+    (nn.Conv1d(4, 6, 1, stride=2, padding=1), (4, 9)),
+    (nn.Conv3d(4, 6, 1, stride=(1, 2, 2), padding=(0, 1, 1), groups=2), (4, 3, 5, 4)),
+    (nn.Conv1d(4, 6, 3, groups=2), (4, 9)),
+    (nn.Conv3d(4, 6, 3, padding=1), (4, 3, 5, 4)),
+    (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1), (4, 9)),
+    (nn.ConvTranspose3d(4, 6, 1, stride=2, groups=2), (4, 3, 2, 4)),
+], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "x".join(map(str, v)))
+def test_a_conv_of_any_dimensionality_reads_its_input_pixels(conv, shape):
+    """A plain pointwise conv: the pixels it reads (padded, at its stride), as an identity pointwise
+    conv of the same geometry reads them; any other conv, transposed ones included: every input pixel;
+    per group."""
+    torch.manual_seed(0)
+    conv = conv.double()
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    stats, _ = collect(nn.Sequential(conv), [x], {"0": conv})
+    if math.prod(conv.kernel_size) == 1 and not conv.transposed:
+        ident = type(conv)(4, 4, 1, conv.stride, conv.padding, bias=False).double()
+        with torch.no_grad():
+            ident.weight.copy_(torch.eye(4).reshape(4, 4, *(1,) * len(conv.kernel_size)))
+        x = ident(x)
+    vectors = x.movedim(1, -1).reshape(-1, conv.groups, 4 // conv.groups)  # (pixels, group, channel)
+    assert stats["0"].rows == len(vectors)
+    for k in range(conv.groups):
+        assert torch.allclose(stats["0"].total[k], vectors[:, k].T @ vectors[:, k], rtol=1e-12)

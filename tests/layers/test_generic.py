@@ -1,6 +1,7 @@
 """Every registered factorized layer class and method, through one set of tests (parametrized from
 the method registry, ``tests.cases``): equivalence with the dense layer rebuilt from the factors
-over the geometry grid (fp64, 1e-10), full rank reproduces the layer, exact low rank is recovered,
+over the geometry grid of every conv dimensionality, plain and transposed (fp64, 1e-10), full rank
+reproduces the layer, exact low rank is recovered,
 gradients reach every factor, ``to_dense`` after training, save/load, dtype, and the from-scratch
 init's variance. A new method is covered as soon as it is registered."""
 import itertools
@@ -68,6 +69,37 @@ def test_every_factorized_conv_equals_the_conv_with_its_rebuilt_kernel(kernel, s
         _check_conv(_random_layer(found, dense), x)
 
 
+# the grid's geometry over Conv1d, Conv3d and ConvTranspose1d/2d/3d: (dims, transposed, kernel, stride,
+# padding, dilation, groups, output_padding); 'same' only where PyTorch takes it (stride 1, not transposed)
+ND_GRID = [
+    (1, False, 3, 1, 1, 1, 1, 0), (1, False, 4, 2, 0, 2, 4, 0), (1, False, 5, 1, "same", 2, 1, 0),
+    (1, False, 1, 3, 2, 1, 4, 0), (3, False, 3, (1, 2, 2), 1, 1, 1, 0), (3, False, (1, 3, 2), 1, "same", 1, 4, 0),
+    (3, False, 2, 2, (1, 0, 1), (2, 1, 1), 1, 0), (3, False, 1, 2, 1, 1, 1, 0),
+    (1, True, 4, 2, 1, 1, 1, 0), (1, True, 3, 3, 0, 1, 4, 2), (1, True, 1, 2, 0, 1, 1, 1),
+    (2, True, 3, 2, 1, 1, 1, 1), (2, True, (2, 3), (2, 1), (0, 1), 1, 4, (1, 0)), (2, True, 3, 1, 2, 2, 1, 0),
+    (2, True, 1, 2, 0, 1, 4, 1), (3, True, 2, 2, 0, 1, 1, 0), (3, True, 3, (1, 2, 2), 1, 1, 4, (0, 1, 1)),
+]
+
+
+def _nd_conv(dims, transposed, kernel, stride, padding, dilation, groups, output_padding, bias=True):
+    if transposed:
+        return fc.layers.conv_spec.CONV_TYPES[(True, dims)](C_IN, C_OUT, kernel, stride, padding, output_padding,
+                                                            groups, bias, dilation)
+    return fc.layers.conv_spec.CONV_TYPES[(False, dims)](C_IN, C_OUT, kernel, stride, padding, dilation, groups, bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("geometry", ND_GRID, ids=lambda g: f"{'convT' if g[1] else 'conv'}{g[0]}d-" +
+                         "-".join(map(str, g[2:])))
+def test_every_factorized_conv_of_any_dimensionality_equals_the_conv_with_its_rebuilt_kernel(geometry, bias):
+    dense = _nd_conv(*geometry, bias=bias)
+    x = torch.randn(2, C_IN, *(7, 6, 5)[:geometry[0]], dtype=torch.float64)
+    classes = _conv_classes(dense)
+    assert classes, "no method handles this conv"
+    for _, found in classes:
+        _check_conv(_random_layer(found, dense), x)
+
+
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding,stride", [(1, 1), ((2, 1), (2, 1)), ("same", 1)])
 def test_padding_modes(padding_mode, padding, stride):
@@ -79,15 +111,23 @@ def test_padding_modes(padding_mode, padding, stride):
         _check_conv(_random_layer(found, dense, rank=3), x)
 
 
-def test_zero_padding_border_pixels_with_bias():
-    """A bias anywhere but after the last factor makes border pixels wrong; check them explicitly."""
-    dense = nn.Conv2d(C_IN, C_OUT, 3, padding=2)
-    x = torch.randn(2, C_IN, 9, 9, dtype=torch.float64)
+@pytest.mark.parametrize("dense", [nn.Conv1d(C_IN, C_OUT, 3, padding=2), nn.Conv2d(C_IN, C_OUT, 3, padding=2),
+                                   nn.Conv3d(C_IN, C_OUT, 3, padding=2),
+                                   nn.ConvTranspose1d(C_IN, C_OUT, 3, stride=2, output_padding=1),
+                                   nn.ConvTranspose2d(C_IN, C_OUT, 3, stride=2, output_padding=1),
+                                   nn.ConvTranspose3d(C_IN, C_OUT, 3, stride=2, output_padding=1)],
+                         ids=lambda m: type(m).__name__)
+def test_border_pixels_with_bias(dense):
+    """A bias anywhere but after the last factor makes border pixels wrong; check them explicitly:
+    the 2-pixel frame a zero-padded conv reads padding in, and a transposed conv's frame (its
+    output_padding row receives the bias only)."""
+    d = len(dense.kernel_size)
+    x = torch.randn(2, C_IN, *(9, 8, 7)[:d], dtype=torch.float64)
     for _, found in _conv_classes(dense):
         layer = _random_layer(found, dense, rank=4)
         ref = conv_reference(x, layer.dense_weight(), layer.config, layer.dense_bias())
         border = torch.ones_like(ref, dtype=torch.bool)
-        border[..., 2:-2, 2:-2] = False
+        border[(..., *(slice(2, -2),) * d)] = False
         assert (layer(x) - ref)[border].abs().max() < 1e-10, type(layer).__name__
 
 
@@ -177,24 +217,37 @@ def test_from_dense_keeps_dtype_and_device(method, make, shape):
         assert layer.to_dense().weight.dtype == dtype
 
 
-BIG = [nn.Conv2d(32, 48, 3, padding=1), nn.Conv2d(32, 48, 1), nn.Linear(256, 128)]
+BIG = [nn.Conv2d(32, 48, 3, padding=1), nn.Conv2d(32, 48, 1), nn.Linear(256, 128), nn.Conv1d(32, 48, 5),
+       nn.Conv1d(32, 48, 1), nn.Conv3d(16, 24, 3), nn.Conv3d(16, 24, 1), nn.ConvTranspose1d(48, 32, 4, stride=2),
+       nn.ConvTranspose2d(48, 32, 3, stride=2), nn.ConvTranspose2d(48, 32, 1, stride=2),
+       nn.ConvTranspose3d(24, 16, 2, stride=2)]
+
+
+def _geometry(dense: nn.Module) -> str:
+    if isinstance(dense, nn.Linear):
+        return "linear"
+    return f"{'convT' if dense.transposed else 'conv'}{len(dense.kernel_size)}d"
 
 
 def _first_handled():
-    """Per factorized layer class (and structure option), the first of ``BIG`` it handles."""
+    """Per factorized layer class (and structure option) and layer geometry (linear, conv1d ..
+    convT3d), the first of ``BIG`` it handles."""
     out = {}
     for method in METHODS:
         for dense in BIG:
             found = candidate(method, dense)
             if isinstance(found, Candidate):
-                out.setdefault((found.layer_cls, tuple(found.options.items())), (method, dense, found))
-    return [pytest.param(*v, id=f"{k[0].__name__}{'-' + str(dict(k[1])) if k[1] else ''}") for k, v in out.items()]
+                key = (found.layer_cls, tuple(found.options.items()), _geometry(dense))
+                out.setdefault(key, (method, dense, found))
+    return [pytest.param(*v, id=f"{k[0].__name__}-{k[2]}{'-' + str(dict(k[1])) if k[1] else ''}")
+            for k, v in out.items()]
 
 
 @pytest.mark.parametrize("method,dense,found", _first_handled())
 def test_from_scratch_kernel_has_the_default_init_variance(method, dense, found):
     """A fresh factorized layer's kernel has ``Var = 1 / (3 fan_in)``, as PyTorch's default init of
-    the dense layer, and its bias the default variance. Fixed seed, 100 draws of a layer large
+    the dense layer (a transposed conv's ``fan_in`` is PyTorch's, ``N/g prod(k)``: its weight is
+    ``(C, N/g, *k)``), and its bias the default variance. Fixed seed, 100 draws of a layer large
     enough that each draw averages many products: the estimate lands within 3 % here; the 15 %
     tolerance cannot flake, and a factor of 1.5 in any factor's variance fails it."""
     assert {cls for cls, _, _ in [(p.values[2].layer_cls, 0, 0) for p in _first_handled()]} == layer_classes()

@@ -129,7 +129,7 @@ def test_rules_act_on_each_modes_singular_values():
 
 @pytest.mark.parametrize("make,match", [
     (lambda: fc.Tucker2((4, 4, 2)), "Tucker2: a rank tuple must hold 2 ints"),
-    (lambda: fc.layers.TuckerConv2d.from_dense(nn.Conv2d(8, 8, 3), (4, 4, 2)), "has 3 ranks; TuckerConv2d here has 2"),
+    (lambda: fc.layers.TuckerConv2d.from_dense(nn.Conv2d(8, 8, 3), (4, 4, 2)), "has 3 ranks; TuckerConv here has 2"),
     (lambda: Tucker3Conv2d(8, 8, 3, rank=(2, 2, 10)), r"rank 10 of mode 'spatial' must be in \[1, 9\]"),
     (lambda: Tucker3Conv2d.from_dense(nn.Conv2d(8, 8, 3), (2, 2, 10)), "exceeds the full rank of mode 'spatial' \\(9\\)"),
     (lambda: Tucker3Conv2d(8, 8, 1, rank=2), "Tucker-3 needs a kernel larger than 1x1"),

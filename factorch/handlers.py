@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, Tucker3Conv2d, TTConv2d, TTLinear, TuckerConv2d
+from factorch.layers import CPConv2d, SVDConv2d, SVDLinear, SVDMultiheadAttention, Tucker3Conv2d, TTConv2d, TTLinear, \
+    TuckerConv2d
 from factorch.methods import CP, SVD, TT, Tucker2, Tucker3
 from factorch.registry import Candidate, NotApplicable, register
 
@@ -48,6 +49,12 @@ def svd_conv(method: SVD, conv: nn.Conv2d) -> Candidate | NotApplicable:
 @register(SVD, nn.Linear)
 def svd_linear(method: SVD, linear: nn.Linear) -> Candidate:
     return Candidate(SVDLinear)
+
+
+@register(SVD, nn.MultiheadAttention)
+def svd_attention(method: SVD, attention: nn.MultiheadAttention) -> Candidate:
+    """The q, k, v and output projections, each by its truncated SVD (weight-only under calibration)."""
+    return Candidate(SVDMultiheadAttention)
 
 
 @register(TT, nn.Linear)

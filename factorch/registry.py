@@ -88,7 +88,7 @@ class Proposal:
 
     def fresh(self, module: nn.Module) -> FactorizedLayer:
         """``empty`` on ``module``'s device and dtype, in its train/eval mode: training from scratch."""
-        ref = module.weight
+        ref = next(module.parameters())
         return self.empty(module).to(device=ref.device, dtype=ref.dtype).train(module.training)
 
 
@@ -133,9 +133,13 @@ NOMINAL_SIZE = 32  # conv input side used to test "fewer MACs" when no example_i
 
 def nominal_shape(module: nn.Module) -> tuple[int, ...]:
     """A stand-in input shape (no batch) for costing a layer without ``example_input``: a Linear's
-    own ``(in_features,)``, a conv's ``(C, 32, 32)`` (larger if its receptive field needs it)."""
+    own ``(in_features,)``, an attention's one query and one key ``(1, 1)`` (its projections cost
+    per token; ``Q K^T`` and ``A V`` cost the same dense and factorized), a conv's ``(C, 32, 32)``
+    (larger if its receptive field needs it)."""
     if isinstance(module, nn.Linear):
         return (module.in_features,)
+    if isinstance(module, nn.MultiheadAttention):
+        return (1, 1)
     reach = max(d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size))
     side = max(NOMINAL_SIZE, reach)
     return (module.in_channels, side, side)
@@ -150,6 +154,9 @@ def layer_label(module: nn.Module) -> str:
         return f"conv{kh}x{kw} {module.in_channels}->{module.out_channels}{s}{g}"
     if isinstance(module, nn.Linear):
         return f"linear {module.in_features}->{module.out_features}"
+    if isinstance(module, nn.MultiheadAttention):
+        dims = "" if module._qkv_same_embed_dim else f" kdim {module.kdim} vdim {module.vdim}"
+        return f"attention {module.embed_dim} h{module.num_heads}{dims}"
     return type(module).__name__
 
 
@@ -183,7 +190,9 @@ class Context:
     ``explicit``: the user named this layer, so no method applying is an error;
     ``whitening``: the layer's calibration statistics (``factorch.calibration``): methods whose
     layer class has an input factor read whitened spectra and build data-aware factors;
-    ``floor``: a layer whose dense cost is below it stays dense (``Floor``)."""
+    ``floor``: a layer whose dense cost is below it stays dense (``Floor``);
+    ``blocked``: why the layer cannot be swapped at all (``factorch.usage``: its parent reads its
+    weight instead of calling it, ...): it stays dense with this reason, and naming it is an error."""
 
     shape: tuple[int, ...]
     nominal: bool = False
@@ -191,6 +200,7 @@ class Context:
     explicit: bool = False
     whitening: Optional["Whitening"] = None
     floor: Optional["Floor"] = None
+    blocked: Optional[str] = None
 
 
 # Where a layer is too small to matter (``decompose_``'s ``min_share``): a share of the model's
@@ -237,6 +247,10 @@ def decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Context
 
 def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Context,
             allocated: Optional[dict], resume: Optional[Decision]) -> Decision:
+    if ctx.blocked:
+        if ctx.explicit:  # the user named this layer
+            raise ValueError(f"cannot be replaced: {ctx.blocked}")
+        return Decision(skipped=ctx.blocked)
     weight = getattr(module, "weight", None)
     if isinstance(weight, Tensor) and not weight.is_meta and not ctx.from_scratch and not bool(weight.any()):
         return Decision(skipped="its weight is all zero (e.g. a zero-initialised head): nothing to approximate")

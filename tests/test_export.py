@@ -12,6 +12,7 @@ import factorch as fc
 from factorch.cli.main import run
 from factorch.export import FORMATS, export
 from factorch.layers import FactorizedLayer, TTConv2d
+from factorch.surgery import walk
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,21 +31,36 @@ def one_thread_block():
         torch.set_num_threads(threads)
 
 
+class Tokens(nn.Module):
+    """(B, 64) as 4 tokens of 16 through self-attention (padding mask on the last token), back to (B, 64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        t = x.reshape(x.shape[0], 4, 16)
+        pad = torch.zeros(x.shape[0], 4, dtype=torch.bool, device=x.device)
+        pad[:, -1] = True
+        return self.attn(t, t, t, key_padding_mask=pad, need_weights=False)[0].reshape(x.shape[0], 64)
+
+
 def every_layer_model() -> nn.Sequential:
     """A small CNN in which each registered method (and TT's conventional conv order) decomposes
-    its own kxk conv, 1x1 conv and linear layer: every registered layer type, once at least."""
+    its own kxk conv, 1x1 conv, linear layer and attention (if it handles one): every registered
+    layer type, once at least."""
     methods = [cls(rank=2) for _, cls in sorted(fc.Method.by_name.items())] + [fc.TT(rank=2, conv_order="conventional")]
     layers = OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1))
     for i in range(len(methods)):
         layers[f"k3_{i}"], layers[f"k1_{i}"] = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
     layers.update(pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), into=nn.Linear(32, 64))
     for i in range(len(methods)):
-        layers[f"fc_{i}"] = nn.Linear(64, 64)
+        layers[f"fc_{i}"], layers[f"tok_{i}"] = nn.Linear(64, 64), Tokens()
     layers["head"] = nn.Linear(64, 10)
     torch.manual_seed(0)
     model = nn.Sequential(layers).eval()
     for i, method in enumerate(methods):
-        own = {f"k3_{i}", f"k1_{i}", f"fc_{i}"}
+        own = {f"k3_{i}", f"k1_{i}", f"fc_{i}", f"tok_{i}.attn"}
         fc.decompose_(model, method, filter_fn=lambda m, name, own=own: name in own,
                       example_input=torch.zeros(1, 3, 6, 6))
     return model
@@ -105,10 +121,19 @@ def test_decomposed_resnet20_exports(tmp_path, resnet20, format):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torch_jit_script_takes_every_layer_type(layers_model):
-    layers = {type(m): m for m in layers_model.modules() if isinstance(m, FactorizedLayer)}
+    layers = {}
+    for _, m in walk(layers_model):  # the model's own layers, not an attention's factor pairs
+        if isinstance(m, FactorizedLayer):
+            layers.setdefault(type(m), m)
     conventional = next(m for m in layers_model.modules() if isinstance(m, TTConv2d) and m.order == "conventional")
     for layer in [*layers.values(), conventional]:
         scripted = torch.jit.script(layer)
+        if isinstance(layer, fc.layers.SVDMultiheadAttention):
+            for batch in (1, 4):
+                x = torch.randn(batch, 4, 16)
+                for got, want in zip(scripted(x, x, x), layer(x, x, x)):
+                    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+            continue
         shape = (64,) if isinstance(layer, (fc.layers.SVDLinear, fc.layers.TTLinear)) else (8, 5, 7)
         for batch in (1, 4):
             x = torch.randn(batch, *shape)

@@ -80,9 +80,14 @@ class CP(Method):
 
 @dataclass(frozen=True)
 class SVD(Method):
-    """Truncated SVD: Linear -> ``SVDLinear``, 1x1 Conv2d -> ``SVDConv2d``."""
+    """Truncated SVD: Linear -> ``SVDLinear``, 1x1 Conv2d -> ``SVDConv2d``, MultiheadAttention ->
+    ``SVDMultiheadAttention`` (its q, k, v and output projections).
+
+    ``rank``: int (every projection of an attention), a fraction, a rule, or, for an attention,
+    ``(q, k, v, out)`` (a tuple given to a linear layer is an error naming it)."""
 
     name: ClassVar[str] = "svd"
+    n_modes: ClassVar[Optional[int]] = None
 
 
 @dataclass(frozen=True)

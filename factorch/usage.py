@@ -12,12 +12,13 @@ reads (``AttributeError`` at the next forward) or unties a shared one; ``observe
   and one whose parameters an operation outside its own forward takes (a ``TorchFunctionMode`` sees
   every torch operation's arguments; the module running at that moment is named as the reader);
 * always, from the code alone: a ``self.<path>.<parameter>`` read of the candidate in the
-  ``forward`` of a module above it (Python's ``ast``), and a parameter it shares with another
-  module (tied weights).
+  ``forward`` of a module above it, or in a method that ``forward`` calls as ``self.<method>(...)``
+  (Python's ``ast``), and a parameter it shares with another module (tied weights).
 
-Without ``example_input`` only the second part can be checked: reads in helper methods or other
-functions (``shifted_window_attention(x, self.qkv.weight, ...)`` is found, a helper reading
-``self.qkv.weight`` for it is not) need the example pass. torch's ``TransformerEncoderLayer`` and
+Without ``example_input`` only the second part can be checked: ``shifted_window_attention(x,
+self.qkv.weight, ...)`` is found, but not a read through an alias (``m = self.qkv; m.weight``),
+``getattr`` or a function given the module itself, nor a layer that is never called; give an
+example input for models whose modules call functions with their children's weights. torch's ``TransformerEncoderLayer`` and
 ``TransformerEncoder`` read their children's weights only on their fused fast path, which a swap
 turns off (``factorch.fused``): their reads do not count.
 
@@ -62,7 +63,7 @@ def observe(model: nn.Module, candidates: Sequence[tuple[str, nn.Module]], examp
         not_run = {name: "its forward did not run on example_input (unused, or its parent uses its weights without "
                          "calling it): left dense, since the model would not run a replacement"
                    for name, _ in candidates if name not in ran}
-        found = [uses, *found, not_run]
+        found = [found[0], uses, found[1], not_run]  # a tied weight is said as such
     for reasons in reversed(found):  # the first found wins
         usage.blocked.update(reasons)
     return usage
@@ -179,18 +180,30 @@ def _code_reads(model: nn.Module, candidates: Sequence[tuple[str, nn.Module]]) -
 @functools.lru_cache(maxsize=None)
 def _self_reads(cls: type) -> frozenset[str]:
     """The dotted attribute chains read from the module (``self``, the first argument) in
-    ``cls.forward`` (``self.qkv.weight`` gives ``qkv.weight`` and ``qkv``); none where the source
-    cannot be read."""
+    ``cls.forward`` and in the methods of ``cls`` it calls as ``self.<method>(...)``, transitively
+    (``self.qkv.weight`` gives ``qkv.weight`` and ``qkv``); none where a source cannot be read."""
+    chains: set[str] = set()
+    todo, seen = ["forward"], set()
+    while todo:
+        method = todo.pop()
+        seen.add(method)
+        found = _method_chains(getattr(cls, method, None))
+        chains |= found
+        todo += [c for c in found if "." not in c and c not in seen and inspect.isfunction(getattr(cls, c, None))]
+    return frozenset(chains)
+
+
+def _method_chains(function: Any) -> set[str]:
+    """``_self_reads`` of one function."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError, ValueError):
-        return frozenset()
-    function = tree.body[0] if tree.body else None
-    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or not function.args.args:
-        return frozenset()
-    me = function.args.args[0].arg
-    return frozenset(chain for node in ast.walk(function) if isinstance(node, ast.Attribute)
-                     for chain in [_chain(node, me)] if chain)
+        return set()
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.args.args:
+        return set()
+    me = node.args.args[0].arg
+    return {chain for n in ast.walk(node) if isinstance(n, ast.Attribute) for chain in [_chain(n, me)] if chain}
 
 
 def _chain(node: ast.Attribute, me: str) -> Optional[str]:

@@ -124,7 +124,8 @@ def _run(model: nn.Module, candidates: Sequence[tuple[str, nn.Module]], example_
 
     hooks = []
     for m in model.modules():
-        hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
+        # first in, last out: a module's own hooks (weight norm's pre-hook computes its weight) are its forward
+        hooks += [m.register_forward_pre_hook(enter, prepend=True), m.register_forward_hook(leave, always_call=True)]
     try:
         with Uses():
             probe(model, example_input, dict(candidates), record)

@@ -138,7 +138,8 @@ class ADMM:
         (broadcast to every rank before raising) when the plan fails or keeps no layer. A layer
         without one ``weight`` (an attention: four projections) is left out: ADMM constrains one."""
         def one_weight(module: nn.Module, name: str) -> bool:
-            return isinstance(getattr(module, "weight", None), Tensor) and (filter_fn is None or filter_fn(module, name))
+            kept = filter_fn is None or filter_fn(module, name)
+            return isinstance(getattr(module, "weight", None), Tensor) and kept
 
         try:
             report = plan(self.model, self._methods, filter_fn=one_weight, example_input=self.example_input)

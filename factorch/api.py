@@ -1,7 +1,9 @@
 """The verbs: ``decompose_`` (in place), ``plan`` (dry run, same report) and ``reconstruct_``.
 
 Transactional: every replacement is built (and every error raised) before the first swap, so a
-failure leaves the model exactly as it was.
+failure leaves the model exactly as it was; with ``example_input``, a swap after which the model
+does not run, or does not call a new layer, is undone (``factorch.usage``: layers a parent uses
+without calling them are left dense before that).
 """
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ reads (``AttributeError`` at the next forward) or unties a shared one; ``observe
 Without ``example_input`` only the second part can be checked: ``shifted_window_attention(x,
 self.qkv.weight, ...)`` is found, but not a read through an alias (``m = self.qkv; m.weight``),
 ``getattr`` or a function given the module itself, nor a layer that is never called; give an
-example input for models whose modules call functions with their children's weights. torch's ``TransformerEncoderLayer`` and
-``TransformerEncoder`` read their children's weights only on their fused fast path, which a swap
-turns off (``factorch.fused``): their reads do not count.
+example input for models whose modules call functions with their children's weights. torch's
+``TransformerEncoderLayer`` and ``TransformerEncoder`` read their children's weights only on their
+fused fast path, which a swap turns off (``factorch.fused``): their reads do not count.
 
 ``swap_checked`` swaps and then runs ``example_input`` once more: if the forward fails or a new
 layer does not run, the model is put back as it was and one ``ValueError`` says why, so a report
@@ -81,7 +81,8 @@ def swap_checked(model: nn.Module, replacements: dict[str, nn.Module], example_i
         probe(model, example_input, dict(replacements), lambda name, *_: ran.add(name))
         problem = next((f"layer {n!r} did not run" for n in replacements if n not in ran), None)
     except Exception as e:  # whatever the model raises: the swap broke it
-        problem = f"the forward raised {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        said = str(e).strip().splitlines()
+        problem = f"the forward raised {type(e).__name__}: {said[0][:200] if said else ''}"
     if problem is not None:
         swap(model, originals)
         raise ValueError(f"after replacing {len(replacements)} layer(s), {problem} on example_input; the model was "

@@ -194,11 +194,11 @@ def probe(model: nn.Module, example_input: Any, modules: dict[str, nn.Module],
     defaults filled in when any keyword was given: an attention called as
     ``attn(x, x, x, need_weights=False)`` gets all eight). A ``record`` that returns a value
     replaces that module's output with it for the rest of the pass (the data-aware check runs the
-    model with one layer's factors in place this way); None leaves it unchanged. torch's fused attention kernels (``torch.backends.mha`` fast path)
-    are off for the pass: they read the layers' weights without calling them, and a factorized
-    layer turns them off for good (``factorch.fused``), so the pass takes the path the modules'
-    own forwards take. Restores every module's mode and removes the hooks, so BatchNorm statistics
-    and the model are left as they were."""
+    model with one layer's factors in place this way); None leaves it unchanged. torch's fused
+    attention kernels (the ``torch.backends.mha`` fast path) are off for the pass: they read the
+    layers' weights without calling them, and a factorized layer turns them off for good
+    (``factorch.fused``), so the pass takes the path the modules' own forwards take. Restores every
+    module's mode and removes the hooks, so BatchNorm statistics and the model are left as they were."""
 
     def hook(name: str):
         def call(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:

@@ -135,9 +135,14 @@ class ADMM:
 
     def _resolve(self, filter_fn: Optional[FilterFn]) -> list[tuple[str, str, tuple[int, ...]]] | str:
         """(layer, method name, ranks) of every layer the methods decompose; an error message
-        (broadcast to every rank before raising) when the plan fails or keeps no layer."""
+        (broadcast to every rank before raising) when the plan fails or keeps no layer. A layer
+        without one ``weight`` (an attention: four projections) is left out: ADMM constrains one."""
+        def one_weight(module: nn.Module, name: str) -> bool:
+            kept = filter_fn is None or filter_fn(module, name)
+            return isinstance(getattr(module, "weight", None), Tensor) and kept
+
         try:
-            report = plan(self.model, self._methods, filter_fn=filter_fn, example_input=self.example_input)
+            report = plan(self.model, self._methods, filter_fn=one_weight, example_input=self.example_input)
         except ValueError as e:
             return f"fc.ADMM: {e}"
         rows = report.decomposed

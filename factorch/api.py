@@ -1,7 +1,9 @@
 """The verbs: ``decompose_`` (in place), ``plan`` (dry run, same report) and ``reconstruct_``.
 
 Transactional: every replacement is built (and every error raised) before the first swap, so a
-failure leaves the model exactly as it was.
+failure leaves the model exactly as it was; with ``example_input``, a swap after which the model
+does not run, or does not call a new layer, is undone (``factorch.usage``: layers a parent uses
+without calling them are left dense before that).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 
 import factorch.handlers  # noqa: F401  (fills the registry)
 from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
-from factorch.measure.count import count, layer_macs, probe
+from factorch.measure.count import count, layer_macs
 from factorch.calibration.safety import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
@@ -24,6 +26,7 @@ from factorch.registry import (MIN_SHARE, Context, Decision, Floor, decide_all, 
 from factorch.report import BudgetResult, LayerReport, Report
 from factorch.selection import Config, Selection
 from factorch.surgery import FilterFn, swap, walk
+from factorch.usage import observe, swap_checked
 
 Timing = Optional[tuple[Profiler, int]]  # (how to time, batch of example_input)
 
@@ -74,7 +77,7 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     """
     report, replacements = _decide(model, methods, filter_fn, example_input, keep_if_faster, from_scratch,
                                    calibration, min_share)
-    swap(model, replacements)
+    swap_checked(model, replacements, example_input)
     return report
 
 
@@ -104,10 +107,11 @@ def check(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterFn] = 
         given = selection.methods_for(name)
         return [m for m in given or [] if from_scratch or not isinstance(m.rank, RankRule)] or None
 
-    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
+    seen = observe(model, candidates, example_input)
     decide_all(candidates, methods_for,
-               lambda n, m: Context(shapes.get(n) or nominal_shape(m), nominal=n not in shapes,
-                                    from_scratch=from_scratch, explicit=selection.is_explicit(n)),
+               lambda n, m: Context(seen.shapes.get(n) or nominal_shape(m), nominal=n not in seen.shapes,
+                                    from_scratch=from_scratch, explicit=selection.is_explicit(n),
+                                    blocked=seen.blocked.get(n)),
                exact_shapes=example_input is not None)
 
 
@@ -131,18 +135,6 @@ def _rebuilt(name: str, layer: FactorizedLayer) -> nn.Module:
     if not all(bool(torch.isfinite(p).all()) for p in dense.parameters()):
         raise ValueError(f"{what} has NaN or Inf factors: its dense weight would be NaN/Inf; refusing to rebuild it")
     return dense
-
-
-def _input_shapes(model: nn.Module, example_input: Any, names: set[str]) -> dict[str, tuple[int, ...]]:
-    """Each named layer's input shape (batch dim dropped) from one eval-mode, no-grad forward pass."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = {n: m for n, m in model.named_modules() if n in names}
-
-    def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
-        shapes.setdefault(name, tuple(args[0].shape[1:]))
-
-    probe(model, example_input, modules, record)
-    return shapes
 
 
 def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], example_input: Any,
@@ -178,15 +170,15 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
         whitening, notes, order = layer_whitenings(model, calib, targets, example_input)
         if example_input is None:
             example_input = to_model(model, calib.batches[0][:1])
-    shapes = _input_shapes(model, example_input, {n for n, _ in candidates}) if example_input is not None else {}
-
+    seen = observe(model, candidates, example_input)
+    shapes = seen.shapes
     floor = _floor(model, example_input, min_share)
 
     def context_of(name: str, module: nn.Module) -> Context:
         shape = shapes.get(name)
         return Context(shape or nominal_shape(module), nominal=shape is None and not isinstance(module, nn.Linear),
                        from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name),
-                       floor=floor)
+                       floor=floor, blocked=seen.blocked.get(name))
 
     planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
@@ -246,6 +238,10 @@ def _row(name: str, module: nn.Module, decision: Optional[Decision], shape: Opti
     except ValueError as e:
         raise ValueError(f"layer {name!r} ({layer_label(module)}): {e}") from None
     row["error"] = weight_error(module, new)
+    if timing is not None and shape is not None and isinstance(module, nn.MultiheadAttention):
+        row["note"] = "; ".join(n for n in (row["note"], "keep_if_faster: not timed (an attention takes several "
+                                            "inputs); kept factorized") if n)
+        return LayerReport(**row), new
     if timing is not None and shape is not None:
         return _keep_faster(row, module, new, shape, *timing)
     return LayerReport(**row), new

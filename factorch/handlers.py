@@ -9,7 +9,7 @@ import math
 
 from torch import nn
 
-from factorch.layers import CPConv, SVDConv, SVDLinear, Tucker3Conv, TTConv, TTLinear, TuckerConv
+from factorch.layers import CPConv, SVDConv, SVDLinear, SVDMultiheadAttention, Tucker3Conv, TTConv, TTLinear, TuckerConv
 from factorch.layers.conv_spec import CONVS, ConvSpec, kernel_text
 from factorch.methods import CP, SVD, TT, Tucker2, Tucker3
 from factorch.registry import Candidate, NotApplicable, register
@@ -56,6 +56,12 @@ def svd_conv(method: SVD, conv: nn.Module) -> Candidate | NotApplicable:
 @register(SVD, nn.Linear)
 def svd_linear(method: SVD, linear: nn.Linear) -> Candidate:
     return Candidate(SVDLinear)
+
+
+@register(SVD, nn.MultiheadAttention)
+def svd_attention(method: SVD, attention: nn.MultiheadAttention) -> Candidate:
+    """The q, k, v and output projections, each by its truncated SVD (weight-only under calibration)."""
+    return Candidate(SVDMultiheadAttention)
 
 
 @register(TT, nn.Linear)

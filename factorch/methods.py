@@ -83,9 +83,14 @@ class CP(Method):
 @dataclass(frozen=True)
 class SVD(Method):
     """Truncated SVD: Linear -> ``SVDLinear``, a pointwise conv (1x1, k1, 1x1x1; plain or transposed)
-    -> ``SVDConv``."""
+    -> ``SVDConv``, MultiheadAttention -> ``SVDMultiheadAttention`` (its q, k, v and output
+    projections).
+
+    ``rank``: int (every projection of an attention), a fraction, a rule, or, for an attention,
+    ``(q, k, v, out)`` (a tuple given to a linear layer is an error naming it)."""
 
     name: ClassVar[str] = "svd"
+    n_modes: ClassVar[Optional[int]] = None
 
 
 @dataclass(frozen=True)

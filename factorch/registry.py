@@ -90,7 +90,7 @@ class Proposal:
 
     def fresh(self, module: nn.Module) -> FactorizedLayer:
         """``empty`` on ``module``'s device and dtype, in its train/eval mode: training from scratch."""
-        ref = module.weight
+        ref = next(module.parameters())
         return self.empty(module).to(device=ref.device, dtype=ref.dtype).train(module.training)
 
 
@@ -142,10 +142,14 @@ NOMINAL_SIZE = 32  # conv input side (per spatial axis) used to test "fewer MACs
 
 def nominal_shape(module: nn.Module) -> tuple[int, ...]:
     """A stand-in input shape (no batch) for costing a layer without ``example_input``: a Linear's
-    own ``(in_features,)``, a conv's ``(C, 32)``, ``(C, 32, 32)`` or ``(C, 32, 32, 32)`` by its
-    dimensionality (larger where its receptive field needs it)."""
+    own ``(in_features,)``, an attention's one query and one key ``(1, 1)`` (its projections cost
+    per token; ``Q K^T`` and ``A V`` cost the same dense and factorized), a conv's ``(C, 32)``,
+    ``(C, 32, 32)`` or ``(C, 32, 32, 32)`` by its dimensionality (larger where its receptive field
+    needs it)."""
     if isinstance(module, nn.Linear):
         return (module.in_features,)
+    if isinstance(module, nn.MultiheadAttention):
+        return (1, 1)
     reach = max(d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size))
     side = max(NOMINAL_SIZE, reach)
     return (module.in_channels, *(side,) * len(module.kernel_size))
@@ -167,6 +171,9 @@ def layer_label(module: nn.Module) -> str:
         return f"{head} {spec.in_channels}->{spec.out_channels}{s}{g}"
     if isinstance(module, nn.Linear):
         return f"linear {module.in_features}->{module.out_features}"
+    if isinstance(module, nn.MultiheadAttention):
+        dims = "" if module._qkv_same_embed_dim else f" kdim {module.kdim} vdim {module.vdim}"
+        return f"attention {module.embed_dim} h{module.num_heads}{dims}"
     return type(module).__name__
 
 
@@ -200,7 +207,9 @@ class Context:
     ``explicit``: the user named this layer, so no method applying is an error;
     ``whitening``: the layer's calibration statistics (``factorch.calibration``): methods whose
     layer class has an input factor read whitened spectra and build data-aware factors;
-    ``floor``: a layer whose dense cost is below it stays dense (``Floor``)."""
+    ``floor``: a layer whose dense cost is below it stays dense (``Floor``);
+    ``blocked``: why the layer cannot be swapped at all (``factorch.usage``: its parent reads its
+    weight instead of calling it, ...): it stays dense with this reason, and naming it is an error."""
 
     shape: tuple[int, ...]
     nominal: bool = False
@@ -208,6 +217,7 @@ class Context:
     explicit: bool = False
     whitening: Optional["Whitening"] = None
     floor: Optional["Floor"] = None
+    blocked: Optional[str] = None
 
 
 # Where a layer is too small to matter (``decompose_``'s ``min_share``): a share of the model's
@@ -254,6 +264,10 @@ def decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Context
 
 def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Context,
             allocated: Optional[dict], resume: Optional[Decision]) -> Decision:
+    if ctx.blocked:
+        if ctx.explicit:  # the user named this layer
+            raise ValueError(f"cannot be replaced: {ctx.blocked}")
+        return Decision(skipped=ctx.blocked)
     weight = getattr(module, "weight", None)
     if isinstance(weight, Tensor) and not weight.is_meta and not ctx.from_scratch and not bool(weight.any()):
         return Decision(skipped="its weight is all zero (e.g. a zero-initialised head): nothing to approximate")

@@ -57,6 +57,17 @@ DENSE = [
     ("linear-rows", lambda: nn.Linear(20, 12, bias=False), (5, 20)),
 ]
 
+# Layers called with several inputs (an attention's query, key and value; input shape ``(L_q, L_k)``):
+# the generic tests that need no forward (rank spaces, counts through ``example_input``) run over them
+# too; the ones that call a layer on one tensor or read its ``weight`` do not apply, and
+# tests/layers/test_attention.py checks the same properties with the attention's inputs.
+ATTENTION = [
+    ("mha", lambda: nn.MultiheadAttention(16, 4), (5, 7)),
+    ("mha-batch-first-nobias", lambda: nn.MultiheadAttention(12, 3, bias=False, batch_first=True), (6, 6)),
+    ("mha-kdim-vdim-bias-kv-zero-attn", lambda: nn.MultiheadAttention(16, 2, add_bias_kv=True, add_zero_attn=True,
+                                                                       kdim=10, vdim=24, batch_first=True), (4, 9)),
+]
+
 # every registered method, plus the structure variants a config can choose
 METHODS = [cls(rank=1) for _, cls in sorted(fc.Method.by_name.items())] + [fc.TT(rank=1, conv_order="conventional")]
 
@@ -81,19 +92,27 @@ def handles(method, module) -> bool:
     return isinstance(candidate(method, module), Candidate)
 
 
-def pairs():
-    """``pytest.param(method, make_dense, input_shape)`` for every (method, dense layer) it handles."""
+def pairs(cases=DENSE):
+    """``pytest.param(method, make_dense, input_shape)`` for every (method, dense layer of ``cases``)
+    it handles."""
     out = []
     for method in METHODS:
-        for name, make, shape in DENSE:
+        for name, make, shape in cases:
             if isinstance(candidate(method, make()), Candidate):
                 out.append(pytest.param(method, make, shape, id=f"{_label(method)}-{name}"))
     return out
 
 
-def layer_classes():
-    """Every factorized layer class some registered method builds (each must appear in ``pairs``)."""
-    return {candidate(m, make()).layer_cls for m in METHODS for _, make, _ in DENSE
+def attention_pairs():
+    """``pairs`` of the ``ATTENTION`` layers."""
+    return pairs(ATTENTION)
+
+
+def layer_classes(attention: bool = True):
+    """Every factorized layer class some registered method builds (each must appear in ``pairs``
+    or, ``attention``, in ``attention_pairs``)."""
+    cases = DENSE + ATTENTION if attention else DENSE
+    return {candidate(m, make()).layer_cls for m in METHODS for _, make, _ in cases
             if isinstance(candidate(m, make()), Candidate)}
 
 
@@ -166,3 +185,13 @@ def method_lists(modules, rank=1):
             seen.add(split)
             out.append([with_rank(m, rank) for m in chosen])
     return out
+
+
+def example_input(dense, shape, batch=1):
+    """Zeros a layer of ``dense``'s kind takes, ``batch`` examples of ``shape``: one tensor, or an
+    attention's ``(query, key, value)`` for ``shape = (L_q, L_k)``."""
+    if not isinstance(dense, nn.MultiheadAttention):
+        return torch.zeros(batch, *shape)
+    (lq, lk), e = shape, dense.embed_dim
+    place = (lambda n, d: (batch, n, d)) if dense.batch_first else (lambda n, d: (n, batch, d))
+    return torch.zeros(place(lq, e)), torch.zeros(place(lk, dense.kdim)), torch.zeros(place(lk, dense.vdim))

@@ -14,6 +14,7 @@ import factorch as fc
 from factorch.cli.main import run
 from factorch.export import FORMATS, export
 from factorch.layers import FactorizedLayer, TTConv2d
+from factorch.surgery import walk
 from tests.cases import METHODS, with_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,6 +34,20 @@ def one_thread_block():
         torch.set_num_threads(threads)
 
 
+class Tokens(nn.Module):
+    """(B, 64) as 4 tokens of 16 through self-attention (padding mask on the last token), back to (B, 64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        t = x.reshape(x.shape[0], 4, 16)
+        pad = torch.zeros(x.shape[0], 4, dtype=torch.bool, device=x.device)
+        pad[:, -1] = True
+        return self.attn(t, t, t, key_padding_mask=pad, need_weights=False)[0].reshape(x.shape[0], 64)
+
+
 # (dims, transposed) -> the example input's spatial size: every conv geometry a layer class takes
 GEOMETRIES = {"conv2d": (2, False, (6, 6)), "conv1d": (1, False, (12,)), "conv3d": (3, False, (4, 5, 3)),
               "convT1d": (1, True, (7,)), "convT2d": (2, True, (4, 5)), "convT3d": (3, True, (3, 4, 3))}
@@ -41,7 +56,8 @@ GEOMETRIES = {"conv2d": (2, False, (6, 6)), "conv1d": (1, False, (12,)), "conv3d
 def every_layer_model(geometry: str = "conv2d") -> nn.Sequential:
     """A small CNN of ``geometry`` (plain or transposed convs of 1 to 3 dims) in which each
     registered method (and TT's conventional conv order) decomposes its own k3 (transposed: k4) conv,
-    pointwise conv and linear layer: every registered layer type, once at least, in that geometry."""
+    pointwise conv, linear layer and attention (where it handles one): every registered layer type,
+    once at least, in that geometry."""
     dims, transposed, _ = GEOMETRIES[geometry]  # the convs keep the spatial size
     conv = fc.layers.conv_spec.CONV_TYPES[(transposed, dims)]
     methods = [with_rank(m, 2) for m in METHODS]
@@ -54,12 +70,12 @@ def every_layer_model(geometry: str = "conv2d") -> nn.Sequential:
             layers[f"down_{i}"] = plain(16, 16, 2, stride=2)
     layers.update(flatten=nn.Flatten(), into=nn.Linear(16 * math.prod(GEOMETRIES[geometry][2]), 64))
     for i in range(len(methods)):
-        layers[f"fc_{i}"] = nn.Linear(64, 64)
+        layers[f"fc_{i}"], layers[f"tok_{i}"] = nn.Linear(64, 64), Tokens()
     layers["head"] = nn.Linear(64, 10)
     torch.manual_seed(0)
     model = nn.Sequential(layers).eval()
     for i, method in enumerate(methods):
-        own = {f"k3_{i}", f"k1_{i}", f"fc_{i}"}
+        own = {f"k3_{i}", f"k1_{i}", f"fc_{i}", f"tok_{i}.attn"}
         fc.decompose_(model, method, filter_fn=lambda m, name, own=own: name in own,
                       example_input=example(geometry), min_share=0)
     return model
@@ -129,10 +145,19 @@ def test_decomposed_resnet20_exports(tmp_path, resnet20, format):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torch_jit_script_takes_every_layer_type(layers_model):
     geometry, model = layers_model
-    layers = {type(m): m for m in model.modules() if isinstance(m, FactorizedLayer)}
+    layers = {}
+    for _, m in walk(model):  # the model's own layers, not an attention's factor pairs
+        if isinstance(m, FactorizedLayer):
+            layers.setdefault(type(m), m)
     conventional = next(m for m in model.modules() if isinstance(m, TTConv2d) and m.order == "conventional")
     for layer in [*layers.values(), conventional]:
         scripted = torch.jit.script(layer)
+        if isinstance(layer, fc.layers.SVDMultiheadAttention):
+            for batch in (1, 4):
+                x = torch.randn(batch, 4, 16)
+                for got, want in zip(scripted(x, x, x), layer(x, x, x)):
+                    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+            continue
         shape = (64,) if isinstance(layer, (fc.layers.SVDLinear, fc.layers.TTLinear)) else \
             (16, *(5, 7, 4)[:GEOMETRIES[geometry][0]])
         for batch in (1, 4):

@@ -222,9 +222,10 @@ def test_loading_a_checkpoint_builds_at_the_stored_ints_without_resolving(monkey
 
 
 def test_registry_holds_exactly_the_concrete_layer_classes():
-    from factorch.layers import CPConv2d, SVDConv2d, TTConv2d, Tucker3Conv2d
+    from factorch.layers import CPConv2d, SVDConv2d, SVDMultiheadAttention, TTConv2d, Tucker3Conv2d
     from factorch.layers.base import FactorizedConv, FactorizedLayer
 
     ours = {c for c in FactorizedLayer.registry.values() if c.__module__.startswith("factorch.")}
-    assert ours == {CPConv2d, SVDConv2d, SVDLinear, TTConv2d, TTLinear, Tucker3Conv2d, TuckerConv2d}
+    assert ours == {CPConv2d, SVDConv2d, SVDLinear, SVDMultiheadAttention, TTConv2d, TTLinear, Tucker3Conv2d,
+                    TuckerConv2d}
     assert FactorizedConv not in FactorizedLayer.registry.values()

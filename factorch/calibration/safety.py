@@ -75,11 +75,12 @@ def score(model: nn.Module, held: Sequence[Tensor], reference: Sequence[Tensor],
     modules = {n: model.get_submodule(n) for n in subs}
     sums = [0.0, 0.0]
 
-    def record(name: str, module: nn.Module, args: tuple, out: Any) -> Tensor:
-        new = subs[name](args[0])
+    def record(name: str, module: nn.Module, args: tuple, out: Any) -> Any:
+        new = subs[name](*args)  # all of the call's inputs: an attention takes several
         if name == target:
-            sums[0] += float((new - out).double().pow(2).sum())
-            sums[1] += float(out.double().pow(2).sum())
+            mine, theirs = _first(new), _first(out)  # an attention returns (output, weights)
+            sums[0] += float((mine - theirs).double().pow(2).sum())
+            sums[1] += float(theirs.double().pow(2).sum())
         return new
 
     err = norm = 0.0
@@ -90,6 +91,11 @@ def score(model: nn.Module, held: Sequence[Tensor], reference: Sequence[Tensor],
             norm += float(ref.pow(2).sum())
     layer = math.sqrt(sums[0] / sums[1]) if target is not None and sums[1] > 0 else None
     return Score(math.sqrt(err / norm) if norm > 0 else math.sqrt(err), layer)
+
+
+def _first(out: Any) -> Tensor:
+    """A layer's output tensor: ``out``, or the first of a tuple."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 @contextlib.contextmanager
@@ -121,7 +127,7 @@ def refit(model: nn.Module, fit: Sequence[Tensor], name: str, chosen: dict[str, 
             if n == name:
                 rows[key] = kind.rows(m, args[0]).to(torch.float64)
                 raise _Captured
-            return chosen[n](args[0])
+            return chosen[n](*args)
         return record
 
     with _eval(chosen.values()):
@@ -136,8 +142,9 @@ def refit(model: nn.Module, fit: Sequence[Tensor], name: str, chosen: dict[str, 
 
 
 def weight_error(module: nn.Module, new: nn.Module) -> float:
-    """``||W - W_hat|| / ||W||`` of a built replacement."""
-    w = module.weight.detach().to(torch.float64)  # on its device, as dense_weight()
+    """``||W - W_hat|| / ||W||`` of a built replacement (``W``: the kernel as its class lays it out,
+    ``dense_kernel``: an attention's four projection weights together)."""
+    w = type(new).dense_kernel(module)  # float64 on its device, as dense_weight()
     return float((new.dense_weight().reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-300))
 
 

@@ -177,7 +177,8 @@ def layer_whitenings(model: nn.Module, calibration: Calibration, layers: dict[st
     usable = {}
     for name, module in layers.items():
         kind = input_kind(module)
-        if kind is None:
+        if kind is None:  # an attention: four projections, four inputs (factorch.layers.attention)
+            notes[name] = f"calibration not used: no input statistics for {type(module).__name__}; weight-only factors"
             continue
         c = kind.size(module)[1]
         if c > MAX_CHANNELS:

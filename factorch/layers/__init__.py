@@ -6,6 +6,7 @@ conv dimensionality, plain or transposed, as their ``ConvSpec`` says; ``TuckerCo
 other ``...Conv2d`` names of the 2-D-only classes they generalised are the same classes (and the
 names old checkpoints load by).
 """
+from factorch.layers.attention import SVDMultiheadAttention
 from factorch.layers.base import FactorizedLayer
 from factorch.layers.conv_spec import ConvSpec
 from factorch.layers.cp_conv import CPConv, CPConv2d
@@ -15,5 +16,6 @@ from factorch.layers.tt_linear import TTLinear
 from factorch.layers.tucker3_conv import Tucker3Conv, Tucker3Conv2d
 from factorch.layers.tucker_conv import TuckerConv, TuckerConv2d
 
-__all__ = ["CPConv", "CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv", "SVDConv2d", "SVDLinear", "TTConv",
-           "TTConv2d", "TTLinear", "Tucker3Conv", "Tucker3Conv2d", "TuckerConv", "TuckerConv2d"]
+__all__ = ["CPConv", "CPConv2d", "ConvSpec", "FactorizedLayer", "SVDConv", "SVDConv2d", "SVDLinear",
+           "SVDMultiheadAttention", "TTConv", "TTConv2d", "TTLinear", "Tucker3Conv", "Tucker3Conv2d", "TuckerConv",
+           "TuckerConv2d"]

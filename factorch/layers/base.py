@@ -35,7 +35,8 @@ class FactorizedLayer(nn.Module):
       resolved again: the decision path (``factorch.registry``) resolved them once already;
     * ``from_dense(dense, rank)`` / ``empty_like(dense, rank)``: the same for any rank spec, resolved
       exactly once by ``factorch.rank.resolve`` (``resolve_rank``), then the int path;
-    * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device;
+    * ``dense_weight()``: the kernel the factors represent, in float64 on the layer's device, and
+      ``dense_kernel(dense)`` the dense layer's in the same layout (its ``weight``, by default);
     * ``to_dense()``: the equivalent dense layer, built from the current (possibly trained) factors;
     * ``spec()``: constructor arguments, so ``factorch.io`` can rebuild the structure (with
       ``options(config)`` for structure choices that the dense layer does not determine);
@@ -180,6 +181,12 @@ class FactorizedLayer(nn.Module):
 
     def dense_weight(self) -> Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def dense_kernel(cls, dense: nn.Module) -> Tensor:
+        """The dense layer's kernel in ``dense_weight``'s layout, float64 on its device (what the
+        approximation error compares): its ``weight`` for most layers."""
+        return as_float64(dense.weight)
 
     def to_dense(self) -> nn.Module:
         raise NotImplementedError

@@ -26,6 +26,7 @@ A factorized layer's MACs are its factor convs' MACs, e.g. Tucker-2:
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -91,16 +92,26 @@ def describe(row: LayerCount) -> str:
            "no MAC formula"
 
 
+def attention_products(query_rows: int, keys: int, embed_dim: int) -> int:
+    """``Q K^T`` and ``A V`` of multi-head attention for ``query_rows`` queries (over the batch),
+    each against ``keys`` keys: ``query_rows * keys * d_head`` per head and product, ``H d_head = E``
+    (what the scaled-dot-product operator's formula counts)."""
+    return 2 * query_rows * keys * embed_dim
+
+
 def count(model: nn.Module, example_input: Any) -> Counts:
     """Count ``model``'s parameters and its MACs for ``example_input`` (a tensor, or a tuple of
-    positional inputs whose first element carries the batch), per example.
+    positional inputs whose first element carries the batch: its dimension 0, or 1 for a 3-D input
+    to a model whose ``batch_first`` is False, torch's sequence layout), per example.
 
     Runs one forward pass in eval mode without gradients and restores every module's mode, so
     BatchNorm statistics are not touched. Works on the ``meta`` device (shapes only, no compute).
     Multiplying operators without a formula are listed in ``Counts.unattributed`` and warned about.
     """
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
+    # an attention counted on its own with batch_first=False takes (L, N, E): the batch is axis 1
+    axis = 1 if getattr(model, "batch_first", True) is False and inputs[0].dim() == 3 else 0
+    batch = int(inputs[0].shape[axis]) if inputs[0].dim() > 0 else 1
     counter = OperatorCounter()
     calls: list[tuple[str, nn.Module, Frame, tuple, tuple]] = []
     names = {m: name or type(m).__name__ for name, m in model.named_modules()}
@@ -166,12 +177,30 @@ def _weights_read(model: nn.Module, ran: set[nn.Module]) -> dict[nn.Module, int]
 
 
 def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of ``module`` for one example of ``input_shape`` (no batch dim), costed on the ``meta``
-    device: nothing is computed and ``module`` is not touched."""
+    """MACs of ``module`` for one example of ``input_shape`` (no batch dim; ``example_shape``: an
+    attention's is ``(L_q, L_k)``), costed on the ``meta`` device: nothing is computed and
+    ``module`` is not touched."""
     meta = module if _on_meta(module) else _meta_copy(module)
     ref = next(meta.parameters(), None)
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+    if isinstance(module, nn.MultiheadAttention):
+        (lq, lk), e = input_shape, module.embed_dim
+        shape = (lambda n, d: (1, n, d)) if module.batch_first else (lambda n, d: (n, 1, d))
+        example = tuple(torch.empty(shape(n, d), device="meta", dtype=dtype)
+                        for n, d in ((lq, e), (lk, module.kdim), (lk, module.vdim)))
+        return count(meta, example).macs
     return count(meta, torch.empty((1, *input_shape), device="meta", dtype=dtype)).macs
+
+
+def example_shape(module: nn.Module, args: tuple) -> tuple[int, ...]:
+    """One example's input shape as ``layer_macs`` and the rank spaces take it, from a call's
+    positional ``args``: the first input without its batch dimension; for an attention (its query,
+    key and value first), ``(L_q, L_k)``, the query and key sequence lengths."""
+    if isinstance(module, nn.MultiheadAttention):
+        query, key = args[0], args[1]
+        time = 1 if module.batch_first and query.dim() == 3 else 0
+        return (int(query.shape[time]), int(key.shape[time]))
+    return tuple(args[0].shape[1:])
 
 
 def _meta_copy(module: nn.Module) -> nn.Module:
@@ -193,25 +222,48 @@ def probe(model: nn.Module, example_input: Any, modules: dict[str, nn.Module],
           record: Callable[[str, nn.Module, tuple, Any], Any]) -> Any:
     """One forward pass of ``model`` on ``example_input`` (a tensor or a tuple of positional
     inputs) in eval mode without gradients, calling ``record(name, module, args, output)`` after
-    each of ``modules`` runs; returns the model's output. A ``record`` that returns a value
+    each of ``modules`` runs; returns the model's output. ``args`` are the call's arguments in
+    the order of the module's ``forward`` (keyword arguments bound to their places and the
+    defaults filled in when any keyword was given: an attention called as
+    ``attn(x, x, x, need_weights=False)`` gets all eight). A ``record`` that returns a value
     replaces that module's output with it for the rest of the pass (the data-aware check runs the
-    model with one layer's factors in place this way); None leaves it unchanged. Restores every
+    model with one layer's factors in place this way); None leaves it unchanged. torch's fused
+    attention kernels (the ``torch.backends.mha`` fast path) are off for the pass: they read the
+    layers' weights without calling them, and a factorized layer turns them off for good
+    (``factorch.fused``), so the pass takes the path the modules' own forwards take. Restores every
     module's mode and removes the hooks, so BatchNorm statistics and the model are left as they were."""
 
     def hook(name: str):
-        def call(module: nn.Module, args: tuple, out: Any) -> Any:
-            return record(name, module, args, out)
+        def call(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            return record(name, module, _positional(module, args, kwargs), out)
         return call
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    hooks = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    hooks = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in modules.items()]
     modes = {m: m.training for m in model.modules()}
+    fused = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad():
             return model(*inputs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
         for h in hooks:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+
+
+def _positional(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """``args`` with ``kwargs`` bound to their places in ``module.forward``'s signature, every
+    default filled in; ``args`` itself when no keywords were given (keyword-only arguments of a
+    forward are not passed on)."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args
+    bound.apply_defaults()
+    return bound.args

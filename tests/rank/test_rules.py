@@ -18,8 +18,8 @@ def test_invalid_specs_are_rejected_with_the_value(spec):
 
 
 def test_tuple_for_single_rank_method_is_rejected():
-    with pytest.raises(ValueError, match="SVD: this method takes a single rank"):
-        fc.SVD((2, 2))
+    with pytest.raises(ValueError, match="CP: this method takes a single rank"):
+        fc.CP((2, 2))
     with pytest.raises(ValueError, match="weaken"):
         fc.EVBMF(weaken=1.5)
     with pytest.raises(ValueError, match="threshold"):

@@ -8,20 +8,20 @@ import factorch as fc
 from factorch.layers import FactorizedLayer
 from factorch.rank import resolve
 from factorch.registry import candidate
-from tests.cases import layer_classes, pairs
+from tests.cases import attention_pairs, example_input, layer_classes, pairs
 
 
 def test_every_factorized_layer_class_is_covered():
     assert layer_classes() == set(FactorizedLayer.registry.values())
 
 
-@pytest.mark.parametrize("method,make,shape", pairs())
+@pytest.mark.parametrize("method,make,shape", pairs() + attention_pairs())
 def test_params_and_macs_equal_fc_count_on_the_real_modules(method, make, shape):
     torch.manual_seed(0)
     dense = make()
     found = candidate(method, dense)
     space = found.space(dense)
-    x = torch.zeros(1, *shape)
+    x = example_input(dense, shape)
     counted = fc.count(dense, x)
     assert counted.macs == space.dense_macs(shape)
     assert counted.params == space.dense_params + space.bias
@@ -34,7 +34,7 @@ def test_params_and_macs_equal_fc_count_on_the_real_modules(method, make, shape)
         assert counted.params == space.params(ranks) + space.bias, (spec, ranks)
 
 
-@pytest.mark.parametrize("method,make,shape", pairs())
+@pytest.mark.parametrize("method,make,shape", pairs() + attention_pairs())
 def test_one_convention_for_every_method(method, make, shape):
     """int: a ceiling, capped per mode with a note; tuple: exact, above full is one error naming the
     mode; fraction: the largest ranks within it, or rank 1 with a note; constructors take ints only."""
@@ -60,7 +60,7 @@ def test_one_convention_for_every_method(method, make, shape):
             found.layer_cls(**args, rank=bad)
 
 
-@pytest.mark.parametrize("method,make,shape", pairs())
+@pytest.mark.parametrize("method,make,shape", pairs() + attention_pairs())
 def test_rules_read_each_modes_spectra(method, make, shape):
     """Energy(1.0) keeps every nonzero singular value: on a random layer, each one-unfolding mode
     gets its unfolding's rank (at most the mode's full rank); Tolerance(0) likewise."""

@@ -61,7 +61,7 @@ def test_cli_trains_from_scratch(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["event"]["kind"] == "decompose"
     kinds = {t for t, _ in _factorized(fc.load(out / "model.pt")).values()}
-    assert kinds == {"Tucker3Conv2d", "SVDLinear"}
+    assert kinds == {"Tucker3Conv", "SVDLinear"}
     assert "fresh" in capsys.readouterr().out  # the report: no approximation error for fresh layers
 
 

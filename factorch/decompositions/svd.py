@@ -36,10 +36,65 @@ from torch import Tensor
 SVD_METHODS = ("auto", "full", "gram", "randomized")
 
 
-def _float64(matrix: Tensor) -> Tensor:
+def _matrix(matrix: Tensor) -> Tensor:
+    """``matrix`` detached, in its own floating dtype (no copy): the routes read it in float64 by row
+    blocks (``_mm64``, ``_tmm64``, ``_gram64``) instead of holding a float64 copy of it."""
     if matrix.dim() != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
-    return matrix.detach().to(dtype=torch.float64)
+    m = matrix.detach()
+    return m if m.is_floating_point() else m.to(dtype=torch.float64)
+
+
+# ---- float64 products with a matrix kept in its own dtype ------------------------------------
+_BLOCK = 1 << 22  # elements of ``w`` converted at a time: 32 MB of float64
+
+
+def _blocks(w: Tensor) -> range:
+    """Row offsets of ``w``'s blocks of at most ``_BLOCK`` elements."""
+    return range(0, w.shape[0], max(1, _BLOCK // max(w.shape[1], 1)))
+
+
+def _block(w: Tensor, i: int) -> Tensor:
+    return w[i:i + max(1, _BLOCK // max(w.shape[1], 1))].to(torch.float64)
+
+
+def _mm64(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x`` (m, k) in float64 for ``w`` (m, n) in any float dtype and ``x`` (n, k) float64,
+    converting ``w`` one row block at a time (a float64 ``w`` is used as it is)."""
+    if w.dtype == torch.float64:
+        return w @ x
+    out = x.new_empty(w.shape[0], x.shape[1])
+    for i in _blocks(w):
+        b = _block(w, i)
+        torch.mm(b, x, out=out[i:i + b.shape[0]])
+    return out
+
+
+def _tmm64(w: Tensor, x: Tensor) -> Tensor:
+    """``w^T @ x`` (n, k) in float64 for ``w`` (m, n) and ``x`` (m, k) float64, by row blocks of ``w``."""
+    if w.dtype == torch.float64:
+        return w.T @ x
+    out = x.new_zeros(w.shape[1], x.shape[1])
+    for i in _blocks(w):
+        b = _block(w, i)
+        out.addmm_(b.T, x[i:i + b.shape[0]])
+    return out
+
+
+def _gram64(w: Tensor) -> Tensor:
+    """``w^T w`` (n, n) in float64 for ``w`` (m, n) in any float dtype, by row blocks of ``w``."""
+    if w.dtype == torch.float64:
+        return w.T @ w
+    out = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
+    for i in _blocks(w):
+        b = _block(w, i)
+        out.addmm_(b.T, b)
+    return out
+
+
+def _norm2(w: Tensor) -> float:
+    """``||w||_F^2`` accumulated in float64, without a float64 copy of ``w``."""
+    return float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
 
 
 # ---- singular values -------------------------------------------------------------------------
@@ -56,15 +111,16 @@ def singular_values(matrix: Tensor) -> Tensor:
     reaches the Gram's round-off floor (an eigenvalue below ``1e-10`` of the largest: an exactly
     low-rank matrix, whose small singular values the Gram cannot resolve).
     """
-    m = _float64(matrix)
+    m = _matrix(matrix)
     if min(m.shape, default=0) == 0:
-        return m.new_zeros(0)
+        return m.new_zeros(0, dtype=torch.float64)
     if min(m.shape) <= 32:
-        return torch.linalg.svdvals(m)
-    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m  # (n, n), n the small side
+        return torch.linalg.svdvals(m.to(torch.float64))
+    gram = _gram64(m.T if m.shape[0] <= m.shape[1] else m)  # (n, n), n the small side
     eig = torch.linalg.eigvalsh(gram).flip(0)  # descending
+    del gram
     if float(eig[-1]) <= 1e-10 * float(eig[0]):
-        return torch.linalg.svdvals(m)
+        return torch.linalg.svdvals(m.to(torch.float64))
     return eig.sqrt()
 
 
@@ -142,77 +198,93 @@ def _low_rank_svd(x: Tensor, basis: Tensor, rank: int) -> tuple[Tensor, Tensor, 
     columns: ``X = Q_x R_x``, ``R_x = U_r S V_r^T`` (k x k), so ``X B^T = (Q_x U_r) S (B V_r)^T``."""
     q = _orthonormalize(x, exact=True)  # (M, k)
     u, s, vh = torch.linalg.svd(q.T @ x, full_matrices=False)  # (k, k)
+    del x
     return q @ u[:, :rank], s[:rank], vh[:rank] @ basis.T
 
 
 def _full(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    return u[:, :rank], s[:rank], vh[:rank]
+    u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
+    return u[:, :rank].clone(), s[:rank], vh[:rank].clone()  # not views holding the (m, n) and (n, n) factors
 
 
 def _gram(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
     """``w`` is (m, n), n <= m: the top eigenvectors ``V_R`` of ``W^T W`` (n, n) span the right
     singular space; the result is the exact SVD of ``W V_R V_R^T``."""
-    _, vecs = torch.linalg.eigh(w.T @ w)  # ascending
-    basis = vecs[:, -rank:].flip(-1)  # (n, R)
-    return _low_rank_svd(w @ basis, basis, rank)
+    basis = torch.linalg.eigh(_gram64(w)).eigenvectors[:, -rank:].flip(-1)  # (n, R); the (n, n) ones freed
+    return _low_rank_svd(_mm64(w, basis), basis, rank)
 
 
 def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
                 seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Subspace iteration (HMT 2011 alg. 4.4) on ``w`` (m, n), n <= m, until ``_excess`` estimates
-    at most ``tol / 2`` (at ``max_iter``: ``tol``); ``_gram`` when even that is not met."""
+    at most ``tol / 2`` (at ``max_iter``: ``tol``); ``_gram`` when even that is not met.
+
+    Products with ``w`` run in float32 (on ``w`` itself when it is float32, else on a float32 copy)
+    until the error is below 10 % of ``||W||``, then in float64 by row blocks (``_mm64``): no
+    float64 copy of ``w`` is ever held. Besides that float32 copy, at most about four ``(m, l)``
+    float32 blocks (the basis, ``W^T Q`` and a product being orthonormalized) are alive at once."""
     m, n = w.shape
     width = _oversampled(n, rank)
-    total = float((w * w).sum())
+    total = _norm2(w)
     gen = torch.Generator(device=w.device).manual_seed(seed)
-    work = w.float()  # float32 products while the error is large enough (checked below)
+    work: Optional[Tensor] = w if w.dtype == torch.float32 else w.float()  # None: float64 products
     q = _orthonormalize(work @ torch.randn(n, width, generator=gen, device=w.device, dtype=work.dtype), False)
     captured: list[float] = []
     for it in range(max_iter + 1):
-        z = work.T @ q  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
+        z = work.T @ q if work is not None else _tmm64(w, q)  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
         gram = (z.T @ z).double()  # (l, l)
         theta2 = torch.linalg.eigvalsh(gram).flip(0)  # (l,), descending
         captured.append(float(theta2[:rank].sum()))
         err2 = max(total - captured[-1], 0.0)
-        if work.dtype == torch.float32 and err2 < 1e-2 * total:
+        if work is not None and err2 < 1e-2 * total:
             # error below 10 % of ||W||: float32 rounding (~1e-6 ||W||^2 in the energies) would
             # blur the gains the stopping rule reads; go on in float64 from this basis
-            work, captured, z = w, [], z.double()  # the float32 Gram is still fine for one step
+            work, captured, z = None, [], z.double()  # the float32 Gram is still fine for one step
         else:
             excess = _excess(captured, err2)
             if excess <= tol / 2 or (it == max_iter and excess <= tol):
-                return _finish(w, q, z, gram if work.dtype == torch.float64 else None, rank)
+                precise, work = work is None, None
+                return _finish(w, q, z, gram if precise else None, rank)
         if it == max_iter:
             break
-        q = _orthonormalize(work @ _orthonormalize(z, False, gram), False)
+        del q
+        basis = _orthonormalize(z, False, gram)  # (n, l)
+        del z
+        y = work @ basis if work is not None else _mm64(w, basis)  # (m, l)
+        del basis
+        q = _orthonormalize(y, False)
+        del y
+    work = None
     return _gram(w, rank, tol)
 
 
 def _finish(w: Tensor, q: Tensor, z: Tensor, zz: Optional[Tensor], rank: int) -> tuple[Tensor, Tensor, Tensor]:
     """Best rank-R SVD of ``P W``, ``P`` the projector on ``span(q)``, from ``z = W^T q`` (and
-    ``zz = z^T z`` if already in float64).
+    ``zz = z^T z`` if already in float64); ``q`` and ``z`` in float32 or float64.
 
     With ``q^T q = L L^T`` (float64), ``Q = q L^-T`` is orthonormal and ``B = Q^T W = L^-1 z^T``;
     the eigenvectors ``U_b`` of ``B B^T = L^-1 (z^T z) L^-T`` (l x l) give ``U = Q U_b`` and
     ``V^T = U_b^T B / S``: no further pass over W. ``U`` is orthonormal; the rows of ``V^T`` to
-    ``~u sigma_1^2 / sigma_R^2``; ``U S V^T = Q U_b U_b^T Q^T W`` exactly. Where ``q`` is too
-    ill-conditioned for this (W of rank below the sketch width), one more pass: an exactly
-    orthonormal basis and an SVD of ``W^T Q``.
+    ``~u sigma_1^2 / sigma_R^2``; ``U S V^T = Q U_b U_b^T Q^T W`` exactly. The float64 products
+    with ``q`` and ``z`` go by row blocks, so only the results ``U`` (m, R) and ``V S`` (n, R) are
+    new float64 memory. Where ``q`` is too ill-conditioned for this (W of rank below the sketch
+    width), one more pass: an exactly orthonormal basis and an SVD of ``W^T Q``.
     """
-    q64, z64 = q.double(), z.double()
-    low, info = torch.linalg.cholesky_ex(q64.T @ q64)  # (l, l)
+    low, info = torch.linalg.cholesky_ex(_gram64(q))  # (l, l)
     diag = low.diagonal()
     if int(info) == 0 and float(diag.min()) > 1e-3 * float(diag.max()):  # Q orthonormal to ~u cond^2
-        zz = z64.T @ z64 if zz is None else zz  # (l, l), in float64
+        zz = _gram64(z) if zz is None else zz  # (l, l), in float64
         half = torch.linalg.solve_triangular(low, zz, upper=False)  # L^-1 z^T z
         _, ub = torch.linalg.eigh(torch.linalg.solve_triangular(low, half.T, upper=False))  # B B^T
         coef = torch.linalg.solve_triangular(low.T, ub[:, -rank:].flip(-1), upper=True)  # L^-T U_b (l, R)
-        u, sv = q64 @ coef, z64 @ coef  # (m, R) = Q U_b, (n, R) = (U_b^T B)^T = V S
+        u = _mm64(q, coef)  # (m, R) = Q U_b
+        del q
+        sv = _mm64(z, coef)  # (n, R) = (U_b^T B)^T = V S
         s = sv.norm(dim=0)
-        return u, s, (sv / s.clamp_min(1e-300)).T
-    basis = _orthonormalize(q64, exact=True)  # (m, l)
-    v, s, uh = _low_rank_svd(w.T @ basis, basis, rank)  # SVD of (P W)^T
+        return u, s, sv.div_(s.clamp_min(1e-300)).T
+    basis = _orthonormalize(q.double(), exact=True)  # (m, l)
+    del q
+    v, s, uh = _low_rank_svd(_tmm64(w, basis), basis, rank)  # SVD of (P W)^T
     return uh.T, s, v.T
 
 
@@ -248,7 +320,7 @@ def truncated_svd(matrix: Tensor, rank: int, method: str = "auto",
     """
     if method not in SVD_METHODS:
         raise ValueError(f"SVD method must be one of {', '.join(SVD_METHODS)}, got {method!r}")
-    w = _float64(matrix)
+    w = _matrix(matrix)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(w.shape):
         raise ValueError(f"SVD rank {rank!r} is outside [1, {min(w.shape)}] for a {tuple(w.shape)} matrix")
     if not 0.0 < tol < 1.0:
@@ -270,7 +342,7 @@ def balanced_svd(matrix: Tensor, rank: int, method: str = "auto") -> tuple[Tenso
     """
     u, s, vh = truncated_svd(matrix, rank, method)
     root = s.sqrt()
-    return u * root, root[:, None] * vh
+    return u.mul_(root), vh.mul_(root[:, None])  # in place: the factors are the only (N, R), (R, C) copies
 
 
 def energy_rank(singular_values: Tensor, threshold: float) -> int:

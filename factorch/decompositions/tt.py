@@ -54,10 +54,17 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
       ``(sum_{i > r_k} sigma_i^2)^(1/2) <= delta = eps ||A|| / sqrt(d - 1)``; then
       ``||A - A_hat|| <= eps ||A||``;
     * ``rule``: ``r_k = rule(Z_k)`` of the k-th unfolding ``Z_k`` (``(r_{k-1} n_k) x rest``), at least 1.
+
+    Memory (``docs/math.md``, "Cost of computing a decomposition"): with fixed ranks a float32
+    ``tensor`` is read as it is (``truncated_svd`` converts row blocks to float64), so the extra
+    memory is the first step's ``(rest, r_1)`` factors, a fraction of the tensor; the ``eps`` and
+    ``rule`` paths take a float64 copy and LAPACK's full SVD of each unfolding (about 4x the
+    float64 tensor at the first step).
     """
     if sum(v is not None for v in (rank, eps, rule)) != 1:
         raise ValueError("tt_svd takes exactly one of rank, eps or rule")
-    x = tensor.detach().to(dtype=torch.float64)
+    x = tensor.detach()
+    x = x if x.is_floating_point() else x.to(dtype=torch.float64)
     shape, d = tuple(x.shape), x.dim()
     if d == 0 or min(shape, default=0) < 1:
         raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
@@ -65,7 +72,9 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     ranks = _checked_ranks(rank, full) if rank is not None else None
     if eps is not None and (isinstance(eps, bool) or not 0.0 <= float(eps) < 1.0):
         raise ValueError(f"TT-SVD tolerance eps must be in [0, 1), got {eps!r}")
-    delta = float(eps) * float(x.norm()) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    delta = float(eps) * _norm(x) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    if ranks is None or d == 1:
+        x = x.to(dtype=torch.float64)  # the eps and rule paths' full SVDs work on a float64 copy
     cores, z, r_prev = [], x, 1
     for k in range(d - 1):
         z = z.reshape(r_prev * shape[k], -1)  # (r_{k-1} n_k, n_{k+1} ... n_d)
@@ -77,7 +86,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
             u, s, vh = torch.linalg.svd(z, full_matrices=False)
             r = max(tolerance_rank(s, delta), 1) if eps is not None else max(int(rule(z)), 1)
             keep = min(r, s.shape[0])
-        u, v = u[:, :keep], s[:keep, None] * vh[:keep]  # (r_{k-1} n_k, keep), (keep, rest)
+        u, v = u[:, :keep], vh[:keep].mul_(s[:keep, None])  # (r_{k-1} n_k, keep), (keep, rest): S V^T in place
         if keep < r:  # requested rank above this unfolding's rank: zero-pad (exact, shapes as asked)
             u = torch.cat([u, u.new_zeros(u.shape[0], r - keep)], dim=1)
             v = torch.cat([v, v.new_zeros(r - keep, v.shape[1])], dim=0)
@@ -85,6 +94,11 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
         z, r_prev = v, r
     cores.append(z.reshape(r_prev, shape[-1], 1))
     return cores
+
+
+def _norm(x: Tensor) -> float:
+    """``||x||`` accumulated in float64 (no float64 copy of a float32 ``x``)."""
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
 
 
 def _checked_ranks(rank: Union[int, Sequence[int]], full: tuple[int, ...]) -> tuple[int, ...]:
@@ -129,8 +143,7 @@ def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[i
     """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
     tensor (Novikov et al. 2015; without the interleave the result is an order-2d TT, not a TT-matrix).
     The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
-    m64 = matrix.detach().to(dtype=torch.float64)
-    cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)
+    cores = tt_svd(interleave(matrix.detach(), out_shape, in_shape), rank, eps=eps, rule=rule)
     return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape)]
 
 

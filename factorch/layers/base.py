@@ -25,9 +25,10 @@ class FactorizedLayer(nn.Module):
     * ``space(config, **options)``: its ``RankSpace`` from the geometry alone (modes, full ranks,
       params and MACs as functions of the ranks); ``rank_space(dense, **options)`` adds the
       spectra of ``operands(dense)``;
-    * ``operands(dense, **options)``: the float64 tensors it factorizes, one per group: the one
-      place both the rank rules' spectra and ``from_dense``'s factors come from (a data-aware step
-      substitutes it);
+    * ``operands(dense, **options)``: the tensors it factorizes, one per group (float64, or the
+      weight in its own dtype where the decomposition reads it in float64 block by block: SVD,
+      TT-SVD): the one place both the rank rules' spectra and ``from_dense``'s factors come from
+      (a data-aware step substitutes it);
     * ``from_dense_at(dense, ranks)``: decompose a trained layer at exactly these resolved int ranks
       (math in float64, result in the dense layer's dtype and device); ``empty_at(dense, ranks)``:
       the same structure, freshly initialised (used on the ``meta`` device to cost a candidate, and

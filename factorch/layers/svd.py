@@ -66,7 +66,10 @@ class SVDLinear(FactorizedLayer):
 
     @classmethod
     def operands(cls, linear: nn.Linear) -> list[Tensor]:
-        return [as_float64(linear.weight)]  # (N, C)
+        """The (N, C) weight, detached, in its own dtype: the SVD routes read it in float64 block by
+        block, so no float64 copy of a large weight is held (``docs/math.md``, "Cost of computing a
+        decomposition")."""
+        return [linear.weight.detach()]
 
     @classmethod
     def unfold(cls, weight: Tensor) -> list[list[Tensor]]:
@@ -153,8 +156,8 @@ class SVDConv2d(FactorizedConv):
 
     @classmethod
     def operands(cls, conv: nn.Conv2d) -> list[Tensor]:
-        """Per group, the (N/g, C/g) weight matrix, float64."""
-        return list(as_float64(conv.weight)[:, :, 0, 0].chunk(conv.groups))
+        """Per group, the (N/g, C/g) weight matrix, detached, in its own dtype (as ``SVDLinear``'s)."""
+        return list(conv.weight.detach()[:, :, 0, 0].chunk(conv.groups))
 
     @classmethod
     def unfold(cls, weight: Tensor) -> list[list[Tensor]]:

@@ -221,7 +221,8 @@ class TTLinear(FactorizedLayer):
     @classmethod
     def operands(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,
                  out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> list[Tensor]:
-        """The weight, float64, zero-padded to (prod out_shape, prod in_shape)."""
+        """The weight in its own dtype (TT-SVD reads it in float64 block by block: no float64 copy),
+        zero-padded to (prod out_shape, prod in_shape)."""
         n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
         return [_padded_weight(linear, m_s, n_s)]
 
@@ -321,6 +322,8 @@ def bond_unfoldings(tensor: Tensor) -> list[list[Tensor]]:
 
 
 def _padded_weight(linear: nn.Linear, out_shape: Sequence[int], in_shape: Sequence[int]) -> Tensor:
-    """``linear.weight`` in float64, zero-padded to (prod out_shape, prod in_shape)."""
-    w = as_float64(linear.weight)
-    return F.pad(w, (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0]))
+    """``linear.weight`` (detached, its own dtype), zero-padded to (prod out_shape, prod in_shape):
+    a copy only where there is padding."""
+    w = linear.weight.detach()
+    pad = (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0])
+    return F.pad(w, pad) if any(pad) else w

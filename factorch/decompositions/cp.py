@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from factorch.decompositions.svd import GEMM_SECONDS
 
 CP_ALGORITHMS = ("als", "tensorly")
 # Sweeps: on the full kernel without compression, on the compressed core (the first _PROBE_SWEEPS
@@ -39,6 +41,17 @@ _SWEEPS, _CORE_SWEEPS, _PROBE_SWEEPS, _POLISH_SWEEPS = 300, 1000, 20, 30
 # of it, but the core's cheaper sweeps buy more than that back -- benchmarks/cp_speed.py).
 _COMPRESS_TRY, _COMPRESS_SHARE = 0.1, 0.5
 _RIDGE = 1e-12  # l2 on the normal equations of the unit-norm kernel: keeps them solvable
+
+
+def cp_als_seconds(shape: Sequence[int], rank: int) -> float:
+    """Expected one-thread seconds of ``cp_als`` on a kernel of ``shape`` ``(N, C, k_1, ...)`` at
+    ``rank`` R (``docs/math.md``, "Cost of computing a decomposition"): ``_SWEEPS`` sweeps, each
+    three ``N x (C k) x R`` GEMMs (the MTTKRPs and the line search's trial), the factors' Gram
+    matrices and solves (``~(N + C + sum k) R^2``) and four ``R x R`` Choleskys. An upper estimate:
+    a fit that converges, or runs on a compressed core, stops sooner."""
+    n, c, *k = (int(v) for v in shape)
+    per_sweep = 3 * n * c * math.prod(k) * rank + 5 * (n + c + sum(k)) * rank ** 2 + 3 * rank ** 3
+    return _SWEEPS * GEMM_SECONDS * per_sweep
 
 
 def cp_to_tensor(factors: list[Tensor]) -> Tensor:

@@ -28,7 +28,7 @@ the exact SVD on flat, power-law, exponential and low-rank-plus-noise spectra, a
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -46,55 +46,71 @@ def _matrix(matrix: Tensor) -> Tensor:
 
 
 # ---- float64 products with a matrix kept in its own dtype ------------------------------------
-_BLOCK = 1 << 22  # elements of ``w`` converted at a time: 32 MB of float64
+# A float32 weight is never copied whole to float64: the products below convert one block at a
+# time, at most 1/8 of the matrix (and at least 2^20 elements, so small matrices take few blocks).
+_BLOCKS, _MIN_BLOCK = 8, 1 << 20
 
 
-def _blocks(w: Tensor) -> range:
-    """Row offsets of ``w``'s blocks of at most ``_BLOCK`` elements."""
-    return range(0, w.shape[0], max(1, _BLOCK // max(w.shape[1], 1)))
+def _span(count: int, other: int) -> int:
+    """Rows (of ``count``) per block of a matrix whose rows have ``other`` elements."""
+    per = max(-(-count * other // _BLOCKS), _MIN_BLOCK) // max(other, 1)
+    return max(1, min(count, per))
 
 
-def _block(w: Tensor, i: int) -> Tensor:
-    return w[i:i + max(1, _BLOCK // max(w.shape[1], 1))].to(torch.float64)
+def _row_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, w[rows] in float64)`` block by block."""
+    step = _span(w.shape[0], w.shape[1])
+    for i in range(0, w.shape[0], step):
+        yield slice(i, i + step), w[i:i + step].to(torch.float64)
+
+
+def _col_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
+    """``(cols, w[:, cols] in float64)`` block by block."""
+    step = _span(w.shape[1], w.shape[0])
+    for j in range(0, w.shape[1], step):
+        yield slice(j, j + step), w[:, j:j + step].to(torch.float64)
 
 
 def _mm64(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x`` (m, k) in float64 for ``w`` (m, n) in any float dtype and ``x`` (n, k) float64,
-    converting ``w`` one row block at a time (a float64 ``w`` is used as it is)."""
+    """``w @ x`` (m, k) in float64 for ``w`` (m, n) in any float dtype and ``x`` (n, k) float64, by
+    row blocks of ``w`` (a float64 ``w`` is used as it is)."""
     if w.dtype == torch.float64:
         return w @ x
     out = x.new_empty(w.shape[0], x.shape[1])
-    for i in _blocks(w):
-        b = _block(w, i)
-        torch.mm(b, x, out=out[i:i + b.shape[0]])
+    for rows, block in _row_blocks(w):
+        torch.mm(block, x, out=out[rows])
     return out
 
 
 def _tmm64(w: Tensor, x: Tensor) -> Tensor:
-    """``w^T @ x`` (n, k) in float64 for ``w`` (m, n) and ``x`` (m, k) float64, by row blocks of ``w``."""
+    """``w^T @ x`` (n, k) in float64 for ``w`` (m, n) and ``x`` (m, k) float64, by column blocks of
+    ``w``: each block of the result is one product (row blocks would update all of it each time)."""
     if w.dtype == torch.float64:
         return w.T @ x
-    out = x.new_zeros(w.shape[1], x.shape[1])
-    for i in _blocks(w):
-        b = _block(w, i)
-        out.addmm_(b.T, x[i:i + b.shape[0]])
+    out = x.new_empty(w.shape[1], x.shape[1])
+    for cols, block in _col_blocks(w):
+        torch.mm(block.T, x, out=out[cols])
     return out
 
 
 def _gram64(w: Tensor) -> Tensor:
-    """``w^T w`` (n, n) in float64 for ``w`` (m, n) in any float dtype, by row blocks of ``w``."""
+    """``w^T w`` (n, n) in float64 for ``w`` (m, n) in any float dtype: row block ``J`` of the
+    Gram is ``(w^T w[:, J])^T``, one ``_tmm64`` per column block."""
     if w.dtype == torch.float64:
         return w.T @ w
-    out = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
-    for i in _blocks(w):
-        b = _block(w, i)
-        out.addmm_(b.T, b)
+    out = torch.empty(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
+    for cols, block in _col_blocks(w):
+        out[cols] = _tmm64(w, block).T
     return out
 
 
-def _norm2(w: Tensor) -> float:
-    """``||w||_F^2`` accumulated in float64, without a float64 copy of ``w``."""
-    return float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
+def squared_norm(t: Tensor) -> float:
+    """``||t||_F^2`` accumulated in float64, block by block: ``vector_norm(t, dtype=float64)`` casts
+    the whole tensor to float64 first (twice a float32 tensor's memory)."""
+    if t.dtype == torch.float64:
+        return float(torch.linalg.vector_norm(t)) ** 2
+    flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
+    return sum(float(torch.linalg.vector_norm(block)) ** 2 for _, block in _row_blocks(flat))
 
 
 # ---- singular values -------------------------------------------------------------------------
@@ -151,6 +167,16 @@ _COSTS: dict[str, Callable[[int, int, int], float]] = {
                                        + 2 * _GEMM * m * _oversampled(n, r) ** 2)  # orthonormalizing
         + _EIGH_N3 * _oversampled(n, r) ** 3 + 60 * _CALL),
 }
+
+
+GEMM_SECONDS = _GEMM  # the unit other cost models (CP-ALS, TT-SVD, progress lines) count in
+
+
+def svd_seconds(shape: tuple[int, int], rank: int) -> tuple[float, str]:
+    """``(seconds, route)``: what ``truncated_svd`` of a ``shape`` matrix at ``rank`` is expected to
+    take on one thread, by the route ``svd_method`` picks (the cost model it minimises)."""
+    route = svd_method(shape, rank)
+    return _COSTS[route](max(shape), min(shape), rank), route
 
 
 def svd_method(shape: tuple[int, int], rank: int) -> str:
@@ -225,7 +251,7 @@ def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
     float32 blocks (the basis, ``W^T Q`` and a product being orthonormalized) are alive at once."""
     m, n = w.shape
     width = _oversampled(n, rank)
-    total = _norm2(w)
+    total = squared_norm(w)
     gen = torch.Generator(device=w.device).manual_seed(seed)
     work: Optional[Tensor] = w if w.dtype == torch.float32 else w.float()  # None: float64 products
     q = _orthonormalize(work @ torch.randn(n, width, generator=gen, device=w.device, dtype=work.dtype), False)
@@ -273,10 +299,13 @@ def _finish(w: Tensor, q: Tensor, z: Tensor, zz: Optional[Tensor], rank: int) ->
     low, info = torch.linalg.cholesky_ex(_gram64(q))  # (l, l)
     diag = low.diagonal()
     if int(info) == 0 and float(diag.min()) > 1e-3 * float(diag.max()):  # Q orthonormal to ~u cond^2
-        zz = _gram64(z) if zz is None else zz  # (l, l), in float64
-        half = torch.linalg.solve_triangular(low, zz, upper=False)  # L^-1 z^T z
-        _, ub = torch.linalg.eigh(torch.linalg.solve_triangular(low, half.T, upper=False))  # B B^T
-        coef = torch.linalg.solve_triangular(low.T, ub[:, -rank:].flip(-1), upper=True)  # L^-T U_b (l, R)
+        half = torch.linalg.solve_triangular(low, _gram64(z) if zz is None else zz, upper=False)  # L^-1 z^T z
+        bbt = torch.linalg.solve_triangular(low, half.T, upper=False)  # B B^T (l, l)
+        del half, zz
+        ub = torch.linalg.eigh(bbt).eigenvectors[:, -rank:].flip(-1)  # (l, R)
+        del bbt
+        coef = torch.linalg.solve_triangular(low.T, ub, upper=True)  # L^-T U_b (l, R)
+        del ub, low, diag
         u = _mm64(q, coef)  # (m, R) = Q U_b
         del q
         sv = _mm64(z, coef)  # (n, R) = (U_b^T B)^T = V S

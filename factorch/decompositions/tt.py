@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import tolerance_rank, truncated_svd
+from factorch.decompositions.svd import squared_norm, svd_seconds, tolerance_rank, truncated_svd
 
 RankArg = Union[int, Sequence[int], None]
 
@@ -34,6 +34,18 @@ def tt_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
     """Entries of the cores: ``sum_k r_{k-1} n_k r_k`` (Oseledets 2011; Novikov et al. 2015)."""
     full = (1, *ranks, 1)
     return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
+
+
+def tt_svd_seconds(shape: Sequence[int], ranks: Sequence[int]) -> float:
+    """Expected one-thread seconds of ``tt_svd(A, ranks)`` for ``A`` of ``shape``: the sum of its
+    steps' ``truncated_svd`` costs (``svd_seconds``), step k on the ``(r_{k-1} n_k) x rest``
+    unfolding at rank ``r_k`` (capped at the unfolding's size)."""
+    shape, full = [int(n) for n in shape], (1, *ranks)
+    total = 0.0
+    for k in range(len(shape) - 1):
+        rows, cols = full[k] * shape[k], math.prod(shape[k + 1:])
+        total += svd_seconds((rows, cols), max(1, min(full[k + 1], rows, cols)))[0]
+    return total
 
 
 def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
@@ -72,7 +84,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     ranks = _checked_ranks(rank, full) if rank is not None else None
     if eps is not None and (isinstance(eps, bool) or not 0.0 <= float(eps) < 1.0):
         raise ValueError(f"TT-SVD tolerance eps must be in [0, 1), got {eps!r}")
-    delta = float(eps) * _norm(x) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    delta = float(eps) * squared_norm(x) ** 0.5 / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
     if ranks is None or d == 1:
         x = x.to(dtype=torch.float64)  # the eps and rule paths' full SVDs work on a float64 copy
     cores, z, r_prev = [], x, 1
@@ -94,11 +106,6 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
         z, r_prev = v, r
     cores.append(z.reshape(r_prev, shape[-1], 1))
     return cores
-
-
-def _norm(x: Tensor) -> float:
-    """``||x||`` accumulated in float64 (no float64 copy of a float32 ``x``)."""
-    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
 
 
 def _checked_ranks(rank: Union[int, Sequence[int]], full: tuple[int, ...]) -> tuple[int, ...]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Optional
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,10 @@ class FactorizedLayer(nn.Module):
     def reset_parameters(self) -> None:
         """The from-scratch init: ``init_factors`` (the implied kernel has the variance of
         PyTorch's default init of the dense layer), then ``balance_`` (the factors share the
-        kernel's scale so that SGD moves it no faster than it moves a dense layer's)."""
+        kernel's scale so that SGD moves it no faster than it moves a dense layer's). Skipped
+        inside ``skip_init()``: the factors are about to be overwritten."""
+        if _skipping:
+            return
         self.init_factors()
         self.balance_()
 
@@ -177,7 +181,9 @@ class FactorizedLayer(nn.Module):
         a fraction or a rule read from ``dense``) resolves to, resolved once (``resolve_rank``, with
         the ``structure`` options among ``kwargs``)."""
         options = {k: v for k, v in kwargs.items() if k in cls.structure}
-        return cls.from_dense_at(dense, cls.resolve_rank(dense, rank, **options), **kwargs)
+        ranks = cls.resolve_rank(dense, rank, **options)
+        with skip_init():
+            return cls.from_dense_at(dense, ranks, **kwargs)
 
     def dense_weight(self) -> Tensor:
         raise NotImplementedError
@@ -199,6 +205,24 @@ class FactorizedLayer(nn.Module):
     def _place(self, like: Tensor) -> "FactorizedLayer":
         """Move to ``like``'s device and dtype (the source layer's)."""
         return self.to(device=like.device, dtype=like.dtype)
+
+
+_skipping: list[bool] = []  # non-empty inside ``skip_init()``
+
+
+@contextmanager
+def skip_init() -> Iterator[None]:
+    """Factorized layers constructed inside skip their from-scratch init (``reset_parameters``; the
+    children keep PyTorch's default init): their factors are overwritten right after, by a
+    decomposition (``FactorizedLayer.from_dense``, ``registry.Proposal.build``) or a checkpoint's
+    weights (``factorch.io``). ``balance_`` rebuilds the dense kernel once per factor: for
+    ``nn.Linear(16384, 16384)`` at rank 4096 three 16384 x 4096 x 16384 products (minutes) and
+    6 GB before the SVD had started."""
+    _skipping.append(True)
+    try:
+        yield
+    finally:
+        _skipping.pop()
 
 
 def as_float64(t: Tensor) -> Tensor:

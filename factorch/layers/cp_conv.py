@@ -13,11 +13,11 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from factorch.decompositions.cp import cp_als, cp_to_tensor
+from factorch.decompositions.cp import cp_als, cp_als_seconds, cp_to_tensor
 from factorch.layers.base import FactorizedConv, as_float64, check_finite, default_variance, init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace
-from factorch.rank.space import Ranks
+from factorch.rank.space import Ranks, cp_limit
 
 
 class CPConv2d(FactorizedConv):
@@ -74,7 +74,8 @@ class CPConv2d(FactorizedConv):
         """One mode, R (full: ``max_rank``), tied to three unfoldings: a rank-R CP kernel has rank
         <= R in each, so a rule takes the largest rank they give (for the channel unfoldings this
         is Elhoushi et al.'s ``max(R_out, R_in)``). Per group: params ``R (C + kh + kw + N)``; MACs
-        ``H W C R + H' W kh R + H' W' kw R + H' W' R N``."""
+        ``H W C R + H' W kh R + H' W' kw R + H' W' R N``. Worth computing up to ``max(N, C)``
+        (``cp_limit``: the decision path passes CP over beyond it); ALS time ``cp_als_seconds``."""
         g = spec.groups
         n, c, kh, kw = spec.weight_shape()
         n //= g
@@ -91,7 +92,9 @@ class CPConv2d(FactorizedConv):
         return RankSpace("CPConv2d", (Mode("rank", cls.max_rank(spec)),),
                          params=lambda r: g * r[0] * (c + kh + kw + n), macs=macs,
                          dense_params=g * n * c * kh * kw, dense_macs=spec.macs,
-                         bias=spec.out_channels if spec.bias else 0, error_modes=0, per_group=g > 1)
+                         bias=spec.out_channels if spec.bias else 0, error_modes=0, per_group=g > 1,
+                         limit=cp_limit(g * n, g * c, (kh, kw), g),
+                         work=lambda r: (g * cp_als_seconds((n, c, kh, kw), r[0]), "CP-ALS"))
 
     @classmethod
     def operands(cls, conv: nn.Conv2d) -> list[Tensor]:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from factorch.decompositions.svd import balanced_svd
+from factorch.decompositions.svd import balanced_svd, svd_seconds
 from factorch.layers.base import FactorizedConv, FactorizedLayer, as_float64, check_finite, default_variance, \
     init_bias, init_uniform_
 from factorch.layers.conv_spec import ConvSpec, LinearSpec
@@ -27,6 +27,12 @@ def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int) -
     init_uniform_(first, 1.0 / c)
     init_uniform_(last, default_variance(rank))
     init_bias(bias, c)
+
+
+def _work(groups: int, n: int, c: int, rank: int) -> tuple[float, str]:
+    """One-thread seconds and route of the truncated SVDs of ``groups`` (n, c) matrices at ``rank``."""
+    seconds, route = svd_seconds((n, c), rank)
+    return groups * seconds, f"{route} SVD"
 
 
 class SVDLinear(FactorizedLayer):
@@ -62,7 +68,8 @@ class SVDLinear(FactorizedLayer):
         c, n = spec.in_features, spec.out_features
         return RankSpace("SVDLinear", (Mode("rank", min(n, c)),), params=lambda r: r[0] * (c + n),
                          macs=lambda r, shape: math.prod(shape[:-1]) * r[0] * (c + n),
-                         dense_params=c * n, dense_macs=spec.macs, bias=n if spec.bias else 0)
+                         dense_params=c * n, dense_macs=spec.macs, bias=n if spec.bias else 0,
+                         work=lambda r: _work(1, n, c, r[0]))
 
     @classmethod
     def operands(cls, linear: nn.Linear) -> list[Tensor]:
@@ -152,7 +159,8 @@ class SVDConv2d(FactorizedConv):
 
         return RankSpace("SVDConv2d", (Mode("rank", min(n, c)),), params=lambda r: g * r[0] * (c + n),
                          macs=macs, dense_params=g * n * c, dense_macs=spec.macs,
-                         bias=spec.out_channels if spec.bias else 0, per_group=g > 1)
+                         bias=spec.out_channels if spec.bias else 0, per_group=g > 1,
+                         work=lambda r: _work(g, n, c, r[0]))
 
     @classmethod
     def operands(cls, conv: nn.Conv2d) -> list[Tensor]:

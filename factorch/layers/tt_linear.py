@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from factorch.measure.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
-    tt_params, tt_svd
+    tt_params, tt_svd, tt_svd_seconds
 from factorch.decompositions.svd import singular_values
 from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
     traced_for_script
@@ -216,7 +216,7 @@ class TTLinear(FactorizedLayer):
                          params=lambda r: tt_params(modes, r), macs=macs,
                          dense_params=spec.in_features * spec.out_features, dense_macs=spec.macs,
                          bias=spec.out_features if spec.bias else 0, error_modes=len(modes) - 1,
-                         fraction="uniform", unit="bond")
+                         fraction="uniform", unit="bond", work=lambda r: (tt_svd_seconds(modes, r), "TT-SVD"))
 
     @classmethod
     def operands(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,

@@ -136,7 +136,7 @@ def _als(x: Tensor, factors: list[Tensor], sweeps: int, tol: float) -> tuple[lis
     """
     shape = tuple(x.shape)
     x0 = x.reshape(shape[0], -1)
-    norm2 = float((x * x).sum())
+    norm2 = float(torch.linalg.vector_norm(x)) ** 2  # no (x * x) temporary
     m_a = x0 @ _khatri_rao(*factors[1:])
     power, misses, prev = 2.0, 0, math.inf
     err = math.inf

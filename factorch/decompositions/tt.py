@@ -155,11 +155,22 @@ def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[i
 
 
 def tt_matrix_to_matrix(cores: Sequence[Tensor]) -> Tensor:
-    """Rebuild ``W`` (M, N) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)``; differentiable."""
+    """Rebuild ``W`` (M, N) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)``; differentiable.
+
+    Without autograd (no core requires grad: a report's error column, ``to_dense``) each step
+    writes its ``m_k`` row blocks into place, so besides ``W`` only ``1 / m_k`` of it is
+    temporary; the einsum's interleaving reshape copies all of it (twice ``W`` at the last step)."""
     full = cores[0].new_ones(1, 1, 1)  # (M_k, N_k, r_k): rows m_1..m_k, columns n_1..n_k
     for core in cores:
         r0, m, n, r1 = core.shape
-        full = torch.einsum("abr,rmns->ambns", full, core).reshape(full.shape[0] * m, full.shape[1] * n, r1)
+        a, b = full.shape[:2]
+        if full.requires_grad or core.requires_grad:
+            full = torch.einsum("abr,rmns->ambns", full, core).reshape(a * m, b * n, r1)
+            continue
+        out, flat = full.new_empty(a, m, b, n * r1), full.reshape(a * b, r0)
+        for i in range(m):
+            out[:, i] = (flat @ core[:, i].reshape(r0, n * r1)).reshape(a, b, n * r1)
+        full = out.reshape(a * m, b * n, r1)
     return full[..., 0]
 
 

@@ -19,7 +19,8 @@ from factorch.calibration.safety import select, weight_error
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler, compare
-from factorch.progress import track
+from factorch.decompositions.svd import GEMM_SECONDS
+from factorch.progress import Step, track
 from factorch.rank import RankRule
 from factorch.registry import (MIN_SHARE, Context, Decision, Floor, decide_all, layer_label, layer_types,
                                nominal_shape)
@@ -183,7 +184,8 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
     planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
-    for name, module in track(candidates, desc="decompose"):
+    work = None if from_scratch else lambda item: _step(item[0], planned.decisions[item[0]])
+    for name, module in track(candidates, desc="decompose", work=work):
         row, new = _row(name, module, planned.decisions[name], shapes.get(name), filter_fn, selection, timing,
                         from_scratch, calib is not None)
         rows.append(row)
@@ -193,6 +195,19 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
         rows, replacements = select(model, rows, replacements, planned.decisions, calib, order, notes)
     budgets = [BudgetResult.of(pool, rows) for pool in planned.pools]
     return Report(rows, budgets, calibration=calib.describe() if calib is not None else None), replacements
+
+
+def _step(name: str, decision: Optional[Decision]) -> Optional[Step]:
+    """What building ``name``'s replacement costs, for the progress line: the decomposition's cost
+    model (``RankSpace.cost_to_compute``) plus rebuilding its kernel for the error column (about
+    ``dense params x largest rank`` multiply-adds); None when nothing is built."""
+    if decision is None or decision.proposal is None or decision.space is None:
+        return None
+    space, ranks = decision.space, decision.ranks
+    seconds, how = space.cost_to_compute(ranks)
+    seconds += GEMM_SECONDS * space.dense_params * max(ranks)
+    shown = ranks[0] if len(ranks) == 1 else ranks
+    return Step(f"{name} ({how or decision.method.name}, rank {shown})", seconds)
 
 
 def _floor(model: nn.Module, example_input: Any, min_share: float) -> Optional[Floor]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from factorch.files import atomic_save
-from factorch.layers.base import FactorizedLayer
+from factorch.layers.base import FactorizedLayer, skip_init
 from factorch.models.spec import ModelSpec
 from factorch.surgery import get_module, swap, walk
 
@@ -77,7 +77,8 @@ def save(model: nn.Module, path: str | os.PathLike, meta: Optional[dict[str, Any
 
 def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
     """Replace the dense layers named in ``spec`` by empty factorized layers of the given structure
-    (same device/dtype); built completely before the swap."""
+    (same device/dtype); built completely before the swap. Their factors are not initialised
+    (``layers.base.skip_init``): every caller loads weights into them next."""
     replacements = {}
     for entry in spec:
         try:
@@ -103,7 +104,7 @@ def apply_spec(model: nn.Module, spec: list[dict[str, Any]]) -> None:
             if expected != config:
                 raise CheckpointError(f"layer {name!r} of this model does not match the checkpoint's {cls_name} "
                                       f"(model: {expected}, checkpoint: {config})")
-            with torch.device(ref.device if ref is not None else "cpu"):
+            with torch.device(ref.device if ref is not None else "cpu"), skip_init():  # the weights come next
                 layer = cls(**config, rank=ranks)
         except (TypeError, ValueError, AttributeError, RuntimeError) as e:
             if isinstance(e, CheckpointError):

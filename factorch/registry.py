@@ -7,8 +7,9 @@ method of a list, which ranks, skip with a reason, or build -- is decided in one
 the sweep and ``fc.ADMM`` all go through them (``propose``: one layer, one method, fixed ranks).
 
 A list of methods means "the first method that handles the layer usefully": a method that does
-not apply, whose ranks come out 0 (a rule found only noise) or whose ranks would not reduce the
-layer's MACs is passed over, and the report says why.
+not apply, whose ranks come out 0 (a rule found only noise), above the ranks its layer class
+finds worth computing (``RankSpace.limit``: CP beyond the channel count) or that would not reduce
+the layer's MACs is passed over, and the report says why.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from factorch.layers.base import FactorizedLayer
+from factorch.layers.base import FactorizedLayer, skip_init
 from factorch.layers.conv_spec import ConvSpec, kernel_text
 from factorch.methods import Method
 from factorch.rank import Budget, Item, Pool, RankRule, RankSpace, Resolution, allocate, resolve
@@ -76,9 +77,10 @@ class Proposal:
 
     def build(self, module: nn.Module) -> FactorizedLayer:
         """Decompose ``module`` at exactly these ranks (fitted to its inputs if ``whitening`` is set)."""
-        if self.whitening is not None:
-            return self.whitening.build(self.layer_cls, module, self.ranks, self.options, self.kwargs)
-        return self.layer_cls.from_dense_at(module, self.ranks, **self.options, **self.kwargs)
+        with skip_init():  # no from-scratch init of factors about to be overwritten
+            if self.whitening is not None:
+                return self.whitening.build(self.layer_cls, module, self.ranks, self.options, self.kwargs)
+            return self.layer_cls.from_dense_at(module, self.ranks, **self.options, **self.kwargs)
 
     def with_whitening(self, whitening: Optional["Whitening"]) -> "Proposal":
         """The same structure and ranks with other factors: ``None`` gives weight-only ones."""
@@ -304,6 +306,10 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
         costed = dict(space=space, capped=resolution.capped, note=resolution.note)
         if min(ranks) == 0:
             passed.append((method.name, f"rank 0 from {method.rank!r} (the weights look like noise)"))
+            continue
+        refused = space.refusal(ranks)  # beyond the ranks worth computing (CP: more components than channels)
+        if refused:
+            passed.append((method.name, refused))
             continue
         before, after = space.dense_macs(ctx.shape), space.macs(ranks, ctx.shape)
         costed.update(ranks=ranks, params_after=space.params(ranks) + space.bias, macs_after=after)

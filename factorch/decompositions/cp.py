@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from factorch.decompositions.svd import GEMM_SECONDS
 
 CP_ALGORITHMS = ("als", "tensorly")
 # Sweeps: on the full kernel without compression, on the compressed core (the first _PROBE_SWEEPS
@@ -50,6 +52,17 @@ def _khatri_rao(*factors: Tensor) -> Tensor:
     for f in factors[1:]:
         out = (out[:, None, :] * f[None, :, :]).reshape(-1, out.shape[1])
     return out
+
+
+def cp_als_seconds(shape: Sequence[int], rank: int) -> float:
+    """Expected one-thread seconds of ``cp_als`` on a kernel of ``shape`` ``(N, C, k_1, ...)`` at
+    ``rank`` R (``docs/math.md``, "Cost of computing a decomposition"): ``_SWEEPS`` sweeps, each
+    three ``N x (C k) x R`` GEMMs (the MTTKRPs and the line search's trial), the factors' Gram
+    matrices and solves (``~(N + C + sum k) R^2``) and four ``R x R`` Choleskys. An upper estimate:
+    a fit that converges, or runs on a compressed core, stops sooner."""
+    n, c, *k = (int(v) for v in shape)
+    per_sweep = 3 * n * c * math.prod(k) * rank + 5 * (n + c + sum(k)) * rank ** 2 + 3 * rank ** 3
+    return _SWEEPS * GEMM_SECONDS * per_sweep
 
 
 def cp_to_tensor(factors: list[Tensor]) -> Tensor:
@@ -151,7 +164,7 @@ def _als(x: Tensor, factors: list[Tensor], sweeps: int, tol: float) -> tuple[lis
     """
     shape = tuple(x.shape)
     x0 = x.reshape(shape[0], -1)
-    norm2 = float((x * x).sum())
+    norm2 = float(torch.linalg.vector_norm(x)) ** 2  # no (x * x) temporary
     m_a = x0 @ _khatri_rao(*factors[1:])
     power, misses, prev = 2.0, 0, math.inf
     err = math.inf

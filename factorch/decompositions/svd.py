@@ -8,8 +8,8 @@ transposing, ``truncated_svd`` picks by a cost model (``svd_method``) among
 * ``gram``: the eigenvectors ``V_R`` of the small side's Gram ``W^T W`` (one GEMM and an ``n x n``
   symmetric eigenproblem), then an exact SVD of ``W V_R``. The result is the projection
   ``W V_R V_R^T``; its squared error is the optimal one to ``~n u sigma_1^2`` (u = 2^-53);
-* ``randomized``: subspace iteration from a Gaussian sketch with ``p = R / 2`` oversampling
-  (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1), float32 GEMMs while the error stays
+* ``randomized``: subspace iteration from a Gaussian sketch with ``p = min(R / 2, n / 16)``
+  oversampling (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1), float32 GEMMs while the error stays
   large enough (10 % of ``||W||``) for float32 rounding not to matter, float64 below. Costs
   ``~(2q + 2) m n (R + p)`` GEMM multiply-adds for q power iterations instead of an ``n^3``
   factorization; used when R is small against n.
@@ -28,7 +28,7 @@ the exact SVD on flat, power-law, exponential and low-rank-plus-noise spectra, a
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -36,10 +36,81 @@ from torch import Tensor
 SVD_METHODS = ("auto", "full", "gram", "randomized")
 
 
-def _float64(matrix: Tensor) -> Tensor:
+def _matrix(matrix: Tensor) -> Tensor:
+    """``matrix`` detached, in its own floating dtype (no copy): the routes read it in float64 by row
+    blocks (``_mm64``, ``_tmm64``, ``_gram64``) instead of holding a float64 copy of it."""
     if matrix.dim() != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
-    return matrix.detach().to(dtype=torch.float64)
+    m = matrix.detach()
+    return m if m.is_floating_point() else m.to(dtype=torch.float64)
+
+
+# ---- float64 products with a matrix kept in its own dtype ------------------------------------
+# A float32 weight is never copied whole to float64: the products below convert one block at a
+# time, at most 1/8 of the matrix (and at least 2^20 elements, so small matrices take few blocks).
+_BLOCKS, _MIN_BLOCK = 8, 1 << 20
+
+
+def _span(count: int, other: int) -> int:
+    """Rows (of ``count``) per block of a matrix whose rows have ``other`` elements."""
+    per = max(-(-count * other // _BLOCKS), _MIN_BLOCK) // max(other, 1)
+    return max(1, min(count, per))
+
+
+def _row_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, w[rows] in float64)`` block by block."""
+    step = _span(w.shape[0], w.shape[1])
+    for i in range(0, w.shape[0], step):
+        yield slice(i, i + step), w[i:i + step].to(torch.float64)
+
+
+def _col_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
+    """``(cols, w[:, cols] in float64)`` block by block."""
+    step = _span(w.shape[1], w.shape[0])
+    for j in range(0, w.shape[1], step):
+        yield slice(j, j + step), w[:, j:j + step].to(torch.float64)
+
+
+def _mm64(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x`` (m, k) in float64 for ``w`` (m, n) in any float dtype and ``x`` (n, k) float64, by
+    row blocks of ``w`` (a float64 ``w`` is used as it is)."""
+    if w.dtype == torch.float64:
+        return w @ x
+    out = x.new_empty(w.shape[0], x.shape[1])
+    for rows, block in _row_blocks(w):
+        torch.mm(block, x, out=out[rows])
+    return out
+
+
+def _tmm64(w: Tensor, x: Tensor) -> Tensor:
+    """``w^T @ x`` (n, k) in float64 for ``w`` (m, n) and ``x`` (m, k) float64, by column blocks of
+    ``w``: each block of the result is one product (row blocks would update all of it each time)."""
+    if w.dtype == torch.float64:
+        return w.T @ x
+    out = x.new_empty(w.shape[1], x.shape[1])
+    for cols, block in _col_blocks(w):
+        torch.mm(block.T, x, out=out[cols])
+    return out
+
+
+def _gram64(w: Tensor) -> Tensor:
+    """``w^T w`` (n, n) in float64 for ``w`` (m, n) in any float dtype: row block ``J`` of the
+    Gram is ``(w^T w[:, J])^T``, one ``_tmm64`` per column block."""
+    if w.dtype == torch.float64:
+        return w.T @ w
+    out = torch.empty(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
+    for cols, block in _col_blocks(w):
+        out[cols] = _tmm64(w, block).T
+    return out
+
+
+def squared_norm(t: Tensor) -> float:
+    """``||t||_F^2`` accumulated in float64, block by block: ``vector_norm(t, dtype=float64)`` casts
+    the whole tensor to float64 first (twice a float32 tensor's memory)."""
+    if t.dtype == torch.float64:
+        return float(torch.linalg.vector_norm(t)) ** 2
+    flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
+    return sum(float(torch.linalg.vector_norm(block)) ** 2 for _, block in _row_blocks(flat))
 
 
 # ---- singular values -------------------------------------------------------------------------
@@ -56,15 +127,16 @@ def singular_values(matrix: Tensor) -> Tensor:
     reaches the Gram's round-off floor (an eigenvalue below ``1e-10`` of the largest: an exactly
     low-rank matrix, whose small singular values the Gram cannot resolve).
     """
-    m = _float64(matrix)
+    m = _matrix(matrix)
     if min(m.shape, default=0) == 0:
-        return m.new_zeros(0)
+        return m.new_zeros(0, dtype=torch.float64)
     if min(m.shape) <= 32:
-        return torch.linalg.svdvals(m)
-    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m  # (n, n), n the small side
+        return torch.linalg.svdvals(m.to(torch.float64))
+    gram = _gram64(m.T if m.shape[0] <= m.shape[1] else m)  # (n, n), n the small side
     eig = torch.linalg.eigvalsh(gram).flip(0)  # descending
+    del gram
     if float(eig[-1]) <= 1e-10 * float(eig[0]):
-        return torch.linalg.svdvals(m)
+        return torch.linalg.svdvals(m.to(torch.float64))
     return eig.sqrt()
 
 
@@ -77,9 +149,14 @@ _POWER_ITERATIONS = 4  # what the randomized cost assumes (measured: 2-5 to reac
 
 
 def _oversampled(n: int, rank: int) -> int:
-    """Sketch width ``l = R + p``, ``p = max(10, R / 2)``: convergence per iteration goes with
-    ``sigma_{l+1} / sigma_R``; wider sketches need fewer iterations at about equal GEMM work."""
-    return min(n, rank + max(10, rank // 2))
+    """Sketch width ``l = R + p``, ``p = max(10, min(R / 2, n / 16))``: convergence per iteration
+    goes with ``sigma_{l+1} / sigma_R``; wider sketches need fewer iterations at about equal GEMM
+    work while ``l`` is small against ``n``. Beyond ``R = n / 8`` the ``m l^2`` orthonormalizations
+    and ``l^3`` eigenproblems dominate instead, so ``p`` stops growing: at ``R = n / 4``
+    (``fc.SVD(0.5)`` on a square layer) ``p = R / 4`` took 28-30 % less time than ``R / 2`` for
+    the same 4 iterations, at 1.007x (flat spectrum) and 1.002x (``sigma_k ~ k^-1/2``) the optimal
+    error (4096 x 4096, one thread); ``p = R / 8`` needed a fifth iteration."""
+    return min(n, rank + max(10, min(rank // 2, n // 16)))
 
 
 def _thin_cost(m: int, k: int) -> float:
@@ -95,6 +172,16 @@ _COSTS: dict[str, Callable[[int, int, int], float]] = {
                                        + 2 * _GEMM * m * _oversampled(n, r) ** 2)  # orthonormalizing
         + _EIGH_N3 * _oversampled(n, r) ** 3 + 60 * _CALL),
 }
+
+
+GEMM_SECONDS = _GEMM  # the unit other cost models (CP-ALS, TT-SVD, progress lines) count in
+
+
+def svd_seconds(shape: tuple[int, int], rank: int) -> tuple[float, str]:
+    """``(seconds, route)``: what ``truncated_svd`` of a ``shape`` matrix at ``rank`` is expected to
+    take on one thread, by the route ``svd_method`` picks (the cost model it minimises)."""
+    route = svd_method(shape, rank)
+    return _COSTS[route](max(shape), min(shape), rank), route
 
 
 def svd_method(shape: tuple[int, int], rank: int) -> str:
@@ -142,77 +229,96 @@ def _low_rank_svd(x: Tensor, basis: Tensor, rank: int) -> tuple[Tensor, Tensor, 
     columns: ``X = Q_x R_x``, ``R_x = U_r S V_r^T`` (k x k), so ``X B^T = (Q_x U_r) S (B V_r)^T``."""
     q = _orthonormalize(x, exact=True)  # (M, k)
     u, s, vh = torch.linalg.svd(q.T @ x, full_matrices=False)  # (k, k)
+    del x
     return q @ u[:, :rank], s[:rank], vh[:rank] @ basis.T
 
 
 def _full(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    return u[:, :rank], s[:rank], vh[:rank]
+    u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
+    return u[:, :rank].clone(), s[:rank], vh[:rank].clone()  # not views holding the (m, n) and (n, n) factors
 
 
 def _gram(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
     """``w`` is (m, n), n <= m: the top eigenvectors ``V_R`` of ``W^T W`` (n, n) span the right
     singular space; the result is the exact SVD of ``W V_R V_R^T``."""
-    _, vecs = torch.linalg.eigh(w.T @ w)  # ascending
-    basis = vecs[:, -rank:].flip(-1)  # (n, R)
-    return _low_rank_svd(w @ basis, basis, rank)
+    basis = torch.linalg.eigh(_gram64(w)).eigenvectors[:, -rank:].flip(-1)  # (n, R); the (n, n) ones freed
+    return _low_rank_svd(_mm64(w, basis), basis, rank)
 
 
 def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
                 seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Subspace iteration (HMT 2011 alg. 4.4) on ``w`` (m, n), n <= m, until ``_excess`` estimates
-    at most ``tol / 2`` (at ``max_iter``: ``tol``); ``_gram`` when even that is not met."""
+    at most ``tol / 2`` (at ``max_iter``: ``tol``); ``_gram`` when even that is not met.
+
+    Products with ``w`` run in float32 (on ``w`` itself when it is float32, else on a float32 copy)
+    until the error is below 10 % of ``||W||``, then in float64 by row blocks (``_mm64``): no
+    float64 copy of ``w`` is ever held. Besides that float32 copy, at most about four ``(m, l)``
+    float32 blocks (the basis, ``W^T Q`` and a product being orthonormalized) are alive at once."""
     m, n = w.shape
     width = _oversampled(n, rank)
-    total = float((w * w).sum())
+    total = squared_norm(w)
     gen = torch.Generator(device=w.device).manual_seed(seed)
-    work = w.float()  # float32 products while the error is large enough (checked below)
+    work: Optional[Tensor] = w if w.dtype == torch.float32 else w.float()  # None: float64 products
     q = _orthonormalize(work @ torch.randn(n, width, generator=gen, device=w.device, dtype=work.dtype), False)
     captured: list[float] = []
     for it in range(max_iter + 1):
-        z = work.T @ q  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
+        z = work.T @ q if work is not None else _tmm64(w, q)  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
         gram = (z.T @ z).double()  # (l, l)
         theta2 = torch.linalg.eigvalsh(gram).flip(0)  # (l,), descending
         captured.append(float(theta2[:rank].sum()))
         err2 = max(total - captured[-1], 0.0)
-        if work.dtype == torch.float32 and err2 < 1e-2 * total:
+        if work is not None and err2 < 1e-2 * total:
             # error below 10 % of ||W||: float32 rounding (~1e-6 ||W||^2 in the energies) would
             # blur the gains the stopping rule reads; go on in float64 from this basis
-            work, captured, z = w, [], z.double()  # the float32 Gram is still fine for one step
+            work, captured, z = None, [], z.double()  # the float32 Gram is still fine for one step
         else:
             excess = _excess(captured, err2)
             if excess <= tol / 2 or (it == max_iter and excess <= tol):
-                return _finish(w, q, z, gram if work.dtype == torch.float64 else None, rank)
+                precise, work = work is None, None
+                return _finish(w, q, z, gram if precise else None, rank)
         if it == max_iter:
             break
-        q = _orthonormalize(work @ _orthonormalize(z, False, gram), False)
+        del q
+        basis = _orthonormalize(z, False, gram)  # (n, l)
+        del z
+        y = work @ basis if work is not None else _mm64(w, basis)  # (m, l)
+        del basis
+        q = _orthonormalize(y, False)
+        del y
+    work = None
     return _gram(w, rank, tol)
 
 
 def _finish(w: Tensor, q: Tensor, z: Tensor, zz: Optional[Tensor], rank: int) -> tuple[Tensor, Tensor, Tensor]:
     """Best rank-R SVD of ``P W``, ``P`` the projector on ``span(q)``, from ``z = W^T q`` (and
-    ``zz = z^T z`` if already in float64).
+    ``zz = z^T z`` if already in float64); ``q`` and ``z`` in float32 or float64.
 
     With ``q^T q = L L^T`` (float64), ``Q = q L^-T`` is orthonormal and ``B = Q^T W = L^-1 z^T``;
     the eigenvectors ``U_b`` of ``B B^T = L^-1 (z^T z) L^-T`` (l x l) give ``U = Q U_b`` and
     ``V^T = U_b^T B / S``: no further pass over W. ``U`` is orthonormal; the rows of ``V^T`` to
-    ``~u sigma_1^2 / sigma_R^2``; ``U S V^T = Q U_b U_b^T Q^T W`` exactly. Where ``q`` is too
-    ill-conditioned for this (W of rank below the sketch width), one more pass: an exactly
-    orthonormal basis and an SVD of ``W^T Q``.
+    ``~u sigma_1^2 / sigma_R^2``; ``U S V^T = Q U_b U_b^T Q^T W`` exactly. The float64 products
+    with ``q`` and ``z`` go by row blocks, so only the results ``U`` (m, R) and ``V S`` (n, R) are
+    new float64 memory. Where ``q`` is too ill-conditioned for this (W of rank below the sketch
+    width), one more pass: an exactly orthonormal basis and an SVD of ``W^T Q``.
     """
-    q64, z64 = q.double(), z.double()
-    low, info = torch.linalg.cholesky_ex(q64.T @ q64)  # (l, l)
+    low, info = torch.linalg.cholesky_ex(_gram64(q))  # (l, l)
     diag = low.diagonal()
     if int(info) == 0 and float(diag.min()) > 1e-3 * float(diag.max()):  # Q orthonormal to ~u cond^2
-        zz = z64.T @ z64 if zz is None else zz  # (l, l), in float64
-        half = torch.linalg.solve_triangular(low, zz, upper=False)  # L^-1 z^T z
-        _, ub = torch.linalg.eigh(torch.linalg.solve_triangular(low, half.T, upper=False))  # B B^T
-        coef = torch.linalg.solve_triangular(low.T, ub[:, -rank:].flip(-1), upper=True)  # L^-T U_b (l, R)
-        u, sv = q64 @ coef, z64 @ coef  # (m, R) = Q U_b, (n, R) = (U_b^T B)^T = V S
+        half = torch.linalg.solve_triangular(low, _gram64(z) if zz is None else zz, upper=False)  # L^-1 z^T z
+        bbt = torch.linalg.solve_triangular(low, half.T, upper=False)  # B B^T (l, l)
+        del half, zz
+        ub = torch.linalg.eigh(bbt).eigenvectors[:, -rank:].flip(-1)  # (l, R)
+        del bbt
+        coef = torch.linalg.solve_triangular(low.T, ub, upper=True)  # L^-T U_b (l, R)
+        del ub, low, diag
+        u = _mm64(q, coef)  # (m, R) = Q U_b
+        del q
+        sv = _mm64(z, coef)  # (n, R) = (U_b^T B)^T = V S
         s = sv.norm(dim=0)
-        return u, s, (sv / s.clamp_min(1e-300)).T
-    basis = _orthonormalize(q64, exact=True)  # (m, l)
-    v, s, uh = _low_rank_svd(w.T @ basis, basis, rank)  # SVD of (P W)^T
+        return u, s, sv.div_(s.clamp_min(1e-300)).T
+    basis = _orthonormalize(q.double(), exact=True)  # (m, l)
+    del q
+    v, s, uh = _low_rank_svd(_tmm64(w, basis), basis, rank)  # SVD of (P W)^T
     return uh.T, s, v.T
 
 
@@ -248,7 +354,7 @@ def truncated_svd(matrix: Tensor, rank: int, method: str = "auto",
     """
     if method not in SVD_METHODS:
         raise ValueError(f"SVD method must be one of {', '.join(SVD_METHODS)}, got {method!r}")
-    w = _float64(matrix)
+    w = _matrix(matrix)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(w.shape):
         raise ValueError(f"SVD rank {rank!r} is outside [1, {min(w.shape)}] for a {tuple(w.shape)} matrix")
     if not 0.0 < tol < 1.0:
@@ -270,7 +376,7 @@ def balanced_svd(matrix: Tensor, rank: int, method: str = "auto") -> tuple[Tenso
     """
     u, s, vh = truncated_svd(matrix, rank, method)
     root = s.sqrt()
-    return u * root, root[:, None] * vh
+    return u.mul_(root), vh.mul_(root[:, None])  # in place: the factors are the only (N, R), (R, C) copies
 
 
 def energy_rank(singular_values: Tensor, threshold: float) -> int:

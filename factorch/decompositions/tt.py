@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import tolerance_rank, truncated_svd
+from factorch.decompositions.svd import squared_norm, svd_seconds, tolerance_rank, truncated_svd
 
 RankArg = Union[int, Sequence[int], None]
 
@@ -34,6 +34,18 @@ def tt_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
     """Entries of the cores: ``sum_k r_{k-1} n_k r_k`` (Oseledets 2011; Novikov et al. 2015)."""
     full = (1, *ranks, 1)
     return sum(full[k] * n * full[k + 1] for k, n in enumerate(shape))
+
+
+def tt_svd_seconds(shape: Sequence[int], ranks: Sequence[int]) -> float:
+    """Expected one-thread seconds of ``tt_svd(A, ranks)`` for ``A`` of ``shape``: the sum of its
+    steps' ``truncated_svd`` costs (``svd_seconds``), step k on the ``(r_{k-1} n_k) x rest``
+    unfolding at rank ``r_k`` (capped at the unfolding's size)."""
+    shape, full = [int(n) for n in shape], (1, *ranks)
+    total = 0.0
+    for k in range(len(shape) - 1):
+        rows, cols = full[k] * shape[k], math.prod(shape[k + 1:])
+        total += svd_seconds((rows, cols), max(1, min(full[k + 1], rows, cols)))[0]
+    return total
 
 
 def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
@@ -54,10 +66,17 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
       ``(sum_{i > r_k} sigma_i^2)^(1/2) <= delta = eps ||A|| / sqrt(d - 1)``; then
       ``||A - A_hat|| <= eps ||A||``;
     * ``rule``: ``r_k = rule(Z_k)`` of the k-th unfolding ``Z_k`` (``(r_{k-1} n_k) x rest``), at least 1.
+
+    Memory (``docs/math.md``, "Cost of computing a decomposition"): with fixed ranks a float32
+    ``tensor`` is read as it is (``truncated_svd`` converts row blocks to float64), so the extra
+    memory is the first step's ``(rest, r_1)`` factors, a fraction of the tensor; the ``eps`` and
+    ``rule`` paths take a float64 copy and LAPACK's full SVD of each unfolding (about 4x the
+    float64 tensor at the first step).
     """
     if sum(v is not None for v in (rank, eps, rule)) != 1:
         raise ValueError("tt_svd takes exactly one of rank, eps or rule")
-    x = tensor.detach().to(dtype=torch.float64)
+    x = tensor.detach()
+    x = x if x.is_floating_point() else x.to(dtype=torch.float64)
     shape, d = tuple(x.shape), x.dim()
     if d == 0 or min(shape, default=0) < 1:
         raise ValueError(f"tt_svd needs a tensor with at least one axis and no empty axes, got shape {shape}")
@@ -65,7 +84,9 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
     ranks = _checked_ranks(rank, full) if rank is not None else None
     if eps is not None and (isinstance(eps, bool) or not 0.0 <= float(eps) < 1.0):
         raise ValueError(f"TT-SVD tolerance eps must be in [0, 1), got {eps!r}")
-    delta = float(eps) * float(x.norm()) / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    delta = float(eps) * squared_norm(x) ** 0.5 / math.sqrt(d - 1) if eps is not None and d > 1 else 0.0
+    if ranks is None or d == 1:
+        x = x.to(dtype=torch.float64)  # the eps and rule paths' full SVDs work on a float64 copy
     cores, z, r_prev = [], x, 1
     for k in range(d - 1):
         z = z.reshape(r_prev * shape[k], -1)  # (r_{k-1} n_k, n_{k+1} ... n_d)
@@ -77,7 +98,7 @@ def tt_svd(tensor: Tensor, rank: RankArg = None, *, eps: Optional[float] = None,
             u, s, vh = torch.linalg.svd(z, full_matrices=False)
             r = max(tolerance_rank(s, delta), 1) if eps is not None else max(int(rule(z)), 1)
             keep = min(r, s.shape[0])
-        u, v = u[:, :keep], s[:keep, None] * vh[:keep]  # (r_{k-1} n_k, keep), (keep, rest)
+        u, v = u[:, :keep], vh[:keep].mul_(s[:keep, None])  # (r_{k-1} n_k, keep), (keep, rest): S V^T in place
         if keep < r:  # requested rank above this unfolding's rank: zero-pad (exact, shapes as asked)
             u = torch.cat([u, u.new_zeros(u.shape[0], r - keep)], dim=1)
             v = torch.cat([v, v.new_zeros(r - keep, v.shape[1])], dim=0)
@@ -129,17 +150,27 @@ def tt_matrix_svd(matrix: Tensor, out_shape: Sequence[int], in_shape: Sequence[i
     """TT-matrix of ``matrix`` (M x N): cores ``(r_{k-1}, m_k, n_k, r_k)`` by TT-SVD of the interleaved
     tensor (Novikov et al. 2015; without the interleave the result is an order-2d TT, not a TT-matrix).
     The interleave is a permutation, so the ``eps`` guarantee holds for the matrix."""
-    m64 = matrix.detach().to(dtype=torch.float64)
-    cores = tt_svd(interleave(m64, out_shape, in_shape), rank, eps=eps, rule=rule)
+    cores = tt_svd(interleave(matrix.detach(), out_shape, in_shape), rank, eps=eps, rule=rule)
     return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape)]
 
 
 def tt_matrix_to_matrix(cores: Sequence[Tensor]) -> Tensor:
-    """Rebuild ``W`` (M, N) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)``; differentiable."""
+    """Rebuild ``W`` (M, N) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)``; differentiable.
+
+    Without autograd (no core requires grad: a report's error column, ``to_dense``) each step
+    writes its ``m_k`` row blocks into place, so besides ``W`` only ``1 / m_k`` of it is
+    temporary; the einsum's interleaving reshape copies all of it (twice ``W`` at the last step)."""
     full = cores[0].new_ones(1, 1, 1)  # (M_k, N_k, r_k): rows m_1..m_k, columns n_1..n_k
     for core in cores:
         r0, m, n, r1 = core.shape
-        full = torch.einsum("abr,rmns->ambns", full, core).reshape(full.shape[0] * m, full.shape[1] * n, r1)
+        a, b = full.shape[:2]
+        if full.requires_grad or core.requires_grad:
+            full = torch.einsum("abr,rmns->ambns", full, core).reshape(a * m, b * n, r1)
+            continue
+        out, flat = full.new_empty(a, m, b, n * r1), full.reshape(a * b, r0)
+        for i in range(m):
+            out[:, i] = (flat @ core[:, i].reshape(r0, n * r1)).reshape(a, b, n * r1)
+        full = out.reshape(a * m, b * n, r1)
     return full[..., 0]
 
 

@@ -113,7 +113,7 @@ def hooi(tensor: Tensor, ranks: Sequence[int], n_iter_max: int = 100, tol: Optio
         exact_sweeps = EXACT_SWEEPS if stop == "residual" else n_iter_max
     x = _check(tensor, ranks)
     active = [k for k, (r, n) in enumerate(zip(ranks, x.shape)) if r < n]
-    norm2 = float((x * x).sum())
+    norm2 = float(torch.linalg.vector_norm(x)) ** 2  # no (x * x) temporary
     if norm2 == 0.0 or not active:
         return hosvd(x, ranks)  # exact already: full orthonormal bases
     # HOSVD start for every factorized mode but the first: the first sweep sets that one to its

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Optional
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +26,10 @@ class FactorizedLayer(nn.Module):
     * ``space(config, **options)``: its ``RankSpace`` from the geometry alone (modes, full ranks,
       params and MACs as functions of the ranks); ``rank_space(dense, **options)`` adds the
       spectra of ``operands(dense)``;
-    * ``operands(dense, **options)``: the float64 tensors it factorizes, one per group: the one
-      place both the rank rules' spectra and ``from_dense``'s factors come from (a data-aware step
-      substitutes it);
+    * ``operands(dense, **options)``: the tensors it factorizes, one per group (float64, or the
+      weight in its own dtype where the decomposition reads it in float64 block by block: SVD,
+      TT-SVD): the one place both the rank rules' spectra and ``from_dense``'s factors come from
+      (a data-aware step substitutes it);
     * ``from_dense_at(dense, ranks)``: decompose a trained layer at exactly these resolved int ranks
       (math in float64, result in the dense layer's dtype and device); ``empty_at(dense, ranks)``:
       the same structure, freshly initialised (used on the ``meta`` device to cost a candidate, and
@@ -64,7 +66,10 @@ class FactorizedLayer(nn.Module):
     def reset_parameters(self) -> None:
         """The from-scratch init: ``init_factors`` (the implied kernel has the variance of
         PyTorch's default init of the dense layer), then ``balance_`` (the factors share the
-        kernel's scale so that SGD moves it no faster than it moves a dense layer's)."""
+        kernel's scale so that SGD moves it no faster than it moves a dense layer's). Skipped
+        inside ``skip_init()``: the factors are about to be overwritten."""
+        if _skipping:
+            return
         self.init_factors()
         self.balance_()
 
@@ -177,16 +182,19 @@ class FactorizedLayer(nn.Module):
         a fraction or a rule read from ``dense``) resolves to, resolved once (``resolve_rank``, with
         the ``structure`` options among ``kwargs``)."""
         options = {k: v for k, v in kwargs.items() if k in cls.structure}
-        return cls.from_dense_at(dense, cls.resolve_rank(dense, rank, **options), **kwargs)
+        ranks = cls.resolve_rank(dense, rank, **options)
+        with skip_init():
+            return cls.from_dense_at(dense, ranks, **kwargs)
 
     def dense_weight(self) -> Tensor:
         raise NotImplementedError
 
     @classmethod
     def dense_kernel(cls, dense: nn.Module) -> Tensor:
-        """The dense layer's kernel in ``dense_weight``'s layout, float64 on its device (what the
-        approximation error compares): its ``weight`` for most layers."""
-        return as_float64(dense.weight)
+        """The dense layer's kernel in ``dense_weight``'s layout on its device (what the
+        approximation error compares, block by block in float64): its ``weight`` itself for most
+        layers, not copied."""
+        return dense.weight.detach()
 
     def to_dense(self) -> nn.Module:
         raise NotImplementedError
@@ -213,6 +221,24 @@ def alias(cls: type[FactorizedLayer], old_name: str) -> type[FactorizedLayer]:
     keeps the old name importable too."""
     FactorizedLayer.registry[old_name] = cls
     return cls
+
+
+_skipping: list[bool] = []  # non-empty inside ``skip_init()``
+
+
+@contextmanager
+def skip_init() -> Iterator[None]:
+    """Factorized layers constructed inside skip their from-scratch init (``reset_parameters``; the
+    children keep PyTorch's default init): their factors are overwritten right after, by a
+    decomposition (``FactorizedLayer.from_dense``, ``registry.Proposal.build``) or a checkpoint's
+    weights (``factorch.io``). ``balance_`` rebuilds the dense kernel once per factor: for
+    ``nn.Linear(16384, 16384)`` at rank 4096 three 16384 x 4096 x 16384 products (minutes) and
+    6 GB before the SVD had started."""
+    _skipping.append(True)
+    try:
+        yield
+    finally:
+        _skipping.pop()
 
 
 def as_float64(t: Tensor) -> Tensor:

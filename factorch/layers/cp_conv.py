@@ -22,12 +22,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from factorch.decompositions.cp import cp_als, cp_to_tensor
+from factorch.decompositions.cp import cp_als, cp_als_seconds, cp_to_tensor
 from factorch.layers.base import FactorizedConv, alias, check_finite, default_variance, init_bias, init_uniform_, \
     read_kernel, write_kernel
 from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import Mode, RankSpace
-from factorch.rank.space import Ranks
+from factorch.rank.space import Ranks, cp_limit
 
 AXES = ("depth", "vertical", "horizontal")  # PyTorch's (D, H, W): the last d name a d-D layer's axis convs
 
@@ -101,7 +101,8 @@ class CPConv(FactorizedConv):
         unfoldings this is Elhoushi et al.'s ``max(R_out, R_in)``). Per group: params
         ``R (C + sum(k) + N)``; MACs ``P C R + sum_a (axis conv a) + P' R N``, axis conv a costing
         ``k_a R`` per output position (transposed: per input position) at the size the axes before it
-        left."""
+        left. Worth computing up to ``max(N, C)`` (``cp_limit``: the decision path passes CP over
+        beyond it); ALS time ``cp_als_seconds``."""
         g = spec.groups
         n, c = spec.out_channels // g, spec.in_channels // g
         axes = [replace(spec, **geometry) for geometry in spec.split_axes()]
@@ -119,7 +120,9 @@ class CPConv(FactorizedConv):
         return RankSpace(cls.__name__, (Mode("rank", cls.max_rank(spec)),),
                          params=lambda r: g * r[0] * (c + sum(spec.kernel_size) + n), macs=macs,
                          dense_params=g * n * c * math.prod(spec.kernel_size), dense_macs=spec.macs,
-                         bias=spec.out_channels if spec.bias else 0, error_modes=0, per_group=g > 1)
+                         bias=spec.out_channels if spec.bias else 0, error_modes=0, per_group=g > 1,
+                         limit=cp_limit(g * n, g * c, spec.kernel_size, g),
+                         work=lambda r: (g * cp_als_seconds((n, c, *spec.kernel_size), r[0]), "CP-ALS"))
 
     @classmethod
     def operands(cls, conv) -> list[Tensor]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from factorch.decompositions.svd import balanced_svd
+from factorch.decompositions.svd import balanced_svd, svd_seconds
 from factorch.layers.base import FactorizedConv, FactorizedLayer, alias, as_float64, check_finite, \
     default_variance, init_bias, init_uniform_, read_kernel, write_kernel
 from factorch.layers.conv_spec import ConvSpec, LinearSpec
@@ -33,6 +33,12 @@ def _init(first: Tensor, last: Tensor, bias: Tensor | None, c: int, rank: int, f
     init_uniform_(first, 1.0 / c)
     init_uniform_(last, default_variance(rank) * (c / fan_in))
     init_bias(bias, fan_in)
+
+
+def _work(groups: int, n: int, c: int, rank: int) -> tuple[float, str]:
+    """One-thread seconds and route of the truncated SVDs of ``groups`` (n, c) matrices at ``rank``."""
+    seconds, route = svd_seconds((n, c), rank)
+    return groups * seconds, f"{route} SVD"
 
 
 class SVDLinear(FactorizedLayer):
@@ -68,11 +74,15 @@ class SVDLinear(FactorizedLayer):
         c, n = spec.in_features, spec.out_features
         return RankSpace("SVDLinear", (Mode("rank", min(n, c)),), params=lambda r: r[0] * (c + n),
                          macs=lambda r, shape: math.prod(shape[:-1]) * r[0] * (c + n),
-                         dense_params=c * n, dense_macs=spec.macs, bias=n if spec.bias else 0)
+                         dense_params=c * n, dense_macs=spec.macs, bias=n if spec.bias else 0,
+                         work=lambda r: _work(1, n, c, r[0]))
 
     @classmethod
     def operands(cls, linear: nn.Linear) -> list[Tensor]:
-        return [as_float64(linear.weight)]  # (N, C)
+        """The (N, C) weight, detached, in its own dtype: the SVD routes read it in float64 block by
+        block, so no float64 copy of a large weight is held (``docs/math.md``, "Cost of computing a
+        decomposition")."""
+        return [linear.weight.detach()]
 
     @classmethod
     def unfold(cls, weight: Tensor) -> list[list[Tensor]]:
@@ -163,7 +173,8 @@ class SVDConv(FactorizedConv):
 
         return RankSpace(cls.__name__, (Mode("rank", min(n, c)),), params=lambda r: g * r[0] * (c + n),
                          macs=macs, dense_params=g * n * c, dense_macs=spec.macs,
-                         bias=spec.out_channels if spec.bias else 0, per_group=g > 1)
+                         bias=spec.out_channels if spec.bias else 0, per_group=g > 1,
+                         work=lambda r: _work(g, n, c, r[0]))
 
     @classmethod
     def operands(cls, conv) -> list[Tensor]:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from factorch.measure.count import layer_macs
 from factorch.decompositions.tt import interleave, max_tt_ranks, tensorize, tt_matrix_svd, tt_matrix_to_matrix, \
-    tt_params, tt_svd
+    tt_params, tt_svd, tt_svd_seconds
 from factorch.decompositions.svd import singular_values
 from factorch.layers.base import FactorizedLayer, as_float64, check_finite, default_variance, init_bias, init_uniform_, \
     traced_for_script
@@ -216,12 +216,13 @@ class TTLinear(FactorizedLayer):
                          params=lambda r: tt_params(modes, r), macs=macs,
                          dense_params=spec.in_features * spec.out_features, dense_macs=spec.macs,
                          bias=spec.out_features if spec.bias else 0, error_modes=len(modes) - 1,
-                         fraction="uniform", unit="bond")
+                         fraction="uniform", unit="bond", work=lambda r: (tt_svd_seconds(modes, r), "TT-SVD"))
 
     @classmethod
     def operands(cls, linear: nn.Linear, in_shape: Optional[Sequence[int]] = None,
                  out_shape: Optional[Sequence[int]] = None, order: str = "auto") -> list[Tensor]:
-        """The weight, float64, zero-padded to (prod out_shape, prod in_shape)."""
+        """The weight in its own dtype (TT-SVD reads it in float64 block by block: no float64 copy),
+        zero-padded to (prod out_shape, prod in_shape)."""
         n_s, m_s = tt_linear_shapes(linear.in_features, linear.out_features, in_shape, out_shape)
         return [_padded_weight(linear, m_s, n_s)]
 
@@ -321,6 +322,8 @@ def bond_unfoldings(tensor: Tensor) -> list[list[Tensor]]:
 
 
 def _padded_weight(linear: nn.Linear, out_shape: Sequence[int], in_shape: Sequence[int]) -> Tensor:
-    """``linear.weight`` in float64, zero-padded to (prod out_shape, prod in_shape)."""
-    w = as_float64(linear.weight)
-    return F.pad(w, (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0]))
+    """``linear.weight`` (detached, its own dtype), zero-padded to (prod out_shape, prod in_shape):
+    a copy only where there is padding."""
+    w = linear.weight.detach()
+    pad = (0, math.prod(in_shape) - w.shape[1], 0, math.prod(out_shape) - w.shape[0])
+    return F.pad(w, pad) if any(pad) else w

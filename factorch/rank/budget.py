@@ -95,8 +95,9 @@ def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Rank
     def push(i: int) -> None:
         it, r = usable[i], ranks[i]
         now = it.cost(kind, tuple(r))
+        top = it.space.limit.ranks if it.space.limit is not None else it.space.full
         for k, rk in enumerate(r):
-            if rk >= it.space.modes[k].full:
+            if rk >= min(it.space.modes[k].full, top[k]):  # full, or the largest rank worth computing
                 continue
             gain = _log(kept[i][k][rk + 1]) - _log(kept[i][k][rk])  # the rise of sum log kept
             if gain <= 0.0:

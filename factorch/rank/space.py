@@ -25,6 +25,12 @@ knows a layer's rank structure.
   at the same fraction of its full rank, e.g. Tucker-2 keeps ``R_out/R_in = N/C``) or
   ``"uniform"`` (one rank for every mode, capped at each mode's full rank: tensor-train bonds,
   whose full ranks differ by orders of magnitude).
+* ``limit``: the largest ranks worth computing, below the full ones, and why (``Limit``; CP:
+  ``cp_limit``). The decision path passes a method over at ranks beyond it, with the reason
+  (``refusal``); the budget allocator never raises a rank past it.
+* ``work(ranks)``: the seconds computing the decomposition at these ranks is expected to take on
+  one thread (the cost model of its route, ``docs/math.md``, "Cost of computing a decomposition")
+  and the route; ``cost_to_compute`` falls back to a generic estimate. Progress lines read it.
 
 Spectra are computed once per space, on first use, by ``factorch.decompositions.svd.singular_values``.
 """
@@ -36,7 +42,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import singular_values
+from factorch.decompositions.cp import cp_als_seconds
+from factorch.decompositions.svd import GEMM_SECONDS, singular_values
 from factorch.rank.rules import RankRule, Spectrum
 
 Ranks = tuple[int, ...]
@@ -66,7 +73,9 @@ class RankSpace:
     fraction: str = "proportional"
     rule_ranks: Optional[Callable[[RankRule], Ranks]] = None  # rules choose the ranks in sequence (TT-SVD)
     unit: str = "mode"
-    per_group: bool = False                # a grouped conv: ranks are per group                     # what a rank is called in messages ("bond" for tensor trains)
+    per_group: bool = False                # a grouped conv: ranks are per group
+    limit: Optional["Limit"] = None        # the largest ranks worth computing, and why
+    work: Optional[Callable[[Ranks], tuple[float, str]]] = None  # (one-thread seconds, route) to compute
     _spectra: Optional[list[list[list[Spectrum]]]] = field(default=None, repr=False)
 
     @property
@@ -99,6 +108,22 @@ class RankSpace:
                 raise ValueError(f"{self.layer} rank {r} of {self.unit} {mode.name!r} must be in [1, {mode.full}] "
                                  f"({why}); full ranks {self.describe()}")
         return ranks
+
+    def refusal(self, ranks: Ranks) -> Optional[str]:
+        """Why ``ranks`` are not worth computing (above ``limit``), or None."""
+        if self.limit is None or all(r <= m for r, m in zip(ranks, self.limit.ranks)):
+            return None
+        most = self.params(self.limit.ranks) / max(self.dense_params, 1)
+        shown = lambda r: str(r[0]) if len(r) == 1 else str(r)  # noqa: E731
+        return (f"rank {shown(ranks)} is above {shown(self.limit.ranks)}, the largest worth computing here: "
+                f"{self.limit.why(ranks)}; a fraction up to {most:.3g} of the weights stays within it")
+
+    def cost_to_compute(self, ranks: Ranks) -> tuple[float, str]:
+        """``work(ranks)``, or where the layer gives no cost model a generic one: 20 passes of a
+        rank-wide product over the weight (HOOI-like sweeps), and no route."""
+        if self.work is not None:
+            return self.work(ranks)
+        return GEMM_SECONDS * 20 * self.dense_params * sum(ranks), ""
 
     def spectra(self) -> list[list[list[Spectrum]]]:
         """``[mode][tied unfolding][group]``: the singular values the rules and the budget read.
@@ -138,6 +163,41 @@ class RankSpace:
                 curves.append(torch.cat([e.new_zeros(1), e.cumsum(0) / total]))
             out.append(torch.stack(curves).min(0).values)
         return out
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The largest ranks worth computing (one per mode) and ``why(ranks)`` larger ones are not."""
+
+    ranks: Ranks
+    why: Callable[[Ranks], str]
+
+
+def cp_limit(out_channels: int, in_channels: int, kernel: Sequence[int], groups: int = 1) -> Limit:
+    """CP's limit: rank at most ``max(N, C)`` per group (``docs/math.md``, "CP convolution").
+
+    Beyond it the layer's first 1x1 conv widens the channels (its depthwise convs run on more
+    channels than the dense layer has), while CP-ALS costs ``~N C k R + R^3`` per sweep over
+    hundreds of sweeps: at ``fc.CP(0.5)`` a 512-channel 3x3 conv gets R = 1145, minutes of ALS
+    per layer, for the parameters and MACs Tucker-2 reaches at the same fraction with ranks below
+    the channels (computed by HOOI in seconds)."""
+    n, c, k = out_channels // groups, in_channels // groups, tuple(kernel)
+    top = max(n, c)
+
+    def why(ranks: Ranks) -> str:
+        r = ranks[0]
+        est = groups * cp_als_seconds((n, c, *k), r)
+        at_top = groups * cp_als_seconds((n, c, *k), top)
+        return (f"more CP components than the layer has channels (max(N, C) = {top}"
+                f"{' per group' if groups > 1 else ''}) widen it, and CP-ALS would take about {_clock(est)} on one "
+                f"thread (about {_clock(at_top)} at rank {top}); Tucker-2 reaches the same size with ranks below the "
+                "channels")
+
+    return Limit((top,), why)
+
+
+def _clock(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def largest_fitting(values: Sequence[float], fits: Callable[[float], bool]) -> Optional[float]:

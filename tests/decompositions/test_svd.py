@@ -110,7 +110,8 @@ def test_balanced_split_of_a_randomized_svd():
     ((8, 6), 3, "full"),              # tiny: LAPACK's overhead is the smallest
     ((1024, 1024), 100, "randomized"),
     ((300, 784), 30, "randomized"),   # wide: the same, transposed
-    ((1024, 1024), 400, "gram"),      # the sketch would be more than half the matrix
+    ((1024, 1024), 400, "randomized"),  # R + n/16 = 464: the sketch is still under half the matrix
+    ((1024, 1024), 480, "gram"),      # the sketch would be more than half the matrix
     ((4096, 1024), 512, "gram"),
     ((56, 200_000), 4, "gram"),       # a TT-SVD unfolding: one thin Gram beats any sketch
 ])

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import factorch as fc
-from factorch.layers import FactorizedLayer
+from factorch.layers import CPConv2d, FactorizedLayer
+from factorch.layers.conv_spec import ConvSpec
 from factorch.rank import resolve
 from factorch.registry import candidate
 from tests.cases import attention_pairs, example_input, layer_classes, pairs
@@ -83,3 +84,28 @@ def test_nan_weights_are_one_error_naming_the_layer_for_every_rule():
     for rule in (fc.EVBMF(), fc.Energy(0.9), fc.Tolerance(0.1)):
         with pytest.raises(ValueError, match="NaN or Inf"):
             resolve(rule, space)
+
+
+def test_cp_beyond_the_channels_is_passed_over_with_the_reason():
+    """``fc.CP(0.5)`` on a 3x3 conv asks for R = 0.5 params / (C + 3 + 3 + N): on 512 channels
+    1145, on this 16-channel stand-in 30 -- both above max(N, C), where CP widens the layer and
+    ALS takes minutes (512 channels). The next method is used, and the report says why."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    row = fc.plan(model, [fc.CP(0.5), fc.Tucker2(0.5)], min_share=0).rows[0]
+    assert row.method == "tucker2"
+    assert "cp passed over: rank 30 is above 16, the largest worth computing here" in row.note
+    assert "CP-ALS would take about" in row.note and "a fraction up to 0.264" in row.note
+    alone = fc.plan(model, fc.CP(0.5), min_share=0).rows[0]
+    assert alone.skipped.startswith("rank 30 is above 16") and alone.method == "cp"
+    within = fc.plan(model, fc.CP(0.25), min_share=0).rows[0]  # R = 15: built
+    assert within.method == "cp" and within.ranks == (15,) and not within.skipped
+
+
+def test_cp_limit_of_a_resnet_conv_and_the_budget_stays_within_it():
+    space = CPConv2d.space(ConvSpec.of(nn.Conv2d(512, 512, 3)))
+    (rank,) = resolve(0.5, space).ranks
+    assert rank == 1145 and space.limit.ranks == (512,)
+    assert "CP-ALS would take about" in space.refusal((rank,)) and space.refusal((512,)) is None
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    row = fc.plan(model, fc.CP(fc.Budget(params=0.5)), min_share=0).rows[0]
+    assert row.method == "cp" and row.ranks == (16,)  # the budget would buy 30: capped at the limit

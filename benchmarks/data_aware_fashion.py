@@ -1,29 +1,33 @@
-"""Data-aware (calibration) vs weight-only decomposition of trained models on Fashion-MNIST.
+"""Data-aware (calibration) vs weight-only decomposition of trained models on Fashion-MNIST: is
+the default (``calibration=batches``) ever below weight-only factors?
 
-Two models are trained here (seeded): ``vgg7`` (1-channel input) and the LeNet-300-100 ``mlp``.
-Each is decomposed whole at three MAC budgets, ``fc.Budget(macs=0.5 / 0.3 / 0.15)`` over the
-layers it governs (vgg7: Tucker-2 for every 3x3 conv but the first, which has one input channel
-and stays dense, and SVD for the classifier; mlp: SVD for all three layers), in these variants:
+Three models are trained here (seeded): ``vgg7`` (1-channel input), ``lenet5`` and the
+LeNet-300-100 ``mlp``. Each is decomposed at every point of a grid of ranks:
 
-* ``weight-only``: ranks from the weights' spectra, factors fitted to the weights;
-* ``data-aware``: ``fc.Calibration(batches, sequential=False)``: ranks from the whitened spectra,
-  data-aware factors fitted to the dense model's inputs, the held-out safety rule
-  (``factorch.calibration.safety``);
-* ``data-aware sequential``: as ``data-aware``, each layer fitted to the inputs the already
-  decomposed layers produce (``calibration=batches``: the default);
+* three MAC budgets, ``fc.Budget(macs=0.5 / 0.3 / 0.15)`` over the layers it governs (vgg7 and
+  lenet5: Tucker-2 for every conv but the first, which has one input channel and stays dense,
+  and SVD for the Linears; mlp: SVD for all three layers);
+* two fixed aggressive settings: vgg7: Tucker-2 at ranks (16, 16) and at (4, 4) on every conv
+  but the first (the classifier dense); lenet5: Tucker-2 (4, 4) on ``conv2``, alone and with SVD
+  8 on ``fc1`` and ``fc2``; mlp: SVD 8 and SVD 4 on both hidden layers.
 
-and two diagnostics that separate the ranks' effect from the factors' (no fine-tuning):
+At each point, with no fine-tuning:
 
-* ``weight-only factors, data-aware ranks``: the ``data-aware`` variant's ranks, weight-only factors;
-* ``data-aware factors, weight-only ranks``: the ``weight-only`` variant's ranks, data-aware factors.
+* ``weight_only``: the same config without calibration (ranks from the weights' spectra);
+* ``default``: ``calibration=batches`` (sequential, ranks from the whitened spectra, the held-out
+  safety rule of ``factorch.calibration.safety``: top-1 agreement with the dense model, then KL);
+* ``weight_only_default_ranks``: weight-only factors at exactly the default's ranks: the model
+  the rule's whole-model check compares against (the same as ``weight_only`` at fixed ranks);
+* ``output_error_rule``: ``fc.Calibration(batches, outputs="values")``: the default, but the
+  rule judging by the relative logit error (the rule before it judged predictions);
+* ``plain``: ``fc.Calibration(batches, sequential=False)``.
 
-For each: test accuracy right after the decomposition and (not the diagnostics) after one
-fine-tuning pass over ``--ft-subset`` training images (SGD, momentum 0.9, weight decay 5e-4, lr
-``--ft-lr``), the MACs kept and which factors each layer kept.
-Calibration batches: ``--calibration-batches`` seeded batches of ``--batch`` training images (no
-labels used); the last quarter is the safety rule's held-out part.
+Per model: test accuracy; against the dense model, on the held-out calibration batches (what the
+rule sees) the top-1 agreement and the mean ``KL(p_dense || p)``, and on the test split the
+top-1 agreement. Calibration batches: ``--calibration-batches`` seeded batches of ``--batch``
+training images (no labels used); the last quarter is the rule's held-out part.
 
-    python benchmarks/data_aware_fashion.py [--epochs 3] [--data-dir DIR] [--threads 2]
+    python benchmarks/data_aware_fashion.py [--epochs 2] [--train-subset 20000] [--threads 1]
 
 Trained weights are cached under runs/data_aware/ (keyed by the training settings), so a rerun
 only repeats the decompositions.
@@ -34,21 +38,21 @@ import argparse
 import copy
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import factorch as fc
 import factorch.data  # noqa: F401  (a subpackage: not imported by `import factorch`)
+from factorch.calibration.safety import Reference
 from factorch.measure.results import environment
-from factorch.training import evaluate, make_optimizer, train_epoch
+from factorch.training import make_optimizer, train_epoch
 from factorch.training.checkpoint import seed_everything
 from common import RESULTS, write_results
 
-LEVELS = (0.5, 0.3, 0.15)
-VARIANTS = ("weight-only", "data-aware", "data-aware sequential")
-DIAGNOSTICS = ("weight-only factors, data-aware ranks", "data-aware factors, weight-only ranks")
+BUDGETS = (0.5, 0.3, 0.15)
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "data_aware"
 
 
@@ -98,12 +102,34 @@ def trained(name: str, train: TensorDataset, args) -> nn.Module:
     return model
 
 
-def methods(name: str, level: float) -> dict:
+def budget_config(name: str, level: float) -> dict:
     """The whole-model config at one MAC budget: one ``Budget`` object shared by both methods."""
     budget = fc.Budget(macs=level)
     if name == "mlp":
         return {"_default": fc.SVD(budget)}
-    return {"features.0": None, "_default": [fc.Tucker2(budget), fc.SVD(budget)]}
+    first = {"vgg7": "features.0", "lenet5": "conv1"}[name]  # one input channel: nothing to factor
+    return {first: None, "_default": [fc.Tucker2(budget), fc.SVD(budget)]}
+
+
+def fixed_configs(name: str) -> list[tuple[str, dict]]:
+    """The fixed ranks of model ``name``, aggressive and more so: (label, config) each."""
+    def convs(ranks: tuple[int, int]) -> dict:
+        return {"features.0": None, "classifier": None, "_default": fc.Tucker2(ranks)}
+
+    return {
+        "vgg7": [("tucker2 16x16 convs", convs((16, 16))), ("tucker2 4x4 convs", convs((4, 4)))],
+        "lenet5": [("tucker2 4x4 conv2", {"conv2": fc.Tucker2((4, 4)), "_default": None}),
+                   ("tucker2 4x4 conv2, svd 8 fc1-2",
+                    {"conv2": fc.Tucker2((4, 4)), "fc1": fc.SVD(8), "fc2": fc.SVD(8), "_default": None})],
+        "mlp": [("svd 8 hidden", {"hidden.0": fc.SVD(8), "hidden.1": fc.SVD(8), "_default": None}),
+                ("svd 4 hidden", {"hidden.0": fc.SVD(4), "hidden.1": fc.SVD(4), "_default": None})],
+    }[name]
+
+
+def grid(name: str) -> list[tuple[str, Callable[[], dict]]]:
+    """Every grid point of model ``name``: (label, a function giving a fresh config)."""
+    fixed = [(label, lambda i=i: fixed_configs(name)[i][1]) for i, (label, _) in enumerate(fixed_configs(name))]
+    return [(f"macs={level:g}", lambda level=level: budget_config(name, level)) for level in BUDGETS] + fixed
 
 
 def at_ranks(report: fc.Report) -> dict:
@@ -112,48 +138,87 @@ def at_ranks(report: fc.Report) -> dict:
             for r in report.decomposed} | {"_default": None}
 
 
-def run_variant(name, dense, variant, level, calib, example, test_loader, ft_loader, args, reports):
+def logits(model: nn.Module, x: Tensor) -> Tensor:
+    """``model``'s outputs on ``x`` (eval mode, no gradients, chunks of 500), float64."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(chunk) for chunk in x.split(500)]).double()
+
+
+class Judge:
+    """A decomposed model against the dense one: test accuracy, and (``Reference.judge``, as the
+    safety rule judges) top-1 agreement and mean ``KL(p_dense || p)`` on the held-out
+    calibration batches and on the test split."""
+
+    def __init__(self, dense: nn.Module, test: TensorDataset, held: list[Tensor]) -> None:
+        self.test_x, self.test_y = test.tensors
+        self.held = torch.cat(held)
+        self.on_test = Reference.of([logits(dense, self.test_x)], "logits")
+        self.on_held = Reference.of([logits(dense, self.held)], "logits")
+        self.dense_acc = self.accuracy(self.on_test.outputs[0])
+
+    def accuracy(self, out: Tensor) -> float:
+        return float((out.argmax(1) == self.test_y).double().mean())
+
+    def __call__(self, model: nn.Module) -> dict:
+        out = logits(model, self.test_x)
+        held, test = self.on_held.judge([logits(model, self.held)]), self.on_test.judge([out])
+        return {"acc": self.accuracy(out), "agreement": held.agreement, "kl": held.kl,
+                "test_agreement": test.agreement}
+
+
+def decomposed(dense: nn.Module, config: dict, example: Tensor,
+               calibration: Optional[fc.Calibration]) -> tuple[nn.Module, fc.Report, float]:
+    """A decomposed copy of ``dense``, its report and the seconds ``decompose_`` took."""
     model = copy.deepcopy(dense)
-    config = methods(name, level)
-    if variant in DIAGNOSTICS:  # the other variant's ranks, exactly
-        config = at_ranks(reports["data-aware" if variant.endswith("data-aware ranks") else "weight-only"])
-    aware = variant.startswith("data-aware")
-    calibration = fc.Calibration(calib, damping=args.damping, sequential=variant != "data-aware") \
-        if aware else None
     start = time.perf_counter()
     report = fc.decompose_(model, config, example_input=example, calibration=calibration)
-    seconds = time.perf_counter() - start
-    acc = evaluate(model, test_loader)
-    acc_ft = None
-    if variant not in DIAGNOSTICS:
-        optimizer = make_optimizer(model, args.ft_lr)
-        train_epoch(model, ft_loader, optimizer, desc=f"{name} {variant} {level} fine-tune")
-        acc_ft = evaluate(model, test_loader)
-    counts = fc.count(model, example)
-    kept = [r.factors for r in report.decomposed if r.factors]
-    out_err = report.decomposed[-1].output_error if kept else None
-    return report, {
-        "model": name, "macs_budget": level, "variant": variant,
-        "macs_kept": round(counts.macs / fc.count(dense, example).macs, 4),
-        "params": counts.params, "acc": round(acc, 4), "acc_finetuned": round(acc_ft, 4) if acc_ft is not None else "",
-        "layers_data_aware": kept.count("data-aware"), "layers_weight_only": kept.count("weight-only"),
-        "heldout_output_error": round(out_err, 4) if out_err is not None else "",
-        "ranks": " ".join("x".join(map(str, r.ranks)) for r in report.decomposed),
-        "decompose_s": round(seconds, 1)}
+    return model, report, time.perf_counter() - start
+
+
+def point(name: str, label: str, make: Callable[[], dict], dense: nn.Module, calib: list[Tensor],
+          example: Tensor, judge: Judge, args) -> dict:
+    """One grid point's row (see the module docstring)."""
+    kinds = {"default": fc.Calibration(calib, damping=args.damping),
+             "output_error_rule": fc.Calibration(calib, damping=args.damping, outputs="values"),
+             "plain": fc.Calibration(calib, damping=args.damping, sequential=False)}
+    plain, plain_report, _ = decomposed(dense, make(), example, None)
+    default, report, seconds = decomposed(dense, make(), example, kinds["default"])
+    same_ranks, same_report, _ = decomposed(dense, at_ranks(report), example, None)
+    ranks = lambda r: " ".join("x".join(map(str, row.ranks)) for row in r.decomposed)  # noqa: E731
+    kept = [row.factors for row in report.decomposed]
+    wo, de = judge(plain), judge(default)
+    wo_same = wo if ranks(same_report) == ranks(plain_report) else judge(same_ranks)
+    old, old_report, _ = decomposed(dense, make(), example, kinds["output_error_rule"])
+    acc_old = de["acc"] if [row.factors for row in old_report.decomposed] == kept else judge(old)["acc"]
+    acc_plain = judge(decomposed(dense, make(), example, kinds["plain"])[0])["acc"]
+    yes = lambda a, b: "yes" if a >= b else "no"  # noqa: E731
+    return {
+        "model": name, "setting": label, "ranks_weight_only": ranks(plain_report), "ranks_default": ranks(report),
+        "macs_kept": round(fc.count(default, example).macs / fc.count(dense, example).macs, 4),
+        "acc_dense": round(judge.dense_acc, 4), "acc_weight_only": round(wo["acc"], 4), "acc_default": round(de["acc"], 4),
+        "default_ge_weight_only": yes(de["acc"], wo["acc"]),
+        "agreement_weight_only": round(wo["agreement"], 4), "agreement_default": round(de["agreement"], 4),
+        "kl_weight_only": float(f"{wo['kl']:.3g}"), "kl_default": float(f"{de['kl']:.3g}"),
+        "test_agreement_weight_only": round(wo["test_agreement"], 4),
+        "test_agreement_default": round(de["test_agreement"], 4),
+        "acc_weight_only_default_ranks": round(wo_same["acc"], 4),
+        "agreement_weight_only_default_ranks": round(wo_same["agreement"], 4),
+        "default_ge_weight_only_default_ranks": yes(de["acc"], wo_same["acc"]),
+        "acc_output_error_rule": round(acc_old, 4), "acc_plain": round(acc_plain, 4),
+        "layers_data_aware": f"{kept.count('data-aware')}/{len(kept)}", "decompose_s": round(seconds, 1)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of each model (default 3)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs of each model (default 2)")
     p.add_argument("--lr", type=float, default=0.05, help="training lr (SGD momentum 0.9; default 0.05)")
-    p.add_argument("--ft-lr", type=float, default=0.001, help="fine-tuning lr (default 0.001, as factorch sweep's)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--damping", type=float, default=fc.Calibration([torch.zeros(2, 1)]).damping)
-    p.add_argument("--models", default="vgg7,mlp")
-    p.add_argument("--train-subset", type=int, default=None, help="train on N images (default all)")
-    p.add_argument("--ft-subset", type=int, default=10000, help="fine-tune on N seeded training images (default 10000)")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: the Debian package's)")
+    p.add_argument("--models", default="vgg7,lenet5,mlp")
+    p.add_argument("--train-subset", type=int, default=20000, help="train on N seeded images (default 20000)")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: the loader's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stem", default="data_aware_fashion-mnist")
@@ -162,49 +227,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     train, test = tensors(True, args.data_dir, args.train_subset), tensors(False, args.data_dir)
-    test_loader = Batches(test, 500)
     g = torch.Generator().manual_seed(args.seed + 1)
     picks = torch.randperm(len(train), generator=g)[:args.calibration_batches * args.batch]
     calib = list(train.tensors[0][picks].split(args.batch))  # inputs only: no labels
+    _, held = fc.Calibration(calib).split()
     example = train.tensors[0][:1]
-    keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + 3))[:args.ft_subset]
-    ft_set = TensorDataset(*(t[keep] for t in train.tensors))
     rows = []
     for name in args.models.split(","):
         dense = trained(name, train, args).eval()
-        base = evaluate(dense, test_loader)
-        rows.append({"model": name, "macs_budget": 1.0, "variant": "dense", "macs_kept": 1.0,
-                     "params": sum(p.numel() for p in dense.parameters()), "acc": round(base, 4),
-                     "acc_finetuned": "", "layers_data_aware": "", "layers_weight_only": "",
-                     "heldout_output_error": "", "ranks": "", "decompose_s": ""})
-        print(rows[-1], flush=True)
-        for level in LEVELS:
-            reports = {}
-            for variant in VARIANTS + DIAGNOSTICS:
-                seed_everything(args.seed)  # the same fine-tuning data order for every variant
-                ft_loader = Batches(ft_set, args.batch, torch.Generator().manual_seed(args.seed + 2))
-                reports[variant], row = run_variant(name, dense, variant, level, calib, example, test_loader,
-                                                    ft_loader, args, reports)
-                row["drop"] = round(base - row["acc"], 4)
-                row["drop_finetuned"] = round(base - row["acc_finetuned"], 4) if row["acc_finetuned"] != "" else ""
-                rows.append(row)
-                print(row, flush=True)
-    for r in rows:
-        r.setdefault("drop", "")
-        r.setdefault("drop_finetuned", "")
+        judge = Judge(dense, test, held)
+        for label, make in grid(name):
+            rows.append(point(name, label, make, dense, calib, example, judge, args))
+            print(rows[-1], flush=True)
     env = environment("cpu")
     minutes = (time.perf_counter() - start) / 60
     notes = [
         f"Training: {args.epochs} epochs, SGD lr {args.lr:g} (x0.1 for the last epoch), momentum 0.9, weight decay "
-        f"5e-4, batch {args.batch}, seed {args.seed}, {len(train)} training / {len(test)} test images. "
-        f"Fine-tuning: one pass over {len(ft_set)} seeded training images, SGD lr {args.ft_lr:g}, momentum 0.9, "
-        "weight decay 5e-4, the same data order for every variant (the diagnostics are not fine-tuned).",
-        f"Calibration: {args.calibration_batches} seeded batches of {args.batch} training images (inputs only); the "
-        f"last quarter held out for the safety rule; damping {args.damping:g}.",
-        "macs_budget: fc.Budget(macs=...) over the governed layers; macs_kept: MACs of the whole model (the "
-        "dense first conv included) over the dense model's. drop: dense accuracy minus this accuracy.",
-        "heldout_output_error: relative error of the logits on the held-out calibration batches, whole model.",
-        f"Whole run: {minutes:.1f} min (training included).",
+        f"5e-4, batch {args.batch}, seed {args.seed}, {len(train)} seeded training images (a subset, to keep the "
+        f"run short on a shared CPU) / {len(test)} test images. No fine-tuning: accuracy right after decomposing.",
+        f"Calibration: {args.calibration_batches} seeded batches of {args.batch} training images (inputs only); "
+        f"the last quarter ({sum(len(h) for h in held)} images) held out for the safety rule; damping "
+        f"{args.damping:g}.",
+        "acc_*: test accuracy. agreement_* / kl_*: on the held-out calibration batches, the share of images whose "
+        "top-1 class is the dense model's and the mean KL(p_dense || p) of the softmax (what the safety rule "
+        "compares); test_agreement_*: the top-1 agreement on the test split. weight_only: the same config without "
+        "calibration; default: calibration=batches; weight_only_default_ranks: weight-only factors at the default's "
+        "ranks (at fixed ranks, weight_only itself); output_error_rule: the default judged by the relative logit "
+        "error (Calibration(outputs='values'): the rule before it judged predictions); plain: "
+        "Calibration(sequential=False). macs_kept: the default model's MACs over the dense model's (whole model).",
+        "default_ge_*: 'yes' where the default's test accuracy is at least that model's.",
+        f"Whole run: {minutes:.1f} min (training included), one thread; the load average in the header is the "
+        "whole machine's at the end (shared with other jobs).",
     ]
     summary_section = "\n".join(["## Summary (computed from the table)", "", *summary(rows)])
     for path in write_results(args.stem, rows, env, notes, sections=[summary_section]):
@@ -213,51 +266,42 @@ def main() -> None:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """The goal check: the accuracy drop right after decomposition at the most aggressive level,
-    and every level where a data-aware variant is below weight-only (right after, and fine-tuned)."""
+    """The goal check: at how many grid points the default is at least weight-only, the worst case,
+    and the same for the output-error rule."""
     lines = []
-    for name in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == name]
-        at = lambda level, variant: next(r for r in mine if r["macs_budget"] == level and r["variant"] == variant)  # noqa: E731
-        level = min(LEVELS)
-        plain = at(level, "weight-only")["drop"]
-        drops = ", ".join(f"{v} {100 * at(level, v)['drop']:.1f} points ({plain / max(at(level, v)['drop'], 1e-4):.1f}x "
-                          f"less)" for v in VARIANTS[1:])
-        lines.append(f"- {name}, macs={level:g}: accuracy drop right after decomposition: weight-only "
-                     f"{100 * plain:.1f} points; {drops}.")
-        below = [f"{v} at macs={lv:g} {key.replace('acc_finetuned', 'fine-tuned').replace('acc', 'right after')} "
-                 f"({100 * at(lv, v)[key]:.2f}% < {100 * at(lv, 'weight-only')[key]:.2f}%)"
-                 for lv in LEVELS for v in VARIANTS[1:] for key in ("acc", "acc_finetuned")
-                 if at(lv, v)[key] < at(lv, "weight-only")[key]]
-        lines.append(f"- {name}: data-aware below weight-only: " + ("; ".join(below) if below else "never") + ".")
-        ones = {v: [lv for lv in LEVELS for rk in at(lv, v)["ranks"].split() if "1" in rk.split("x")] for v in
-                ("weight-only", "data-aware")}
-        lines.append(f"- {name}: layers given a rank of 1 by the budget: weight-only spectra {len(ones['weight-only'])} "
-                     f"(over the three levels), whitened spectra {len(ones['data-aware'])}.")
+    for key, what in (("acc_weight_only", "weight-only factors (same config, no calibration)"),
+                      ("acc_weight_only_default_ranks", "weight-only factors at the default's ranks")):
+        for mine, who in (("acc_default", "default (agreement, then KL)"),
+                          ("acc_output_error_rule", "output-error rule")):
+            diffs = [(r[mine] - r[key], r) for r in rows]
+            worst, at = min(diffs, key=lambda d: d[0])
+            below = [f"{r['model']} {r['setting']} ({100 * d:+.2f} points)" for d, r in diffs if d < 0]
+            lines.append(f"- {who} vs {what}: at least as accurate at {len(rows) - len(below)} of {len(rows)} "
+                         f"points; worst {100 * worst:+.2f} points ({at['model']} {at['setting']}); below at: "
+                         + ("; ".join(below) if below else "none") + ".")
     return lines
 
 
 def plot(rows: list[dict], path) -> None:
+    """Default vs weight-only test accuracy, one point per grid point (above the diagonal: better)."""
     from factorch.measure.plots import pyplot, save_figure
 
     plt = pyplot()
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7), squeeze=False)
-    for j, name in enumerate(models):
-        dense = next(r["acc"] for r in rows if r["model"] == name and r["variant"] == "dense")
-        for i, key in enumerate(("acc", "acc_finetuned")):
-            ax = axes[i][j]
-            for variant, style in zip(VARIANTS + DIAGNOSTICS, ("o-", "s-", "d-", "x:", "+:")):
-                pts = [(r["macs_kept"], r[key]) for r in rows if r["model"] == name and r["variant"] == variant
-                       and r[key] != ""]
-                if not pts:
-                    continue
-                ax.plot([m for m, _ in pts], [100 * a for _, a in pts], style, label=variant)
-            ax.axhline(100 * dense, color="gray", lw=0.8, ls=":", label="dense")
-            ax.set_xlabel("MACs kept (whole model)")
-            ax.set_ylabel("test accuracy %")
-            ax.set_title(f"{name}: {'right after decomposition' if i == 0 else 'after one fine-tuning pass'}")
-            ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, key, title in ((axes[0], "acc_weight_only", "weight-only factors, same config"),
+                           (axes[1], "acc_weight_only_default_ranks", "weight-only factors at the default's ranks")):
+        for name, marker in zip(dict.fromkeys(r["model"] for r in rows), "osd^v"):
+            mine = [r for r in rows if r["model"] == name]
+            ax.plot([100 * r[key] for r in mine], [100 * r["acc_default"] for r in mine], marker, ls="none",
+                    label=f"{name}: default")
+            ax.plot([100 * r[key] for r in mine], [100 * r["acc_output_error_rule"] for r in mine], marker, ls="none",
+                    mfc="none", color="gray", label=f"{name}: output-error rule")
+        lo = min(min(100 * r[k] for r in rows) for k in (key, "acc_default", "acc_output_error_rule")) - 2
+        ax.plot([lo, 100], [lo, 100], color="gray", lw=0.8, ls=":")
+        ax.set_xlabel(f"test accuracy %: {title}")
+        ax.set_ylabel("test accuracy %: calibration=batches")
+        ax.set_title(f"vs {title}")
+        ax.legend(fontsize=7)
     save_figure(fig, path)
     print(f"wrote {path}")
 

@@ -66,8 +66,10 @@ def decompose_(model: nn.Module, methods: Config, *, filter_fn: Optional[FilterF
     has a single input-channel factor (SVD, Tucker-2, CP; tensor trains keep weight-only factors),
     and rank rules and budgets read the whitened spectra (``Energy`` = share of the output energy
     kept). The last quarter of the batches is held out: a layer keeps the data-aware factors only
-    where the model's output on it is closer to the dense model's than with weight-only factors at
-    the same ranks (``factorch.calibration.safety``); the report gives both errors. Without
+    where the model's top-1 predictions on it agree with the dense model's more often than with
+    weight-only factors at the same ranks, or as often with a KL divergence no larger
+    (``factorch.calibration.safety``); the report gives both candidates' agreement, KL and output
+    error. Without
     ``example_input``, the first calibration sample sets the input size for MACs.
 
     ``min_share``: a layer whose dense cost is below this share of the model's MACs (of its

@@ -19,11 +19,14 @@ class LayerReport:
     methods of a list passed over and why).
 
     With calibration data (``factorch.calibration.safety``): ``factors`` is ``"data-aware"`` or
-    ``"weight-only"`` (the factors kept); ``output_error_data_aware`` / ``output_error_weight_only``
-    are the relative errors of the *model's* output on the held-out calibration batches with this
-    layer's data-aware / weight-only factors in place (the layers before it as kept, the rest
-    dense; None where there were no data-aware factors to try); ``layer_error`` is the relative
-    error of this layer's own output there, with the kept factors. ``rank_spectra`` says which
+    ``"weight-only"`` (the factors kept). The ``*_data_aware`` / ``*_weight_only`` fields judge the
+    *model* on the held-out calibration batches with this layer's data-aware / weight-only factors
+    in place (the layers before it as kept, the rest dense; None where there were no data-aware
+    factors to try), against the dense model: ``output_error_*`` the relative error of its output;
+    for class-logit outputs ``agreement_*`` the share of examples whose top-1 class is the dense
+    model's and ``kl_*`` the mean ``KL(p_dense || p)`` of the softmax (None for other outputs),
+    which is what the rule compares. ``layer_error`` is the relative error of this layer's own
+    output there, with the kept factors. ``rank_spectra`` says which
     spectra a rank rule or budget read: ``"whitened"`` (the output energy on the calibration
     inputs) or ``"weights"``; None for int, tuple and fraction ranks.
     """
@@ -45,6 +48,10 @@ class LayerReport:
     rank_spectra: Optional[str] = None
     output_error_data_aware: Optional[float] = None
     output_error_weight_only: Optional[float] = None
+    agreement_data_aware: Optional[float] = None
+    agreement_weight_only: Optional[float] = None
+    kl_data_aware: Optional[float] = None
+    kl_weight_only: Optional[float] = None
     layer_error: Optional[float] = None
 
     @property
@@ -60,6 +67,17 @@ class LayerReport:
     def output_error(self) -> Optional[float]:
         """The held-out model output error with the kept factors (None without calibration)."""
         return self.output_error_data_aware if self.factors == "data-aware" else self.output_error_weight_only
+
+    @property
+    def agreement(self) -> Optional[float]:
+        """The held-out top-1 agreement with the dense model with the kept factors (None without
+        calibration or for outputs that are not class logits)."""
+        return self.agreement_data_aware if self.factors == "data-aware" else self.agreement_weight_only
+
+    @property
+    def kl(self) -> Optional[float]:
+        """The held-out ``KL(p_dense || p)`` with the kept factors (None as for ``agreement``)."""
+        return self.kl_data_aware if self.factors == "data-aware" else self.kl_weight_only
 
     @property
     def speedup(self) -> Optional[float]:
@@ -152,9 +170,11 @@ class Report:
     def __str__(self) -> str:
         timed = any(r.speedup is not None for r in self.rows)
         calibrated = any(r.factors is not None for r in self.rows)
+        logits = any(r.agreement_weight_only is not None for r in self.rows)
         head = ["layer", "type", "method", "ranks", "params", "MACs", "rel.err"] + \
             (["latency dense -> factorized"] if timed else []) + \
-            (["factors", "out.err data-aware/weight-only"] if calibrated else []) + ["note"]
+            (["factors", "out.err data-aware/weight-only"] if calibrated else []) + \
+            (["agree data-aware/weight-only", "KL data-aware/weight-only"] if logits else []) + ["note"]
         body = []
         for r in self.rows:
             ranks = "x".join(map(str, r.ranks)) if r.ranks else "-"
@@ -173,11 +193,14 @@ class Report:
             latency = [f"{_ms(r.latency_dense)} -> {_ms(r.latency_factorized)}" if r.speedup else "-"] if timed else []
             calib = [r.factors or "-", f"{_err(r.output_error_data_aware)}/{_err(r.output_error_weight_only)}"
                      if r.factors else "-"] if calibrated else []
-            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err] + latency + calib + [note])
+            judged = [_pair(r.agreement_data_aware, r.agreement_weight_only),
+                      _pair(r.kl_data_aware, r.kl_weight_only, ".3g")] if logits else []
+            body.append([r.name, r.layer, r.method or "-", ranks, params, macs, err] + latency + calib + judged +
+                        [note])
         t = self.totals()
         body.append(["total", "", "", "", f"{_num(t['params_before'])} -> {_num(t['params_after'])}",
                      f"{_num(t['macs_before'])} -> {_num(t['macs_after'])}", ""] + ([""] if timed else []) +
-                    (["", ""] if calibrated else []) +
+                    (["", ""] if calibrated else []) + (["", ""] if logits else []) +
                     [f"{len(self.decomposed)} decomposed, {len(self.skipped)} skipped"])
         widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
         fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
@@ -193,11 +216,21 @@ class Report:
         if calibrated:
             tail.append("out.err: relative error of the model's output on the held-out calibration batches with "
                         "that layer's factors in place (the layers before it as kept)")
+            tail.append("factors kept by " + (
+                "the top-1 agreement (agree) of the model's predictions with the dense model's there, ties by "
+                "KL(p_dense || p) of the softmax (KL)" if logits else
+                "out.err (the model's output is not class logits)"))
         return "\n".join(lines + tail)
 
 
 def _err(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _pair(data_aware: Optional[float], weight_only: Optional[float], spec: str = ".4f") -> str:
+    """``data-aware/weight-only`` ("-" for a missing one; "-" alone where neither was measured)."""
+    show = lambda v: "-" if v is None else format(v, spec)  # noqa: E731
+    return "-" if weight_only is None else f"{show(data_aware)}/{show(weight_only)}"
 
 
 def _ms(seconds: Optional[float]) -> str:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 DAMPING = 1e-4       # lambda of ``C + lambda mean(diag C) I``; grown where Cholesky needs more
 MAX_CHANNELS = 8192  # larger inputs would need a >512 MB second moment per layer: weight-only factors
+OUTPUTS = ("auto", "logits", "values")  # how the safety rule judges the model's output
 HOW = ("give a list of input batches (tensors, or (x, y) tuples whose y is ignored), e.g. "
        "[x for x, _ in itertools.islice(loader, 8)]")
 
@@ -32,13 +33,17 @@ class Calibration:
     ``sequential`` (default True): fit each layer to the inputs the already decomposed layers before
     it produce (Zhang et al., TPAMI 2016); costs two forward passes over the fit batches per layer.
     ``False`` fits every layer to the dense model's inputs (one pass in all). On vgg7/Fashion-MNIST
-    at 15 % of the MACs the sequential form kept 89.6 % test accuracy where the plain one kept
-    73.5 % (``benchmarks/results/data_aware_fashion-mnist.md``).
+    at 15 % of the MACs the sequential form kept 86.6 % test accuracy where the plain one kept
+    58.7 % (``benchmarks/results/data_aware_fashion-mnist.md``). ``outputs``: how the held-out
+    check judges the model's output: ``"logits"`` (top-1 agreement with the dense model's
+    predictions, then the KL divergence of the softmax), ``"values"`` (relative output error, e.g.
+    a regression head), ``"auto"`` (default): logits where the output is ``(batch, classes >= 2)``.
     """
 
     batches: Sequence[Any]
     damping: float = DAMPING
     sequential: bool = True
+    outputs: str = "auto"
 
     def __post_init__(self) -> None:
         given = self.batches
@@ -68,6 +73,8 @@ class Calibration:
             raise ValueError(f"calibration damping must be a number in [0, 1), got {d!r}")
         if not isinstance(self.sequential, bool):
             raise ValueError(f"calibration sequential must be True or False, got {self.sequential!r}")
+        if self.outputs not in OUTPUTS:
+            raise ValueError(f"calibration outputs must be one of {', '.join(OUTPUTS)}, got {self.outputs!r}")
 
     def split(self) -> tuple[list[Tensor], list[Tensor]]:
         """``(fit, held_out)``: the last ``max(1, n // 4)`` of ``n >= 2`` batches are held out; a

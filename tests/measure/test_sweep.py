@@ -61,9 +61,13 @@ def test_sweep_fills_every_column():
 
 def test_point_that_would_not_reduce_macs_is_noted_not_measured():
     model = Tiny()
-    rows = sweep(model, ["features.0"], ["cp"], [27], example_input=torch.zeros(1, 3, 8, 8),
-                 evaluate=lambda m: 0.5, profiler=fc.Profiler(warmup=0, runs=1, timer=fake_clock))
-    assert rows[0].note.startswith("not decomposed: ranks (27,) do not reduce MACs") and math.isnan(rows[0].speedup)
+    rows = sweep(model, ["features.0"], ["tucker2", "cp"], {"tucker2": [16], "cp": [27]},
+                 example_input=torch.zeros(1, 3, 8, 8), evaluate=lambda m: 0.5,
+                 profiler=fc.Profiler(warmup=0, runs=1, timer=fake_clock))
+    tucker, cp = rows
+    assert tucker.note.startswith("not decomposed: ranks (16, 3) do not reduce MACs: 27,648 -> 44,608")
+    assert cp.note.startswith("not decomposed: rank 27 is above 16, the largest worth computing here")
+    assert math.isnan(tucker.speedup) and math.isnan(cp.speedup)
 
 
 @pytest.mark.parametrize("layers,methods,ranks,match", [

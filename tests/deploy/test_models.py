@@ -199,3 +199,20 @@ def test_a_deployed_model_is_not_saved_as_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="deployed"):
         fc.save(model, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_export_deploy(tmp_path, capsys):
+    from factorch.cli.main import run
+
+    model, x = decomposed("resnet20", 32)
+    fc.save(model, tmp_path / "m.pt", meta={"input_shape": [3, 32, 32]})
+    out = tmp_path / "m.pt2"
+    assert run(["export", str(tmp_path / "m.pt"), "--format", "exported-program", "--deploy", "--threads", "1",
+                "--runs", "1", "--warmup", "0", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"batch norms: {len(batch_norms(model))} folded, 0 kept (dataflow: torch.fx)" in printed
+    assert f"wrote {out} (exported-program" in printed
+    program = torch.export.load(str(out))
+    assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)
+    with torch.no_grad():
+        assert close(program.module()(x), model(x))

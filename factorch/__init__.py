@@ -7,6 +7,7 @@
     print(report)
     fc.save(model, "small.pt"); model = fc.load("small.pt")
     fc.export(model, torch.zeros(1, 3, 32, 32), "onnx", "small.onnx")   # verified against eager
+    fc.deploy_(model.eval(), torch.zeros(1, 3, 32, 32), profiler=fc.Profiler(batch=1))  # BN folded, fastest forms
     fc.reconstruct_(model)
     admm = fc.ADMM(model, fc.Tucker2(rank=0.25))   # low-rank training: see factorch.admm
 
@@ -17,6 +18,7 @@ from factorch.admm import ADMM
 from factorch.api import decompose_, plan, reconstruct_
 from factorch.calibration import Calibration
 from factorch.measure.count import Counts, LayerCount, count
+from factorch.deploy import DeployReport, deploy_
 from factorch.export import export
 from factorch.io import CheckpointError, load, save
 from factorch.methods import CP, SVD, TT, Method, Tucker2, Tucker3
@@ -35,6 +37,7 @@ __all__ = [
     "Calibration",
     "CheckpointError",
     "Counts",
+    "DeployReport",
     "EVBMF",
     "Energy",
     "LayerCount",
@@ -50,6 +53,7 @@ __all__ = [
     "Tucker3",
     "count",
     "decompose_",
+    "deploy_",
     "distillation_loss",
     "evbmf",
     "export",

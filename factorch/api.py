@@ -16,6 +16,7 @@ import factorch.handlers  # noqa: F401  (fills the registry)
 from factorch.calibration import Calibration, as_calibration, layer_whitenings, to_model
 from factorch.measure.count import count, layer_macs
 from factorch.calibration.safety import select, weight_error
+from factorch.latency_budget import LatencyPool, ModelTiming, result as latency_result
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler, compare
@@ -183,7 +184,8 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
                        from_scratch=from_scratch, explicit=selection.is_explicit(name), whitening=whitening.get(name),
                        floor=floor, blocked=seen.blocked.get(name))
 
-    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None)
+    on = ModelTiming(model, example_input) if example_input is not None else None  # what a latency budget times
+    planned = decide_all(candidates, methods_for, context_of, exact_shapes=example_input is not None, timing=on)
     timing = (profiler, _batch_of(example_input)) if profiler is not None else None
     rows, replacements = [], {}
     work = None if from_scratch else lambda item: _step(item[0], planned.decisions[item[0]])
@@ -195,7 +197,8 @@ def _decide(model: nn.Module, methods: Config, filter_fn: Optional[FilterFn], ex
             replacements[name] = new
     if calib is not None:
         rows, replacements = select(model, rows, replacements, planned.decisions, calib, order, notes)
-    budgets = [BudgetResult.of(pool, rows) for pool in planned.pools]
+    budgets = [latency_result(pool, rows, replacements) if isinstance(pool, LatencyPool) else
+               BudgetResult.of(pool, rows) for pool in planned.pools]
     return Report(rows, budgets, calibration=calib.describe() if calib is not None else None), replacements
 
 

@@ -64,7 +64,11 @@ def factorization_spec(model: nn.Module) -> list[dict[str, Any]]:
 
 def save(model: nn.Module, path: str | os.PathLike, meta: Optional[dict[str, Any]] = None) -> None:
     """Write ``model``'s weights, its factorization spec and its architecture name (models made
-    by ``factorch.models.create``) to ``path``, atomically."""
+    by ``factorch.models.create``) to ``path``, atomically. A model ``fc.deploy_`` changed (batch
+    norms folded, factors merged) is refused: a checkpoint could not rebuild it; export it instead."""
+    if getattr(model, "factorch_deployed", False):
+        raise ValueError("this model was deployed (fc.deploy_: batch norms folded, factors merged), which a checkpoint "
+                         "cannot rebuild: save it before deploying, or export it (fc.export)")
     atomic_save({
         "format": FORMAT,
         "version": VERSION,

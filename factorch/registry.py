@@ -356,10 +356,11 @@ class Plan:
 
 
 def decide_all(candidates: Sequence[tuple[str, nn.Module]], methods_for: MethodsFor,
-               context_of: Callable[[str, nn.Module], Context], exact_shapes: bool) -> Plan:
+               context_of: Callable[[str, nn.Module], Context], exact_shapes: bool, timing: Any = None) -> Plan:
     """Decide every layer; layers a ``fc.Budget`` governs are pooled per budget, allocated
-    (``factorch.rank.allocate``), then decided with their ranks. ``exact_shapes``: the contexts'
-    shapes are the real input sizes (a MACs budget needs them)."""
+    (``factorch.rank.allocate``; a latency budget by ``factorch.latency_budget``, which times the
+    model and example input in ``timing``), then decided with their ranks. ``exact_shapes``: the
+    contexts' shapes are the real input sizes (a MACs or latency budget needs them)."""
     decisions: dict[str, Optional[Decision]] = {}
     pooled: dict[Budget, list[tuple[str, nn.Module, Decision]]] = {}
     for name, module in candidates:
@@ -373,11 +374,17 @@ def decide_all(candidates: Sequence[tuple[str, nn.Module]], methods_for: Methods
             pooled.setdefault(methods[d.index].rank, []).append((name, module, d))
     pools = []
     for budget, members in pooled.items():
-        if budget.kind == "macs" and not exact_shapes:
+        if budget.kind in ("macs", "latency") and not exact_shapes:
             raise ValueError(f"{budget!r} needs example_input: a layer's MACs depend on its input size")
         items = [Item(n, d.space, context_of(n, m).shape, flat=context_of(n, m).from_scratch, label=layer_label(m))
                  for n, m, d in members]
-        ranks, pool = allocate(budget, items)
+        if budget.kind == "latency":
+            from factorch.latency_budget import allocate_latency
+
+            builders = {n: (m, candidate(methods_for(n, m)[d.index], m)) for n, m, d in members}
+            ranks, pool = allocate_latency(budget, items, builders, timing)
+        else:
+            ranks, pool = allocate(budget, items)
         pools.append(pool)
         for name, module, d in members:
             decisions[name] = decide(name, module, methods_for(name, module), context_of(name, module),

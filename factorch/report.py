@@ -95,9 +95,10 @@ class BudgetResult:
     kind: str
     target: float
     layers: int
-    before: int
-    after: int
+    before: float  # MACs or parameters (ints); seconds per call for a latency budget
+    after: float
     left_dense: int = 0
+    note: str = ""  # how a latency budget was measured
 
     @classmethod
     def of(cls, pool: Pool, rows: Sequence[LayerReport]) -> "BudgetResult":
@@ -115,6 +116,10 @@ class BudgetResult:
 
     def __str__(self) -> str:
         dense = f"; {self.left_dense} of them left dense, counted dense" if self.left_dense else ""
+        if self.kind == "latency":  # the whole model, measured
+            return (f"{self.budget}: the model runs in {self.fraction:.4f} of the dense model's time, measured "
+                    f"({self.before * 1e3:.4g} -> {self.after * 1e3:.4g} ms; target {self.target:g}; "
+                    f"{self.layers} layers governed{dense}; {self.note})")
         short = ("; less than the target: no layer's rank can grow without its factorized form costing more MACs "
                  "than its dense one") if self.fraction < 0.99 * self.target else ""
         return (f"{self.budget}: the {self.layers} layers it governs keep {self.fraction:.4f} of their "

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import torch
 
-from factorch.cli.common import add_decomposition_args, add_timing_args, exclude_filter, load_architecture, parse_methods, parse_rank, parse_shape, profiler_from
+from factorch.cli.common import add_decomposition_args, add_timing_args, exclude_filter, load_architecture, parse_methods, parse_shape, profiler_from, timed_rank
 from factorch.measure.results import check_output_dir, csv_environment, environment, write_csv, write_markdown
 from factorch.progress import echo
 
@@ -34,7 +34,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from factorch.measure import bench
     from factorch.models.spec import ModelSpec
 
-    methods = parse_methods(args.method, parse_rank(args.rank))
+    methods = parse_methods(args.method, timed_rank(args))
     exclude_filter(args.exclude)  # a bad regex fails before any work
     if args.output:
         check_output_dir(args.output)

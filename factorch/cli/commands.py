@@ -6,7 +6,7 @@ import argparse
 import factorch as fc
 from factorch.registry import MIN_SHARE
 from factorch.cli.common import add_calibration_args, add_decomposition_args, add_model_args, add_timing_args, \
-    calibration_flags_given, calibration_from, exclude_filter, load_model, parse_methods, parse_rank, profiler_from
+    calibration_flags_given, calibration_from, exclude_filter, load_model, parse_methods, profiler_from, timed_rank
 
 
 def add_decompose(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def run_decompose(args: argparse.Namespace) -> int:
     from factorch.measure.bench import require_decomposed
     from factorch.files import check_writable
 
-    methods = parse_methods(args.method, parse_rank(args.rank))
+    methods = parse_methods(args.method, timed_rank(args))
     exclude_filter(args.exclude)  # a bad regex or output directory fails before any work
     check_writable(args.output)
     if args.calibration and args.model:  # the model takes the data set's images unless told otherwise

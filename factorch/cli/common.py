@@ -99,16 +99,19 @@ def load_architecture(name: Optional[str], checkpoint: Optional[str], num_classe
     return load_model(args).model
 
 
-def parse_budget(text: str) -> fc.Budget:
-    """``budget:macs=0.4`` | ``budget:params=0.1`` -> ``fc.Budget``."""
+def parse_budget(text: str, profiler: Optional[fc.Profiler] = None) -> fc.Budget:
+    """``budget:macs=0.4`` | ``budget:params=0.1`` | ``budget:latency=0.5`` -> ``fc.Budget``; a
+    latency budget is timed with ``profiler`` (the command's --batch, --threads, --device)."""
     kind, _, value = text.partition(":")[2].partition("=")
-    if kind not in ("macs", "params") or not value:
-        raise ValueError(f"rank {text!r} not understood; a budget is budget:macs=F or budget:params=F "
-                         "with F a fraction in (0, 1]")
+    if kind not in ("macs", "params", "latency") or not value:
+        raise ValueError(f"rank {text!r} not understood; a budget is budget:macs=F, budget:params=F or "
+                         "budget:latency=F with F a fraction in (0, 1]")
     try:
         fraction = float(value)
     except ValueError:
         raise ValueError(f"budget fraction {value!r} is not a number; use a fraction in (0, 1]") from None
+    if kind == "latency":
+        return fc.Budget(latency=fraction, profiler=profiler)
     return fc.Budget(**{kind: fraction})
 
 
@@ -123,6 +126,8 @@ RANK_FORMS = (
     ("tol:EPS", "tol:0.05", "relative error at most EPS"),
     ("budget:macs=F", "budget:macs=0.4", "whole model: at most the fraction F of the MACs"),
     ("budget:params=F", "budget:params=0.1", "whole model: at most the fraction F of the parameters"),
+    ("budget:latency=F", "budget:latency=0.5", "whole model: at most the fraction F of the dense latency, measured "
+     "here (at --batch, --threads, --device where the command has them)"),
 )
 
 
@@ -135,11 +140,12 @@ def add_decomposition_args(p: argparse.ArgumentParser, method: str = "tucker2,sv
                    help="; ".join(f"{form}: {meaning}" for form, _, meaning in RANK_FORMS) + f" (default {rank})")
 
 
-def parse_rank(text: str):
-    """A ``--rank`` value (one of ``RANK_FORMS``) -> the rank spec of a method config."""
+def parse_rank(text: str, profiler: Optional[fc.Profiler] = None):
+    """A ``--rank`` value (one of ``RANK_FORMS``) -> the rank spec of a method config; ``profiler``
+    times a latency budget (default ``fc.Profiler()`` at the example input's batch)."""
     t = text.strip().lower()
     if t.startswith("budget:"):
-        return parse_budget(t)
+        return parse_budget(t, profiler)
     try:
         if t == "evbmf":
             return fc.EVBMF()
@@ -158,6 +164,12 @@ def parse_rank(text: str):
         if "must" in str(e):  # a rule's own validation message
             raise
     raise ValueError(f"rank {text!r} not understood; use {', '.join(form for form, _, _ in RANK_FORMS)}")
+
+
+def timed_rank(args: argparse.Namespace):
+    """``--rank`` of a command with timing arguments: a latency budget is timed as they say."""
+    timed = args.rank.strip().lower().startswith("budget:latency")
+    return parse_rank(args.rank, profiler_from(args) if timed else None)
 
 
 def add_calibration_args(p: argparse.ArgumentParser, batches: int) -> None:

@@ -1,9 +1,10 @@
-"""``factorch export``: a checkpoint to ONNX, TorchScript or a torch.export program, verified."""
+"""``factorch export``: a checkpoint to ONNX, TorchScript or a torch.export program, verified;
+``--deploy`` first folds batch norms, merges factors and keeps each layer's fastest form (``fc.deploy_``)."""
 from __future__ import annotations
 
 import argparse
 
-from factorch.cli.common import add_model_args, load_model
+from factorch.cli.common import add_model_args, load_model, profiler_from
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--format", required=True, choices=list(FORMATS), help="the file format")
     p.add_argument("--batch", type=int, default=1,
-                   help="example batch size: picks tensor-train layers' contraction order (default 1)")
+                   help="example batch size: picks tensor-train layers' contraction order, and with --deploy the "
+                        "batch size timed (default 1)")
+    p.add_argument("--deploy", action="store_true",
+                   help="first fold batch norms into the convs before them, merge adjacent factors where that costs "
+                        "fewer MACs, and keep each factorized layer's fastest form (factorized, merged or dense) and "
+                        "the faster memory layout, timed at --batch on --device with --threads (fc.deploy_)")
+    p.add_argument("--device", default="cpu", help="with --deploy: where to time (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="with --deploy: CPU threads while timing")
+    p.add_argument("--runs", type=int, default=20, help="with --deploy: timed calls per variant (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="with --deploy: untimed calls first (default 5)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs eager (default 1e-4)")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance vs eager (default 1e-6)")
     p.add_argument("-o", "--output", required=True, help="where to write the exported model")
@@ -30,7 +40,17 @@ def run_export(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     check_writable(args.output)
+    profiler = profiler_from(args) if args.deploy else None
     loaded = load_model(args)
     example = loaded.example_input().expand(args.batch, *loaded.input_shape).contiguous()
+    if args.deploy:
+        import torch
+
+        from factorch.deploy import deploy_
+
+        model = loaded.model.to(args.device).eval()
+        x = torch.randn((1, *loaded.input_shape), generator=torch.Generator().manual_seed(0), dtype=example.dtype)
+        print(deploy_(model, x.to(args.device), profiler=profiler))
+        loaded.model = model.cpu()
     print(export(loaded.model, example, args.format, args.output, rtol=args.rtol, atol=args.atol))
     return 0

@@ -42,7 +42,7 @@ def input_shape(name: str, in_channels: int = 3) -> tuple[int, int, int]:
 
 def _load_builtin() -> None:
     # imported on first use: registering is a side effect of these modules
-    from factorch.models import densenet, imagenet, resnet, small, vgg  # noqa: F401
+    from factorch.models import densenet, mobilenet, resnet, resnet_imagenet, small, vgg, vgg_imagenet  # noqa: F401
 
 
 __all__ = ["create", "entry", "input_shape", "list_models", "register_model"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor
 
@@ -48,15 +48,21 @@ class Item:
     shape: tuple[int, ...]
     flat: bool = False
     label: str = ""  # what the layer is, for messages (``conv3x3 16->32``)
+    latency: Optional[Callable[[Ranks], float]] = None  # seconds at these ranks (a latency budget's table)
+    dense_latency: Optional[float] = None
 
-    def cost(self, kind: str, ranks: Ranks) -> int:
+    def cost(self, kind: str, ranks: Ranks) -> float:
         if kind == "macs":
             return self.space.macs(ranks, self.shape)
+        if kind == "latency":
+            return self.latency(ranks)
         return self.space.params(ranks) + self.space.bias
 
-    def dense(self, kind: str) -> int:
+    def dense(self, kind: str) -> float:
         if kind == "macs":
             return self.space.dense_macs(self.shape)
+        if kind == "latency":
+            return self.dense_latency
         return self.space.dense_params + self.space.bias
 
 
@@ -70,11 +76,13 @@ class Pool:
     planned: int = 0
 
 
-def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Ranks]], Pool]:
+def allocate(budget: Budget, items: list[Item], target: Optional[float] = None) -> tuple[dict[str, Optional[Ranks]], Pool]:
     """Ranks per layer name (None: no rank makes the layer cheaper, the method cannot take it)
-    and the pool's totals. ``ValueError`` when rank 1 everywhere already exceeds the target."""
+    and the pool's totals. ``target``: the total cost allowed (default ``budget.fraction`` of the
+    usable layers' dense total; a latency budget computes its own from the whole model).
+    ``ValueError`` when rank 1 everywhere already exceeds the target."""
     kind = budget.kind
-    caps = ("macs", "params") if kind == "params" else ("macs",)
+    caps = ("macs", kind) if kind != "macs" else ("macs",)
     ones = {it.name: (1,) * len(it.space.modes) for it in items}
     usable = [it for it in items if all(it.cost(c, ones[it.name]) < it.dense(c) for c in caps)]
     result: dict[str, Optional[Ranks]] = {it.name: None for it in items}
@@ -83,7 +91,7 @@ def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Rank
         return result, pool
     ranks = [list(ones[it.name]) for it in usable]
     total = sum(it.cost(kind, tuple(r)) for it, r in zip(usable, ranks))
-    target = budget.fraction * pool.dense
+    target = budget.fraction * pool.dense if target is None else target
     if total > target:
         raise ValueError(f"{budget!r} cannot be met: rank 1 in each of the {len(usable)} layers it governs "
                          f"already keeps {total / pool.dense:.4f} of their {kind}; valid fractions here are "
@@ -121,7 +129,7 @@ def allocate(budget: Budget, items: list[Item]) -> tuple[dict[str, Optional[Rank
         push(i)
     for it, r in zip(usable, ranks):
         result[it.name] = tuple(r)
-    pool.planned = int(total)
+    pool.planned = total if kind == "latency" else int(total)
     return result, pool
 
 

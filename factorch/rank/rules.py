@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from torch import Tensor
 
 from factorch.decompositions.evbmf import evbmf, evbmf_rank
 from factorch.decompositions.svd import energy_rank, tolerance_rank
+
+if TYPE_CHECKING:
+    from factorch.measure.latency import Profiler
 
 __all__ = ["Budget", "EVBMF", "Energy", "RankRule", "RankSpec", "Spectrum", "Tolerance", "evbmf", "validate_rank"]
 
@@ -106,37 +109,51 @@ class Tolerance(RankRule):
 
 @dataclass(frozen=True)
 class Budget(RankRule):
-    """A whole-model target: ``Budget(macs=0.4)`` or ``Budget(params=0.1)`` (exactly one).
+    """A whole-model target: ``Budget(macs=0.4)``, ``Budget(params=0.1)`` or
+    ``Budget(latency=0.5, profiler=fc.Profiler(batch=1, threads=1))`` (exactly one fraction).
 
-    Over the layers it governs (every layer whose chosen method has this budget as its rank, after
-    ``filter_fn`` and the config), the decomposed layers keep at most that fraction of those
-    layers' dense MACs (per example, at the ``example_input`` size) or parameters (weights and
-    biases); all other layers are not counted. The ranks are chosen per layer to keep the most
-    spectral energy of the unfoldings (``factorch.rank.budget``), for every method; the report
-    gives the achieved fraction. Only ``decompose_``/``plan`` can resolve it.
+    MACs and parameters: over the layers it governs (every layer whose chosen method has this
+    budget as its rank, after ``filter_fn`` and the config), the decomposed layers keep at most that
+    fraction of those layers' dense MACs (per example, at the ``example_input`` size) or parameters
+    (weights and biases); all other layers are not counted. Latency: the *whole model's* measured
+    latency (``profiler``: batch size, threads, device; default ``fc.Profiler()`` at the example's
+    batch) is at most that fraction of the dense model's, from per-layer latency tables measured on
+    this machine and a final whole-model measurement (``factorch.latency_budget``). The ranks are
+    chosen per layer to keep the most spectral energy of the unfoldings (``factorch.rank.budget``),
+    for every method; the report gives the achieved fraction. Only ``decompose_``/``plan`` can resolve it.
     """
 
     macs: Optional[float] = None
     params: Optional[float] = None
+    latency: Optional[float] = None
+    profiler: Optional["Profiler"] = None
 
     def __post_init__(self) -> None:
-        given = [(k, v) for k, v in (("macs", self.macs), ("params", self.params)) if v is not None]
+        given = [(k, v) for k, v in (("macs", self.macs), ("params", self.params), ("latency", self.latency))
+                 if v is not None]
         if len(given) != 1:
-            raise ValueError(f"Budget takes exactly one of macs=F or params=F (F a fraction in (0, 1]), "
-                             f"got macs={self.macs!r}, params={self.params!r}")
+            raise ValueError(f"Budget takes exactly one of latency=F, macs=F or params=F (F a fraction in (0, 1]), "
+                             f"got macs={self.macs!r}, params={self.params!r}, latency={self.latency!r}")
         kind, value = given[0]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0 \
                 or math.isnan(value):
             raise ValueError(f"Budget {kind} must be a fraction in (0, 1] of the dense {kind} kept, got {value!r}")
+        if self.profiler is not None:
+            from factorch.measure.latency import Profiler
+
+            if kind != "latency":
+                raise ValueError(f"Budget profiler= times a latency budget; a {kind} budget is counted, not timed")
+            if not isinstance(self.profiler, Profiler):
+                raise ValueError(f"Budget profiler must be a fc.Profiler(...), got {self.profiler!r}")
 
     @property
     def kind(self) -> str:
-        """``"macs"`` or ``"params"``."""
-        return "macs" if self.macs is not None else "params"
+        """``"macs"``, ``"params"`` or ``"latency"``."""
+        return "macs" if self.macs is not None else "params" if self.params is not None else "latency"
 
     @property
     def fraction(self) -> float:
-        return float(self.macs if self.macs is not None else self.params)
+        return float(getattr(self, self.kind))
 
     def rank_of(self, spectrum: Spectrum, full: int, modes: int = 1) -> int:
         raise ValueError(f"{self!r} is a whole-model rule: pass it to fc.decompose_ or fc.plan, which "
@@ -144,6 +161,10 @@ class Budget(RankRule):
 
     def __str__(self) -> str:
         return f"budget:{self.kind}={self.fraction:g}"
+
+    def __repr__(self) -> str:
+        timed = f", profiler={self.profiler!r}" if self.profiler is not None else ""
+        return f"Budget({self.kind}={self.fraction:g}{timed})"
 
 
 RankSpec = Union[int, float, tuple, RankRule]

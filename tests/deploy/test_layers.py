@@ -1,0 +1,80 @@
+"""The deploy step on every registered factorized layer class (``tests/cases.py``) followed by a
+batch norm: every form it can take (factorized with the BN folded into its last factor, merged,
+rebuilt dense) gives the model's outputs, and the BN is folded wherever that is exact."""
+import pytest
+import torch
+from torch import nn
+
+import factorch as fc
+from factorch.deploy.chains import CHAINS, chain_of
+from factorch.layers import FactorizedLayer
+from tests.cases import one_per_class, with_rank
+from tests.deploy.clocks import preferring
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def random_bn(bn):
+    """Statistics and affine parameters far from the identity, so a missed fold shows."""
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.3, 3)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    return bn
+
+
+def layer_then_bn(method, make, shape):
+    """(model, input): the decomposed layer, then a BatchNorm over its output channels."""
+    dense = make()
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        out = dense(x)
+    bn = nn.BatchNorm1d(out.shape[1]) if out.dim() <= 3 else nn.BatchNorm2d(out.shape[1])
+    model = nn.Sequential(dense, random_bn(bn)).eval()
+    fc.decompose_(model, with_rank(method, 2), example_input=x[:1], min_share=0)
+    assert isinstance(model[0], FactorizedLayer)
+    return model, x
+
+
+def close(a, b):
+    return (a - b).abs().max() <= 1e-5 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("form", ["factorized", "merged", "dense"])
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_every_form_of_every_layer_class_keeps_the_outputs(method, make, shape, form):
+    model, x = layer_then_bn(method, make, shape)
+    with torch.no_grad():
+        expected = model(x)
+    layer_cls = type(model[0])
+    report = fc.deploy_(model, x[:1], profiler=fc.Profiler(warmup=0, runs=1, timer=preferring(form)))
+    with torch.no_grad():
+        assert close(model(x), expected)
+    (row,) = report.layers
+    three_d = expected.dim() == 3  # a linear on (B, L, C): the BatchNorm1d normalises another axis
+    foldable = not three_d and (layer_cls.__name__ in CHAINS or row.form == "dense")
+    assert isinstance(model[1], nn.Identity) == foldable
+    assert (len(report.folded), len(report.kept)) == ((1, 0) if foldable else (0, 1))
+    if form == "dense" or row.form == "dense":
+        assert not isinstance(model[0], FactorizedLayer) and row.form == "dense"
+    elif form == "merged" and "merged" in (row.latency or {}):
+        assert row.form == "merged" and isinstance(model[0], nn.Sequential)
+    else:
+        assert row.form == "factorized" and type(model[0]) is layer_cls
+
+
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_chains_are_what_each_layer_computes(method, make, shape):
+    """``CHAINS`` names each class's factors in the order its forward applies them."""
+    model, x = layer_then_bn(method, make, shape)
+    chain = chain_of(model[0])
+    if chain is None:
+        assert type(model[0]).__name__ not in CHAINS
+        return
+    with torch.no_grad():
+        assert close(nn.Sequential(*[m for _, m in chain])(x), model[0](x))
+
+
+def test_every_chain_class_is_registered():
+    assert set(CHAINS) <= set(FactorizedLayer.registry)

@@ -38,12 +38,13 @@ from factorch.layers.base import FactorizedLayer
 from factorch.measure.count import _meta_copy, layer_macs
 
 # class name -> its factor modules, in the order its forward applies them (a test checks each
-# against the layer's output); a class not listed is never merged (tensor trains reshape between cores)
+# against the layer's output; a CP layer of fewer than 3 spatial axes lacks the first axis convs);
+# a class not listed is never merged (tensor trains reshape between cores)
 CHAINS: dict[str, tuple[str, ...]] = {
-    "TuckerConv2d": ("first", "core", "last"),
-    "Tucker3Conv2d": ("first", "core", "last"),
-    "CPConv2d": ("first", "vertical", "horizontal", "last"),
-    "SVDConv2d": ("first", "last"),
+    "TuckerConv": ("first", "core", "last"),
+    "Tucker3Conv": ("first", "core", "last"),
+    "CPConv": ("first", "depth", "vertical", "horizontal", "last"),
+    "SVDConv": ("first", "last"),
     "SVDLinear": ("first", "last"),
 }
 
@@ -74,7 +75,9 @@ def chain_of(layer: nn.Module) -> Optional[list[tuple[str, nn.Module]]]:
         return None
     out = []
     for name in names:
-        module = getattr(layer, name)
+        module = getattr(layer, name, None)
+        if module is None:  # an axis conv of a CP layer with fewer spatial axes
+            continue
         if not isinstance(module, (_ConvNd, nn.Linear)):
             module = _baked(module)
             if module is None:

@@ -11,6 +11,9 @@
 #                                      -> results/bench_{vgg19,resnet56}_tucker2_gpu.{csv,md}
 #   4. TT inference, the 25088x4096 layer at TT-ranks 4, batch 1 and 100 (eager and CUDA graphs)
 #                                      -> results/tt_inference_gpu.{csv,md}
+#   5. inference, dense vs compressed (Budget(macs=0.5) + fc.deploy_) ResNet-18 and ResNet-50 at
+#      224x224, batch 1 and 32, eager, torch.compile (ResNet-18) and ONNX Runtime (its CUDA provider
+#      where installed, else the row says CPU)   -> results/inference_gpu.{csv,md}
 #
 # Runs from the repository root without installing factorch (PYTHONPATH=.; TensorLy is not needed).
 # Each step has its own time limit; a failed step is reported and the others still run (exit 1 at
@@ -31,21 +34,25 @@ PY=${PYTHON:-python}
 if [[ "${1:-}" == "--smoke" ]]; then
     device=cpu tag=cpu
     results=${BENCH_RESULTS_DIR:-$(mktemp -d)}
-    limits=(120 120 120 120)  # seconds: throughput, train step, each bench, TT inference
+    limits=(120 120 120 120 120)  # seconds: throughput, train step, each bench, TT inference, inference
     throughput=(--models resnet56 --batch 2 --steps 1 --repeats 1 --warmup 0 --threads 1)
     step=(--model vgg-small --batch 2 --repeats 1 --warmup 0 --threads 1 --settings before,default,amp)
     bench_models=(vgg-small resnet20)
     bench=(--batch 2 --runs 1 --warmup 0 --threads 1)
     tt=(--batches 1,3 --repeats 1 --warmup 0 --threads 1)
+    inference=(--smoke)
 else
     device=cuda tag=gpu
     results=${BENCH_RESULTS_DIR:-$PWD/benchmarks/results}
-    limits=(150 90 75 60)  # throughput, train step, each bench, TT: at most 450 s in all, under 8 minutes
+    # throughput, train step, each bench, TT, inference: at most 470 s in all, under 8 minutes
+    limits=(130 80 60 50 90)
     throughput=(--amp --batch 128 --steps 5 --repeats 5 --warmup 2)
     step=(--batch 64 --repeats 10 --warmup 3 --settings before,default,amp)
     bench_models=(vgg19 resnet56)
     bench=(--batch 128 --runs 20 --warmup 5)
     tt=(--batches 1,100 --repeats 50 --warmup 10)
+    inference=(--models resnet18,resnet50 --batches 1,32 --threads all --compile-models resnet18 --latency-budget ""
+               --passes 1 --runs 30 --warmup 5)
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device here; use --smoke')" || exit 2
 fi
 export BENCH_RESULTS_DIR=$results  # where the benchmark scripts write (benchmarks/common.py)
@@ -72,6 +79,7 @@ for model in "${bench_models[@]}"; do
         --device "$device" "${bench[@]}" -o "$BENCH_RESULTS_DIR/bench_${model}_tucker2_${tag}"
 done
 step tt_inference "${limits[3]}" "$PY" benchmarks/tt_inference.py --device "$device" "${tt[@]}"
+step inference "${limits[4]}" "$PY" benchmarks/inference.py --device "$device" "${inference[@]}"
 echo "== done in $((SECONDS - start)) s; failed: ${failed[*]:-none}; results in $BENCH_RESULTS_DIR" | tee -a "$log"
 
 if [[ -n "${OUT:-}" ]]; then

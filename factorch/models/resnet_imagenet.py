@@ -21,6 +21,7 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
+from factorch.models.init import imagenet_init_
 from factorch.models.registry import register_model
 
 
@@ -100,12 +101,7 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        imagenet_init_(self, linear_std=None)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))                # (B, 64, H/4, W/4)

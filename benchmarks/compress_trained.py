@@ -70,7 +70,9 @@ def main() -> None:
     p.add_argument("--weights", required=True, help="the trained dense model (factorch checkpoint)")
     p.add_argument("--model", default="vgg7")
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--rank", default="budget:macs=0.4", help="the target of every recipe (default 60%% fewer MACs)")
+    p.add_argument("--rank", default="budget:macs=0.39",
+                   help="the target of every recipe (default: 0.39 of the governed layers' MACs, so that with the "
+                        "first conv and the classifier dense the whole vgg7 keeps under 40%%: 60%% fewer MACs)")
     p.add_argument("--epochs", type=int, default=4, help="recovery epochs of every recipe (default 4)")
     p.add_argument("--admm-epochs", type=int, default=2, help="of which ADMM in the ADMM recipes (default 2)")
     p.add_argument("--admm-rho", type=float, default=0.01)

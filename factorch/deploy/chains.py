@@ -87,13 +87,13 @@ def chain_of(layer: nn.Module) -> Optional[list[tuple[str, nn.Module]]]:
 
 
 def _baked(module: nn.Module) -> Optional[nn.Module]:
-    """A factor whose kernel is rebuilt at each call (``kernel()`` and a ``ConvSpec`` ``config``)
-    as a plain conv holding that kernel."""
+    """A factor whose kernel is rebuilt at each call (``kernel()`` in the kernel layout and a
+    ``ConvSpec`` ``config``) as a plain conv holding that kernel."""
     kernel, spec = getattr(module, "kernel", None), getattr(module, "config", None)
     if not callable(kernel) or not hasattr(spec, "make"):
         return None
     with torch.no_grad():
-        weight = kernel()
+        weight = spec.as_weight(kernel())  # the kernel layout (N, C/g, k...) as the conv holds it (transposed: C first)
         conv = spec.make(bias=False).to(device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
     return conv

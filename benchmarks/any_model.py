@@ -381,6 +381,12 @@ def main() -> None:
         "max |y_full - y| / max |y|; onnx_export: fc.export of the decomposed model (float32) to ONNX, verified "
         "against eager at batch 1 and 3 (rtol 1e-3); reconstruct: reconstruct_ gives the dense types back and the "
         "decomposed model's outputs (max relative difference)",
+        "full_rank_max_rel_diff 0: at full rank a Tucker-2 mode is not reduced and HOSVD keeps it as the identity "
+        "basis, so the layer computes the dense conv's own products; SVD's full-rank factors are rotations "
+        "(rounding, ~1e-15)",
+        "Swin-style block: its attention hands qkv's and proj's weights to F.linear itself, so those layers stay "
+        "dense (decomposing them would leave the parent reading weights that no longer exist); their MACs count "
+        "to the parent's row, which no method handles",
     ])
 
 

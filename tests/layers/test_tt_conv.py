@@ -81,7 +81,7 @@ def test_count_conventional_order_by_hand():
     assert counts.params == 9 * 5 + 5 * 8 * 3 + 3 * 12 + 8
 
 
-def test_methods_md_256_channel_examples():
+def test_the_documented_256_channel_examples():
     """docs/math.md, "TT convolution": 256 = 16 x 16 channels, 14x14, 3x3. Efficient, ranks [1, 16, 96, 96, 16, 1]:
     4.4x fewer params, 27.5 M MACs against 116 M dense. Conventional: r0 = 27 (an earlier example) exceeds
     the spatial mode (9 = the bond's full rank, refused here), so r0 = 9, r1 = 27: 8.5x fewer params

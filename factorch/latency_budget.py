@@ -17,7 +17,8 @@ this machine is at most ``f`` of the dense model's (``docs/math.md``, "Budgets")
    layers, normalisation, activations, pooling).
 4. **Correction**: the model with the allocated ranks is timed whole next to the dense one; the
    governed target moves by the miss ``(f - achieved) T_model`` (then along the secant of the last
-   two rounds) and is allocated again, at most ``ROUNDS`` times; of the allocations measured, the
+   two rounds, at most twice the miss; once rounds lie on both sides of ``f``, between the closest
+   on each side) and is allocated again, at most ``ROUNDS`` times; of the allocations measured, the
    slowest at or below ``f`` is kept (the fastest where none is).
 5. After ``decompose_`` built the layers, the model is timed once more next to the dense one, and
    the budget's report line (``BudgetResult``) gives that achieved fraction.
@@ -39,7 +40,7 @@ from factorch.report import BudgetResult, LayerReport
 from factorch.surgery import swap
 
 SAMPLES = (0.1, 0.25, 0.5, 0.75)  # fractions of each mode's full rank timed per layer (besides rank 1)
-ROUNDS = 3                        # allocations measured whole at most
+ROUNDS = 4                        # allocations measured whole at most
 TOLERANCE = 0.02                  # a measured fraction this close to the target stops the correction
 CACHE: dict[tuple, float] = {}    # seconds per call, per (module geometry, ranks, shape, profiler, device)
 
@@ -118,14 +119,25 @@ def allocate_latency(budget: Budget, items: list[Item], builders: Builders,
 
 
 def _next_target(tried: list[tuple[float, dict, float, float]], f: float, t_dense: float) -> float:
-    """The governed layers' next target: moved by the miss ``(f - achieved) T_dense``, or along the
-    secant through the last two rounds (measured fraction against target) where they differ."""
+    """The governed layers' next target. Once the rounds bracket ``f`` (one measured above it, one
+    at or below), the secant through the closest round on each side (regula falsi: the root stays
+    bracketed, so a flat secant of two rounds on the same side cannot throw the target far past
+    it); before that, the secant through the last two rounds, or the miss ``(f - achieved)
+    T_dense``; a step is at most twice the miss's."""
     achieved, _, _, target = tried[-1]
+    miss = (f - achieved) * t_dense
+    above = [r for r in tried if r[0] > f]
+    below = [r for r in tried if r[0] <= f]
+    if above and below:
+        (a0, _, _, g0), (a1, _, _, g1) = min(above, key=lambda r: r[0]), max(below, key=lambda r: r[0])
+        if abs(a0 - a1) > 1e-6:
+            return g1 + (f - a1) * (g0 - g1) / (a0 - a1)
     if len(tried) > 1:
         a0, _, _, g0 = tried[-2]
         if abs(achieved - a0) > 1e-6 and (target - g0) / (achieved - a0) > 0:
-            return target + (f - achieved) * (target - g0) / (achieved - a0)
-    return target + (f - achieved) * t_dense
+            step = (f - achieved) * (target - g0) / (achieved - a0)
+            return target + max(min(step, 2 * abs(miss)), -2 * abs(miss))
+    return target + miss
 
 
 def result(pool: LatencyPool, rows: Sequence[LayerReport], replacements: dict[str, nn.Module]) -> BudgetResult:

@@ -139,3 +139,17 @@ def test_cli_rank_budget_latency_is_timed_with_the_commands_options(tmp_path, ca
     (b,) = seen
     assert b.latency == 0.6 and b.profiler.batch == 4 and b.profiler.threads == 1 and b.profiler.device == "cpu"
     assert "budget:latency=0.6: the model runs in" in capsys.readouterr().out and out.exists()
+
+
+def test_the_correction_stays_between_rounds_on_both_sides_of_the_target():
+    """Rounds measured 0.55 and 0.549 of dense at governed targets 10 and 9 (ms, T_dense 100): the
+    secant of two rounds above 0.5 is nearly flat and would move the target by 49, so the step is
+    capped at twice the miss (2 x 0.049 x 100); once a round lies below (0.40 at 5), the next target
+    lies between the closest round on each side."""
+    from factorch.latency_budget import _next_target
+
+    above = [(0.55, {}, 0.0, 10.0), (0.549, {}, 0.0, 9.0)]
+    assert _next_target(above, 0.5, 100.0) == pytest.approx(9.0 - 2 * 0.049 * 100.0)
+    bracketed = above + [(0.40, {}, 0.0, 5.0)]
+    expected = 5.0 + (0.5 - 0.40) * (9.0 - 5.0) / (0.549 - 0.40)
+    assert _next_target(bracketed, 0.5, 100.0) == pytest.approx(expected) and 5.0 < expected < 9.0

@@ -54,7 +54,8 @@ def budget(fraction, clock):
 @pytest.mark.parametrize("slowdown", [1.0, 1.25])
 def test_the_allocation_meets_a_fake_latency_target_and_reports_it(slowdown):
     """With ``slowdown`` 1.25 the per-layer tables underestimate the model: the correction rounds
-    move the target until the whole-model measurement lands on it."""
+    move the target until the whole-model measurement lands on it (within 0.45-0.55: the round
+    closest to the target is kept, one over it counting double)."""
     torch.manual_seed(0)
     model = fc.models.create("resnet20").eval()
     dense = fc.models.create("resnet20").eval()
@@ -64,7 +65,7 @@ def test_the_allocation_meets_a_fake_latency_target_and_reports_it(slowdown):
     report = fc.decompose_(model, [fc.Tucker2(b), fc.SVD(b)], example_input=x)
     (result,) = report.budgets
     assert result.kind == "latency" and result.target == 0.5 and result.layers == 19
-    assert 0.45 <= result.fraction <= 0.5
+    assert 0.45 <= result.fraction <= 0.55
     after = measured(model, x, clock) / measured(dense, x, clock)  # measured after the fact, the same clock
     assert after == pytest.approx(result.fraction, rel=1e-9)
     line = str(report).splitlines()[-1]

@@ -34,10 +34,10 @@ from factorch.measure.results import environment, markdown_table, write_csv, wri
 # name -> compress arguments (the recovery epochs are added: --finetune-epochs, --admm-epochs)
 RECIPES = {
     "tucker2 direct": ["--method", "tucker2", "--calibration-batches", "0"],
-    "tucker2 data-aware": ["--method", "tucker2"],
+    "tucker2 data-aware": ["--method", "tucker2", "--calibration-batches", "8"],
     "tucker2 admm": ["--method", "tucker2", "--calibration-batches", "0", "ADMM"],
     "tucker2 direct + distill": ["--method", "tucker2", "--calibration-batches", "0", "--distill"],
-    "tucker2 data-aware + distill": ["--method", "tucker2", "--distill"],
+    "tucker2 data-aware + distill": ["--method", "tucker2", "--calibration-batches", "8", "--distill"],
     "tt direct": ["--method", "tt", "--calibration-batches", "0"],
     "tt admm": ["--method", "tt", "--calibration-batches", "0", "ADMM"],
 }

@@ -3,10 +3,11 @@
     factorch compress --model vgg7 --weights vgg7.pt --dataset fashion-mnist --rank budget:macs=0.4 \
         --finetune-epochs 4 [--admm-epochs 4] [--distill] --out runs/vgg7-compressed
 
-Decompose (data-aware from the training split unless ``--calibration-batches 0``), or first train
-the dense model for ``--admm-epochs`` with ADMM towards the target ranks from the trained weights
-(Yin et al. 2021) and decompose there, then fine-tune ``--finetune-epochs``, optionally learning
-from the dense model too (``--distill``, Hinton et al. 2015). It is one training run
+Decompose (weight-only factors; data-aware ones from N training batches with
+``--calibration-batches N``), or first train the dense model for ``--admm-epochs`` with ADMM towards
+the target ranks from the trained weights (Yin et al. 2021) and decompose there, then fine-tune
+``--finetune-epochs``, optionally learning from the dense model too (``--distill``, Hinton et al.
+2015). It is one training run
 (``OUT/metrics.jsonl``, ``OUT/checkpoint.pt``: ``--resume``; ``OUT/model.pt``: the compressed model),
 then ``OUT/results.md``/``.csv``: dense and compressed accuracy, the difference, FLOPs and
 parameter reductions and the measured speed-ups (``factorch.training.compress``).
@@ -32,7 +33,7 @@ from factorch.training.run import FINAL
 
 def add_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="decompose a trained model and recover its accuracy",
-                       description="Decompose a trained model (data-aware by default), optionally after ADMM "
+                       description="Decompose a trained model, optionally after ADMM "
                                    "training towards the target ranks (--admm-epochs), then fine-tune "
                                    "(--finetune-epochs, --distill); writes OUT/model.pt and OUT/results.md "
                                    "(dense vs compressed accuracy, FLOPs and parameter reductions, measured "
@@ -44,8 +45,9 @@ def add_compress(sub: argparse._SubParsersAction) -> None:
     add_decomposition_args(g, method="tucker2,svd", rank="budget:macs=0.4")
     g.add_argument("--first-conv", action="store_true", help="decompose the first conv too")
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="leave matching layers dense")
-    g.add_argument("--calibration-batches", type=int, default=8, metavar="N",
-                   help="data-aware factors and ranks from N training batches (default 8; 0: weight-only)")
+    g.add_argument("--calibration-batches", type=int, default=0, metavar="N",
+                   help="data-aware factors and ranks from N training batches (default 0: weight-only factors, "
+                        "which recovered best after fine-tuning in benchmarks/compress_trained.py)")
     g.add_argument("--keep-if-faster", action=argparse.BooleanOptionalAction, default=False,
                    help="keep dense the layers not faster factorized at the training batch (default off)")
     g = p.add_argument_group("recovery")

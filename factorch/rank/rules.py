@@ -117,8 +117,9 @@ class Budget(RankRule):
     fraction of those layers' dense MACs (per example, at the ``example_input`` size) or parameters
     (weights and biases); all other layers are not counted. Latency: the *whole model's* measured
     latency (``profiler``: batch size, threads, device; default ``fc.Profiler()`` at the example's
-    batch) is at most that fraction of the dense model's, from per-layer latency tables measured on
-    this machine and a final whole-model measurement (``factorch.latency_budget``). The ranks are
+    batch) is that fraction of the dense model's as closely as the timing noise allows (a fraction
+    over it counts double), from per-layer latency tables measured on this machine and whole-model
+    correction rounds (``factorch.latency_budget``). The ranks are
     chosen per layer to keep the most spectral energy of the unfoldings (``factorch.rank.budget``),
     for every method; the report gives the achieved fraction. Only ``decompose_``/``plan`` can resolve it.
     """

@@ -20,7 +20,7 @@ from factorch.latency_budget import LatencyPool, ModelTiming, result as latency_
 from factorch.layers.base import FactorizedLayer
 from factorch.methods import Method
 from factorch.measure.latency import Profiler, as_profiler, compare
-from factorch.decompositions.svd import GEMM_SECONDS
+from factorch.decompositions.svd_cost import GEMM_SECONDS
 from factorch.progress import Step, track
 from factorch.rank import RankRule
 from factorch.registry import (MIN_SHARE, Context, Decision, Floor, decide_all, layer_label, layer_types,

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from factorch.calibration.batches import Calibration
 from factorch.calibration.statistics import InputStats, Whitening, input_kind, model_place, run
-from factorch.decompositions.svd import squared_norm
+from factorch.decompositions.blocks import squared_norm
 from factorch.registry import Decision
 from factorch.report import LayerReport
 

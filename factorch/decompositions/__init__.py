@@ -8,8 +8,8 @@ The math and its sources: ``docs/math.md``.
 """
 from factorch.decompositions.cp import cp_als, cp_to_tensor
 from factorch.decompositions.evbmf import evbmf, tau_bar
-from factorch.decompositions.svd import (balanced_svd, energy_rank, singular_values, svd_method, tolerance_rank,
-                                         truncated_svd)
+from factorch.decompositions.svd import balanced_svd, energy_rank, singular_values, tolerance_rank, truncated_svd
+from factorch.decompositions.svd_cost import svd_method
 from factorch.decompositions.tt import (balanced_factors, interleave, max_tt_ranks, tensorize, tt_matrix_svd,
                                         tt_matrix_to_matrix, tt_params, tt_svd, tt_to_tensor)
 from factorch.decompositions.tucker import HOOI_TOL, hooi, hosvd, hosvd2, tucker2, tucker2_to_tensor, tucker3, \

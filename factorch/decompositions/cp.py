@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import GEMM_SECONDS
+from factorch.decompositions.svd_cost import GEMM_SECONDS
 
 CP_ALGORITHMS = ("als", "tensorly")
 # Sweeps: on the full kernel without compression, on the compressed core (the first _PROBE_SWEEPS

@@ -28,89 +28,24 @@ the exact SVD on flat, power-law, exponential and low-rank-plus-noise spectra, a
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
+
+from factorch.decompositions.blocks import gram64, mm64, tmm64, squared_norm
+from factorch.decompositions.svd_cost import sketch_width, svd_method
 
 SVD_METHODS = ("auto", "full", "gram", "randomized")
 
 
 def _matrix(matrix: Tensor) -> Tensor:
     """``matrix`` detached, in its own floating dtype (no copy): the routes read it in float64 by row
-    blocks (``_mm64``, ``_tmm64``, ``_gram64``) instead of holding a float64 copy of it."""
+    blocks (``mm64``, ``tmm64``, ``gram64``) instead of holding a float64 copy of it."""
     if matrix.dim() != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
     m = matrix.detach()
     return m if m.is_floating_point() else m.to(dtype=torch.float64)
-
-
-# ---- float64 products with a matrix kept in its own dtype ------------------------------------
-# A float32 weight is never copied whole to float64: the products below convert one block at a
-# time, at most 1/8 of the matrix (and at least 2^20 elements, so small matrices take few blocks).
-_BLOCKS, _MIN_BLOCK = 8, 1 << 20
-
-
-def _span(count: int, other: int) -> int:
-    """Rows (of ``count``) per block of a matrix whose rows have ``other`` elements."""
-    per = max(-(-count * other // _BLOCKS), _MIN_BLOCK) // max(other, 1)
-    return max(1, min(count, per))
-
-
-def _row_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
-    """``(rows, w[rows] in float64)`` block by block."""
-    step = _span(w.shape[0], w.shape[1])
-    for i in range(0, w.shape[0], step):
-        yield slice(i, i + step), w[i:i + step].to(torch.float64)
-
-
-def _col_blocks(w: Tensor) -> Iterator[tuple[slice, Tensor]]:
-    """``(cols, w[:, cols] in float64)`` block by block."""
-    step = _span(w.shape[1], w.shape[0])
-    for j in range(0, w.shape[1], step):
-        yield slice(j, j + step), w[:, j:j + step].to(torch.float64)
-
-
-def _mm64(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x`` (m, k) in float64 for ``w`` (m, n) in any float dtype and ``x`` (n, k) float64, by
-    row blocks of ``w`` (a float64 ``w`` is used as it is)."""
-    if w.dtype == torch.float64:
-        return w @ x
-    out = x.new_empty(w.shape[0], x.shape[1])
-    for rows, block in _row_blocks(w):
-        torch.mm(block, x, out=out[rows])
-    return out
-
-
-def _tmm64(w: Tensor, x: Tensor) -> Tensor:
-    """``w^T @ x`` (n, k) in float64 for ``w`` (m, n) and ``x`` (m, k) float64, by column blocks of
-    ``w``: each block of the result is one product (row blocks would update all of it each time)."""
-    if w.dtype == torch.float64:
-        return w.T @ x
-    out = x.new_empty(w.shape[1], x.shape[1])
-    for cols, block in _col_blocks(w):
-        torch.mm(block.T, x, out=out[cols])
-    return out
-
-
-def _gram64(w: Tensor) -> Tensor:
-    """``w^T w`` (n, n) in float64 for ``w`` (m, n) in any float dtype: row block ``J`` of the
-    Gram is ``(w^T w[:, J])^T``, one ``_tmm64`` per column block."""
-    if w.dtype == torch.float64:
-        return w.T @ w
-    out = torch.empty(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
-    for cols, block in _col_blocks(w):
-        out[cols] = _tmm64(w, block).T
-    return out
-
-
-def squared_norm(t: Tensor) -> float:
-    """``||t||_F^2`` accumulated in float64, block by block: ``vector_norm(t, dtype=float64)`` casts
-    the whole tensor to float64 first (twice a float32 tensor's memory)."""
-    if t.dtype == torch.float64:
-        return float(torch.linalg.vector_norm(t)) ** 2
-    flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(1, -1)
-    return sum(float(torch.linalg.vector_norm(block)) ** 2 for _, block in _row_blocks(flat))
 
 
 # ---- singular values -------------------------------------------------------------------------
@@ -132,65 +67,12 @@ def singular_values(matrix: Tensor) -> Tensor:
         return m.new_zeros(0, dtype=torch.float64)
     if min(m.shape) <= 32:
         return torch.linalg.svdvals(m.to(torch.float64))
-    gram = _gram64(m.T if m.shape[0] <= m.shape[1] else m)  # (n, n), n the small side
+    gram = gram64(m.T if m.shape[0] <= m.shape[1] else m)  # (n, n), n the small side
     eig = torch.linalg.eigvalsh(gram).flip(0)  # descending
     del gram
     if float(eig[-1]) <= 1e-10 * float(eig[0]):
         return torch.linalg.svdvals(m.to(torch.float64))
     return eig.sqrt()
-
-
-# ---- cost model ------------------------------------------------------------------------------
-# Seconds per unit on one thread of the project's CPU (AVX-512, MKL), fitted to torch 2.13
-# timings: GEMM per multiply-add (float64; float32 half), SVD per m n^2 and n^3, symmetric
-# eigendecomposition with vectors per n^3. Only ratios matter; GPUs favour GEMMs even more.
-_GEMM, _SVD_MN2, _SVD_N3, _EIGH_N3, _CALL = 8e-11, 4.65e-10, 6.2e-10, 3.7e-10, 2e-5
-_POWER_ITERATIONS = 4  # what the randomized cost assumes (measured: 2-5 to reach 0.5 %)
-
-
-def _oversampled(n: int, rank: int) -> int:
-    """Sketch width ``l = R + p``, ``p = max(10, min(R / 2, n / 16))``: convergence per iteration
-    goes with ``sigma_{l+1} / sigma_R``; wider sketches need fewer iterations at about equal GEMM
-    work while ``l`` is small against ``n``. Beyond ``R = n / 8`` the ``m l^2`` orthonormalizations
-    and ``l^3`` eigenproblems dominate instead, so ``p`` stops growing: at ``R = n / 4``
-    (``fc.SVD(0.5)`` on a square layer) ``p = R / 4`` took 28-30 % less time than ``R / 2`` for
-    the same 4 iterations, at 1.007x (flat spectrum) and 1.002x (``sigma_k ~ k^-1/2``) the optimal
-    error (4096 x 4096, one thread); ``p = R / 8`` needed a fifth iteration."""
-    return min(n, rank + max(10, min(rank // 2, n // 16)))
-
-
-def _thin_cost(m: int, k: int) -> float:
-    """Exact SVD of an (m, k) matrix through Cholesky-QR (two Grams, two triangular solves)."""
-    return 4 * _GEMM * m * k * k + (_SVD_MN2 + _SVD_N3) * k ** 3 + 8 * _CALL
-
-
-_COSTS: dict[str, Callable[[int, int, int], float]] = {
-    "full": lambda m, n, r: _SVD_MN2 * m * n * n + _SVD_N3 * n ** 3 + _CALL,
-    "gram": lambda m, n, r: _GEMM * (m * n * n + m * n * r) + _EIGH_N3 * n ** 3 + _thin_cost(m, r) + 4 * _CALL,
-    "randomized": lambda m, n, r: (
-        (2 * _POWER_ITERATIONS + 2) * (0.5 * _GEMM * m * n * _oversampled(n, r)     # float32 products
-                                       + 2 * _GEMM * m * _oversampled(n, r) ** 2)  # orthonormalizing
-        + _EIGH_N3 * _oversampled(n, r) ** 3 + 60 * _CALL),
-}
-
-
-GEMM_SECONDS = _GEMM  # the unit other cost models (CP-ALS, TT-SVD, progress lines) count in
-
-
-def svd_seconds(shape: tuple[int, int], rank: int) -> tuple[float, str]:
-    """``(seconds, route)``: what ``truncated_svd`` of a ``shape`` matrix at ``rank`` is expected to
-    take on one thread, by the route ``svd_method`` picks (the cost model it minimises)."""
-    route = svd_method(shape, rank)
-    return _COSTS[route](max(shape), min(shape), rank), route
-
-
-def svd_method(shape: tuple[int, int], rank: int) -> str:
-    """The route ``truncated_svd(method="auto")`` takes for a ``shape`` matrix at ``rank``: the
-    cheapest by ``_COSTS``; ``randomized`` only while the sketch is at most half the small side
-    (wider sketches gain little over ``gram`` and converge no faster)."""
-    m, n = max(shape), min(shape)
-    candidates = ("full", "gram", "randomized") if 2 * _oversampled(n, rank) <= n else ("full", "gram")
-    return min(candidates, key=lambda k: _COSTS[k](m, n, rank))
 
 
 # ---- building blocks -------------------------------------------------------------------------
@@ -241,8 +123,8 @@ def _full(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
 def _gram(w: Tensor, rank: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
     """``w`` is (m, n), n <= m: the top eigenvectors ``V_R`` of ``W^T W`` (n, n) span the right
     singular space; the result is the exact SVD of ``W V_R V_R^T``."""
-    basis = torch.linalg.eigh(_gram64(w)).eigenvectors[:, -rank:].flip(-1)  # (n, R); the (n, n) ones freed
-    return _low_rank_svd(_mm64(w, basis), basis, rank)
+    basis = torch.linalg.eigh(gram64(w)).eigenvectors[:, -rank:].flip(-1)  # (n, R); the (n, n) ones freed
+    return _low_rank_svd(mm64(w, basis), basis, rank)
 
 
 def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
@@ -251,18 +133,18 @@ def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
     at most ``tol / 2`` (at ``max_iter``: ``tol``); ``_gram`` when even that is not met.
 
     Products with ``w`` run in float32 (on ``w`` itself when it is float32, else on a float32 copy)
-    until the error is below 10 % of ``||W||``, then in float64 by row blocks (``_mm64``): no
+    until the error is below 10 % of ``||W||``, then in float64 by row blocks (``mm64``): no
     float64 copy of ``w`` is ever held. Besides that float32 copy, at most about four ``(m, l)``
     float32 blocks (the basis, ``W^T Q`` and a product being orthonormalized) are alive at once."""
     m, n = w.shape
-    width = _oversampled(n, rank)
+    width = sketch_width(n, rank)
     total = squared_norm(w)
     gen = torch.Generator(device=w.device).manual_seed(seed)
     work: Optional[Tensor] = w if w.dtype == torch.float32 else w.float()  # None: float64 products
     q = _orthonormalize(work @ torch.randn(n, width, generator=gen, device=w.device, dtype=work.dtype), False)
     captured: list[float] = []
     for it in range(max_iter + 1):
-        z = work.T @ q if work is not None else _tmm64(w, q)  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
+        z = work.T @ q if work is not None else tmm64(w, q)  # (n, l) = (Q^T W)^T: its singular values are the Ritz values
         gram = (z.T @ z).double()  # (l, l)
         theta2 = torch.linalg.eigvalsh(gram).flip(0)  # (l,), descending
         captured.append(float(theta2[:rank].sum()))
@@ -281,7 +163,7 @@ def _randomized(w: Tensor, rank: int, tol: float, max_iter: int = 8,
         del q
         basis = _orthonormalize(z, False, gram)  # (n, l)
         del z
-        y = work @ basis if work is not None else _mm64(w, basis)  # (m, l)
+        y = work @ basis if work is not None else mm64(w, basis)  # (m, l)
         del basis
         q = _orthonormalize(y, False)
         del y
@@ -301,24 +183,24 @@ def _finish(w: Tensor, q: Tensor, z: Tensor, zz: Optional[Tensor], rank: int) ->
     new float64 memory. Where ``q`` is too ill-conditioned for this (W of rank below the sketch
     width), one more pass: an exactly orthonormal basis and an SVD of ``W^T Q``.
     """
-    low, info = torch.linalg.cholesky_ex(_gram64(q))  # (l, l)
+    low, info = torch.linalg.cholesky_ex(gram64(q))  # (l, l)
     diag = low.diagonal()
     if int(info) == 0 and float(diag.min()) > 1e-3 * float(diag.max()):  # Q orthonormal to ~u cond^2
-        half = torch.linalg.solve_triangular(low, _gram64(z) if zz is None else zz, upper=False)  # L^-1 z^T z
+        half = torch.linalg.solve_triangular(low, gram64(z) if zz is None else zz, upper=False)  # L^-1 z^T z
         bbt = torch.linalg.solve_triangular(low, half.T, upper=False)  # B B^T (l, l)
         del half, zz
         ub = torch.linalg.eigh(bbt).eigenvectors[:, -rank:].flip(-1)  # (l, R)
         del bbt
         coef = torch.linalg.solve_triangular(low.T, ub, upper=True)  # L^-T U_b (l, R)
         del ub, low, diag
-        u = _mm64(q, coef)  # (m, R) = Q U_b
+        u = mm64(q, coef)  # (m, R) = Q U_b
         del q
-        sv = _mm64(z, coef)  # (n, R) = (U_b^T B)^T = V S
+        sv = mm64(z, coef)  # (n, R) = (U_b^T B)^T = V S
         s = sv.norm(dim=0)
         return u, s, sv.div_(s.clamp_min(1e-300)).T
     basis = _orthonormalize(q.double(), exact=True)  # (m, l)
     del q
-    v, s, uh = _low_rank_svd(_tmm64(w, basis), basis, rank)  # SVD of (P W)^T
+    v, s, uh = _low_rank_svd(tmm64(w, basis), basis, rank)  # SVD of (P W)^T
     return uh.T, s, v.T
 
 

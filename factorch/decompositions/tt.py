@@ -19,7 +19,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from factorch.decompositions.svd import squared_norm, svd_seconds, tolerance_rank, truncated_svd
+from factorch.decompositions.blocks import squared_norm
+from factorch.decompositions.svd import tolerance_rank, truncated_svd
+from factorch.decompositions.svd_cost import svd_seconds
 
 RankArg = Union[int, Sequence[int], None]
 

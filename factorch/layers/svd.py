@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from factorch.decompositions.svd import balanced_svd, svd_seconds
+from factorch.decompositions.svd import balanced_svd
+from factorch.decompositions.svd_cost import svd_seconds
 from factorch.layers.base import FactorizedConv, FactorizedLayer, alias, as_float64, check_finite, \
     default_variance, init_bias, init_uniform_, read_kernel, write_kernel
 from factorch.layers.conv_spec import ConvSpec, LinearSpec

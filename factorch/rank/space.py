@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from factorch.decompositions.cp import cp_als_seconds
-from factorch.decompositions.svd import GEMM_SECONDS, singular_values
+from factorch.decompositions.svd import singular_values
+from factorch.decompositions.svd_cost import GEMM_SECONDS
 from factorch.rank.rules import RankRule, Spectrum
 
 Ranks = tuple[int, ...]

@@ -83,7 +83,7 @@ def allocate_latency(budget: Budget, items: list[Item], builders: Builders,
     t_model = _time({"dense": timing.model}, shape, profiler, batch)["dense"]
     for it in items:
         _table(it, *builders[it.name], profiler, batch)
-    ones = {it.name: (1,) * len(it.space.modes) for it in items}
+    ones = {it.name: it.space.smallest() for it in items}  # rank 1 (``step`` on a rank grid) per mode
     usable = [it for it in items if it.cost("latency", ones[it.name]) < it.dense_latency and
               it.cost("macs", ones[it.name]) < it.dense("macs")]
     pool = LatencyPool(budget, [it.name for it in usable], t_model, 0, timing=timing, profiler=profiler, batch=batch)
@@ -96,7 +96,7 @@ def allocate_latency(budget: Budget, items: list[Item], builders: Builders,
     target = f * t_model - rest
     if target < floor:
         raise ValueError(f"{budget!r} cannot be met here: the {len(usable)} layers it governs still take "
-                         f"{floor * 1e3:.3g} ms at rank 1 and the rest of the model {rest * 1e3:.3g} ms of the dense "
+                         f"{floor * 1e3:.3g} ms at their smallest ranks and the rest of the model {rest * 1e3:.3g} ms of the dense "
                          f"{t_model * 1e3:.3g} ms (batch {batch}); the lowest reachable fraction is about "
                          f"{(floor + rest) / t_model:.2f}")
     ceiling = sum(it.dense_latency for it in usable)
@@ -160,10 +160,12 @@ def result(pool: LatencyPool, rows: Sequence[LayerReport], replacements: dict[st
 
 
 def _table(item: Item, dense: nn.Module, candidate: Any, profiler: Profiler, batch: int) -> None:
-    """Time ``dense`` and its factorized form at rank 1 and the ``SAMPLES`` (cached), and give
+    """Time ``dense`` and its factorized form at rank 1 (the grid's smallest) and the ``SAMPLES`` (cached), and give
     ``item`` its interpolated latency (``item.latency``) and its dense one."""
     full = item.space.full
-    ranks = sorted({tuple(max(1, round(s * f)) for f in full) for s in SAMPLES} | {(1,) * len(full)},
+    on_grid = item.space.aligned  # with the method's ``multiple``, timed at ranks it can choose
+    ranks = sorted({on_grid(tuple(max(1, round(s * f)) for f in full), False) for s in SAMPLES} |
+                   {item.space.smallest()},
                    key=lambda r: item.cost("macs", r))
     dense_macs = item.dense("macs")
     ranks = [r for r in ranks if item.cost("macs", r) < dense_macs] or ranks[:1]

@@ -287,6 +287,7 @@ def _decide(name: str, module: nn.Module, methods: Sequence[Method], ctx: Contex
         first = first or method
         whitening = found.whitening(ctx.whitening)
         space = found.space(module, whitening)
+        space.step = method.multiple  # ranks on the method's grid (rules, fractions, budgets)
         small = ctx.floor.reason(space, ctx.shape) if ctx.floor is not None and not ctx.explicit else None
         if small:
             return Decision(method=method, skipped=small)

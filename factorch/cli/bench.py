@@ -34,7 +34,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from factorch.measure import bench
     from factorch.models.spec import ModelSpec
 
-    methods = parse_methods(args.method, timed_rank(args))
+    methods = parse_methods(args.method, timed_rank(args), args.rank_multiple)
     exclude_filter(args.exclude)  # a bad regex fails before any work
     if args.output:
         check_output_dir(args.output)

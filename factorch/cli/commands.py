@@ -36,7 +36,7 @@ def run_decompose(args: argparse.Namespace) -> int:
     from factorch.measure.bench import require_decomposed
     from factorch.files import check_writable
 
-    methods = parse_methods(args.method, timed_rank(args))
+    methods = parse_methods(args.method, timed_rank(args), args.rank_multiple)
     exclude_filter(args.exclude)  # a bad regex or output directory fails before any work
     check_writable(args.output)
     if args.calibration and args.model:  # the model takes the data set's images unless told otherwise

@@ -138,6 +138,10 @@ def add_decomposition_args(p: argparse.ArgumentParser, method: str = "tucker2,sv
                         f"{', '.join(sorted(fc.Method.by_name))} (default {method})")
     p.add_argument("--rank", default=rank,
                    help="; ".join(f"{form}: {meaning}" for form, _, meaning in RANK_FORMS) + f" (default {rank})")
+    p.add_argument("--rank-multiple", type=int, default=1, metavar="M",
+                   help="ranks chosen by a rule, a fraction or a budget are multiples of M (or a mode's full rank): "
+                        "channel counts the runtime's blocked conv kernels take whole, e.g. 16 for AVX-512 CPUs "
+                        "(default 1)")
 
 
 def parse_rank(text: str, profiler: Optional[fc.Profiler] = None):
@@ -241,9 +245,10 @@ def profiler_from(args: argparse.Namespace, backward: bool = False) -> fc.Profil
                        device=args.device, threads=args.threads)
 
 
-def parse_methods(names: str, rank) -> list[fc.Method]:
-    """``tucker2,svd`` -> ``[Tucker2(rank), SVD(rank)]``: the first method that handles a layer wins."""
-    methods = [fc.Method.from_name(n.strip().lower(), rank) for n in names.split(",") if n.strip()]
+def parse_methods(names: str, rank, multiple: int = 1) -> list[fc.Method]:
+    """``tucker2,svd`` -> ``[Tucker2(rank), SVD(rank)]``: the first method that handles a layer wins;
+    ``multiple``: ``--rank-multiple``."""
+    methods = [fc.Method.from_name(n.strip().lower(), rank, multiple) for n in names.split(",") if n.strip()]
     if not methods:
         raise ValueError("no method given; choose from " + ", ".join(sorted(fc.Method.by_name)))
     return methods

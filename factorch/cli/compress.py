@@ -89,7 +89,8 @@ def run_compress(args: argparse.Namespace) -> int:
         raise ValueError("--finetune-epochs must be >= 1: the decomposed model trains at least one epoch "
                          "(to decompose without training: factorch decompose)")
     model, model_args, weights = _model(args)
-    shared = dict(methods=tuple(parse_methods(args.method, parse_rank(args.rank))), first_conv=args.first_conv,
+    methods = tuple(parse_methods(args.method, parse_rank(args.rank), args.rank_multiple))
+    shared = dict(methods=methods, first_conv=args.first_conv,
                   exclude=tuple(args.exclude), calibration_batches=args.calibration_batches)
     if args.admm_epochs:
         events = [ADMMPhase(args.admm_epochs, rho=args.admm_rho, **shared)]

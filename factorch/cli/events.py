@@ -67,7 +67,7 @@ def settings_for(args: argparse.Namespace) -> Callable[[type[Event]], dict[str, 
     """What the command line gives an event class: ``methods`` from ``--method``/``--rank``, and the
     value of each of its options (the option's ``cli_default`` when absent; None: the class's own
     default)."""
-    methods = tuple(parse_methods(args.method, parse_rank(args.rank)))
+    methods = tuple(parse_methods(args.method, parse_rank(args.rank), args.rank_multiple))
 
     def of(cls: type[Event]) -> dict[str, Any]:
         settings: dict[str, Any] = {"methods": methods}

@@ -19,7 +19,8 @@ its ``RankSpace``:
 * cost: the space's exact ``params``/``macs`` functions of the ranks (the ones ``factorch.measure.count``
   agrees with), so the target holds for the real modules.
 
-Greedy: start at rank 1 everywhere, repeatedly raise the (layer, mode) rank with the most energy
+Greedy: start at rank 1 everywhere (with a rank granularity ``RankSpace.step``: at ``step``),
+repeatedly raise the (layer, mode) rank by one (by ``step``, up to the mode's ceiling) with the most energy
 per unit of added cost while the total stays within ``fraction * dense total`` and the layer stays
 cheaper than its dense form in MACs (so ``decompose_`` never passes it over) and, under a
 parameter budget, in parameters. A layer whose rank-1 form is not cheaper cannot be governed: it is
@@ -83,7 +84,7 @@ def allocate(budget: Budget, items: list[Item], target: Optional[float] = None) 
     ``ValueError`` when rank 1 everywhere already exceeds the target."""
     kind = budget.kind
     caps = ("macs", kind) if kind != "macs" else ("macs",)
-    ones = {it.name: (1,) * len(it.space.modes) for it in items}
+    ones = {it.name: it.space.smallest() for it in items}  # rank 1 (``step`` on a grid) per mode
     usable = [it for it in items if all(it.cost(c, ones[it.name]) < it.dense(c) for c in caps)]
     result: dict[str, Optional[Ranks]] = {it.name: None for it in items}
     pool = Pool(budget, [it.name for it in usable], sum(it.dense(kind) for it in usable))
@@ -93,7 +94,8 @@ def allocate(budget: Budget, items: list[Item], target: Optional[float] = None) 
     total = sum(it.cost(kind, tuple(r)) for it, r in zip(usable, ranks))
     target = budget.fraction * pool.dense if target is None else target
     if total > target:
-        raise ValueError(f"{budget!r} cannot be met: rank 1 in each of the {len(usable)} layers it governs "
+        least = "rank 1" if all(it.space.step == 1 for it in usable) else "the smallest ranks on the rank grid"
+        raise ValueError(f"{budget!r} cannot be met: {least} in each of the {len(usable)} layers it governs "
                          f"already keeps {total / pool.dense:.4f} of their {kind}; valid fractions here are "
                          f"in [{math.ceil(total / pool.dense * 1e4) / 1e4}, 1]")
     kept = [_kept_energy(it) for it in usable]
@@ -103,14 +105,15 @@ def allocate(budget: Budget, items: list[Item], target: Optional[float] = None) 
     def push(i: int) -> None:
         it, r = usable[i], ranks[i]
         now = it.cost(kind, tuple(r))
-        top = it.space.limit.ranks if it.space.limit is not None else it.space.full
+        top = it.space.ceiling()  # full, or the largest rank worth computing
         for k, rk in enumerate(r):
-            if rk >= min(it.space.modes[k].full, top[k]):  # full, or the largest rank worth computing
+            if rk >= top[k]:
                 continue
-            gain = _log(kept[i][k][rk + 1]) - _log(kept[i][k][rk])  # the rise of sum log kept
+            new = _bumped(r, k, it.space.step, top[k])
+            gain = _log(kept[i][k][new[k]]) - _log(kept[i][k][rk])  # the rise of sum log kept
             if gain <= 0.0:
                 continue
-            delta = it.cost(kind, _bumped(r, k)) - now
+            delta = it.cost(kind, new) - now
             heapq.heappush(heap, (-gain / max(delta, 1e-12), i, k, version[i]))
 
     for i in range(len(usable)):
@@ -120,7 +123,7 @@ def allocate(budget: Budget, items: list[Item], target: Optional[float] = None) 
         if v != version[i]:
             continue  # the layer changed since this entry was pushed
         it = usable[i]
-        new = _bumped(ranks[i], k)
+        new = _bumped(ranks[i], k, it.space.step, it.space.ceiling()[k])
         delta = it.cost(kind, new) - it.cost(kind, tuple(ranks[i]))
         if total + delta > target or any(it.cost(c, new) >= it.dense(c) for c in caps):
             continue  # costs only grow with ranks: this increment never fits later
@@ -144,5 +147,7 @@ def _kept_energy(item: Item) -> list:
         raise ValueError(f"layer {item.name!r}{f' ({item.label})' if item.label else ''}: {e}") from None
 
 
-def _bumped(ranks: list[int], k: int) -> Ranks:
-    return tuple(r + 1 if j == k else r for j, r in enumerate(ranks))
+def _bumped(ranks: list[int], k: int, step: int = 1, top: Optional[int] = None) -> Ranks:
+    """``ranks`` with mode ``k`` one ``step`` higher (to the next multiple of it), at most ``top``."""
+    up = (ranks[k] // step + 1) * step
+    return tuple((up if top is None else min(up, top)) if j == k else r for j, r in enumerate(ranks))

@@ -17,6 +17,10 @@ One convention for every method (Tucker-2, Tucker-3, CP, SVD, tensor train):
   unfolding looks like noise): callers skip the layer and say why, never build rank 0.
 * ``Budget``: a whole-model rule, resolved by ``factorch.rank.budget`` into ints first.
 
+With a rank granularity (``RankSpace.step``, the method's ``multiple``), a rule's ranks are rounded
+up to the grid (at least the energy or error bound it asked for) and a fraction's down (at most its
+parameters); ints and tuples are the user's exact ranks and stay as given.
+
 Layer constructors take resolved ints only and refuse ranks outside ``[1, full]``.
 """
 from __future__ import annotations
@@ -43,16 +47,10 @@ def resolve(spec: RankSpec, space: RankSpace) -> Resolution:
     full = space.full
     if isinstance(spec, Budget):
         spec.rank_of(None, 0)  # raises: a whole-model rule needs decompose_/plan
-    if isinstance(spec, RankRule) and space.rule_ranks is not None:
-        return Resolution(tuple(min(f, r) for f, r in zip(full, space.rule_ranks(spec))))
     if isinstance(spec, RankRule):
-        spectra = space.spectra()
-        split = max(space.error_modes, 1)
-        return Resolution(tuple(
-            min(f, max(spec.rank_of(s, f, split) for tied in spectra[k] for s in tied))
-            for k, f in enumerate(full)))
+        return _on_grid(_rule(spec, space), space, up=True)
     if isinstance(spec, float):
-        return _fraction(spec, space)
+        return _on_grid(_fraction(spec, space), space, up=False)
     if isinstance(spec, int):
         ranks = tuple(min(spec, f) for f in full)
         if ranks == (spec,) * len(full):
@@ -66,6 +64,30 @@ def resolve(spec: RankSpec, space: RankSpace) -> Resolution:
             raise ValueError(f"rank {spec!r} exceeds the full rank of mode {mode.name!r} ({mode.full}) of this "
                              f"layer; full ranks {space.describe()}")
     return Resolution(tuple(spec))
+
+
+def _rule(rule: RankRule, space: RankSpace) -> Resolution:
+    full = space.full
+    if space.rule_ranks is not None:
+        return Resolution(tuple(min(f, r) for f, r in zip(full, space.rule_ranks(rule))))
+    spectra = space.spectra()
+    split = max(space.error_modes, 1)
+    return Resolution(tuple(min(f, max(rule.rank_of(s, f, split) for tied in spectra[k] for s in tied))
+                            for k, f in enumerate(full)))
+
+
+def _on_grid(resolution: Resolution, space: RankSpace, up: bool) -> Resolution:
+    """``resolution`` with its ranks on the space's ``step`` grid, noted where they moved."""
+    ranks = space.aligned(resolution.ranks, up)
+    if ranks == resolution.ranks:
+        return resolution
+    moved = (f"ranks {_shown(resolution.ranks)} {'rounded up' if up else 'rounded down'} to the rank grid: "
+             f"multiples of {space.step} or the full rank")
+    return Resolution(ranks, "; ".join(n for n in (resolution.note, moved) if n), resolution.capped)
+
+
+def _shown(ranks: Ranks) -> str:
+    return str(ranks[0]) if len(ranks) == 1 else str(ranks)
 
 
 def _fraction(f: float, space: RankSpace) -> Resolution:

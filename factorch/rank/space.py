@@ -28,6 +28,8 @@ knows a layer's rank structure.
 * ``limit``: the largest ranks worth computing, below the full ones, and why (``Limit``; CP:
   ``cp_limit``). The decision path passes a method over at ranks beyond it, with the reason
   (``refusal``); the budget allocator never raises a rank past it.
+* ``step``: the rank granularity (the method's ``multiple``): rules, fractions and budgets
+  choose each rank as a multiple of it or the mode's full rank (``aligned``, ``smallest``).
 * ``work(ranks)``: the seconds computing the decomposition at these ranks is expected to take on
   one thread (the cost model of its route, ``docs/math.md``, "Cost of computing a decomposition")
   and the route; ``cost_to_compute`` falls back to a generic estimate. Progress lines read it.
@@ -77,6 +79,7 @@ class RankSpace:
     per_group: bool = False                # a grouped conv: ranks are per group
     limit: Optional["Limit"] = None        # the largest ranks worth computing, and why
     work: Optional[Callable[[Ranks], tuple[float, str]]] = None  # (one-thread seconds, route) to compute
+    step: int = 1                          # ranks in multiples of this (or full): the method's ``multiple``
     _spectra: Optional[list[list[list[Spectrum]]]] = field(default=None, repr=False)
 
     @property
@@ -109,6 +112,30 @@ class RankSpace:
                 raise ValueError(f"{self.layer} rank {r} of {self.unit} {mode.name!r} must be in [1, {mode.full}] "
                                  f"({why}); full ranks {self.describe()}")
         return ranks
+
+    def ceiling(self) -> Ranks:
+        """Per mode, the largest rank a rule or budget may choose: full, or ``limit``'s where lower."""
+        top = self.limit.ranks if self.limit is not None else self.full
+        return tuple(min(f, t) for f, t in zip(self.full, top))
+
+    def aligned(self, ranks: Ranks, up: bool) -> Ranks:
+        """``ranks`` on the ``step`` grid: each a multiple of ``step`` or its mode's full rank,
+        rounded ``up`` (a rule: at least the energy it asked for) or down (a fraction: at most its
+        parameters), never below ``step`` (nor 0: a rank-0 rule result stays 0, the layer is skipped)."""
+        if self.step == 1:
+            return tuple(ranks)
+        out = []
+        for r, f in zip(ranks, self.full):
+            if r <= 0 or r >= f:
+                out.append(r)
+                continue
+            q = -(-r // self.step) if up else r // self.step
+            out.append(min(f, max(q, 1) * self.step))
+        return tuple(out)
+
+    def smallest(self) -> Ranks:
+        """The smallest ranks on the ``step`` grid: ``step`` per mode (its full rank where smaller)."""
+        return tuple(min(self.step, f) for f in self.full)
 
     def refusal(self, ranks: Ranks) -> Optional[str]:
         """Why ``ranks`` are not worth computing (above ``limit``), or None."""

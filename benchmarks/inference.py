@@ -1,11 +1,13 @@
 """Inference speed: dense vs compressed models, per batch size, runtime and thread count.
 
-Compressed = Tucker-2 + SVD at ``fc.Budget(macs=0.5)`` (random weights, seeded), then ``fc.deploy_``
+Compressed = Tucker-2 + SVD at ``fc.Budget(macs=0.5)`` with ranks in multiples of ``--multiple`` (16: the
+channel block of ONNX Runtime's NCHWc kernels on AVX-512; random weights, seeded), then ``fc.deploy_``
 (batch norm folded, factors merged where fewer MACs, layout and each layer's form timed at the
 row's batch size, one thread). The dense model is deployed too (batch norm folded, layout chosen):
 both sides in their fastest form. Per (model, batch, threads) every variant -- eager, compiled
 (``torch.compile``), ONNX Runtime (``fc.export``, verified, then an ``InferenceSession`` with that many
-intra-op threads) for dense and compressed, and the compressed model before ``fc.deploy_`` -- is timed
+intra-op threads) for dense and compressed, the compressed model before ``fc.deploy_`` (eager) and
+the same budget with free ranks (``multiple=1``, deployed; ONNX Runtime) -- is timed
 in ONE ``time_interleaved`` call (warm-up, interleaved, median), so every ratio is side by side.
 Each cell is measured in ``--passes`` passes (minutes apart: each pass runs every cell of a model);
 the table gives the range over passes where they differ.
@@ -60,6 +62,7 @@ def parse() -> argparse.Namespace:
                         "would take most of the run's time)")
     p.add_argument("--latency-budget", default="resnet18,resnet50", help="models also given fc.Budget(latency=F)")
     p.add_argument("--latency-fraction", type=float, default=0.5, help="F (default 0.5)")
+    p.add_argument("--multiple", type=int, default=16, help="rank grid of the compressed models (default 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--runs", type=int, default=15, help="timed rounds at batch 1 (a third of them at batch 32)")
@@ -80,9 +83,10 @@ def profiler(args: argparse.Namespace, batch: int, runs: int) -> fc.Profiler:
                        device=args.device)
 
 
-def compressed(dense: nn.Module, x: torch.Tensor, rank) -> tuple[nn.Module, fc.Report]:
+def compressed(dense: nn.Module, x: torch.Tensor, rank, multiple: int) -> tuple[nn.Module, fc.Report]:
     model = copy.deepcopy(dense)
-    report = fc.decompose_(model, [fc.Tucker2(rank), fc.SVD(rank)], example_input=x)
+    report = fc.decompose_(model, [fc.Tucker2(rank, multiple=multiple), fc.SVD(rank, multiple=multiple)],
+                           example_input=x)
     return model, report
 
 
@@ -127,7 +131,7 @@ def runtimes(args, name, models: dict[str, nn.Module], x, threads, folder, notes
     calls: dict[str, object] = {}
     for runtime in args.runtimes.split(","):
         for variant, model in models.items():
-            if runtime != "eager" and variant == "undeployed" or \
+            if runtime != "eager" and variant == "undeployed" or runtime != "onnxruntime" and variant == "offgrid" or \
                     runtime == "compile" and name not in args.compile_models.split(","):
                 continue
             key = f"{runtime}/{variant}"
@@ -160,6 +164,8 @@ def rows_of(name: str, batch: int, threads: int, macs: tuple[int, int], medians:
         row = _row(name, batch, threads, rt, ratio, [m[d_key] for m in medians], [m[c_key] for m in medians])
         if rt == "eager" and "eager/undeployed" in first:
             row["before deploy ms"] = _ms([m["eager/undeployed"] for m in medians])
+        if f"{rt}/offgrid" in first:
+            row["free ranks ms"] = _ms([m[f"{rt}/offgrid"] for m in medians])
         out.append(row)
     if len(pairs) > 1:
         best = lambda m, side: min(m[k] for _, *ks in pairs for k in ks if k.endswith(side))  # noqa: E731
@@ -215,7 +221,8 @@ def main() -> int:
         dense = fc.models.create(zoo, num_classes=classes).eval().to(args.device)
         x1 = torch.randn(1, *shape, device=args.device)
         t0 = time.time()
-        comp, _ = compressed(dense, x1, fc.Budget(macs=0.5))
+        comp, _ = compressed(dense, x1, fc.Budget(macs=0.5), args.multiple)
+        free = compressed(dense, x1, fc.Budget(macs=0.5), 1)[0] if args.multiple != 1 else None
         macs = (fc.count(dense, x1).macs, fc.count(comp, x1).macs)
         print(f"{name}: decomposed in {time.time() - t0:.0f} s, MACs {macs[0] / 1e9:.3f}G -> {macs[1] / 1e9:.3f}G",
               flush=True)
@@ -227,6 +234,7 @@ def main() -> int:
             p = profiler(args, batch, runs)
             dense_dep, _ = deployed(dense, x1, p)
             comp_dep, report = deployed(comp, x1, p)
+            free_dep = deployed(free, x1, p)[0] if free is not None else None
             print(f"  batch {batch}: deployed: {report.forms()}, layout {report.layout}", flush=True)
             if name == "resnet50" and batch == 1:
                 sections.append(f"### fc.deploy_ report, ResNet-50, batch 1, one thread\n\n```\n{report}\n```")
@@ -238,6 +246,8 @@ def main() -> int:
                     continue
                 torch.set_num_threads(threads)
                 variants = {"dense": dense_dep, "compressed": comp_dep, "undeployed": comp}
+                if free_dep is not None:
+                    variants["offgrid"] = free_dep
                 cells.append((batch, threads, runs, runtimes(args, name, variants, x, threads, folder, notes)))
         medians = {i: [] for i in range(len(cells))}
         for _ in range(args.passes):
@@ -259,7 +269,7 @@ def main() -> int:
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "unset")
     env["wall time (min)"] = f"{(time.time() - start) / 60:.1f}"
     columns = ["model", "batch", "threads", "runtime", "MACs x", "dense ms", "compressed ms", "before deploy ms",
-               "speed-up", "of MAC limit"]
+               "free ranks ms", "speed-up", "of MAC limit"]
     rows = [{c: r.get(c) for c in columns} for r in results]
     if args.smoke and not os.environ.get("BENCH_RESULTS_DIR"):
         common.RESULTS = Path(tempfile.mkdtemp())  # never over the measured files
@@ -274,7 +284,7 @@ def latency_budget_row(args, name, dense, x1, macs) -> tuple[dict, str]:
     p = profiler(args, 1, args.runs)
     f = args.latency_fraction
     try:
-        model, report = compressed(dense, x1, fc.Budget(latency=f, profiler=p))
+        model, report = compressed(dense, x1, fc.Budget(latency=f, profiler=p), args.multiple)
     except ValueError as e:  # an unreachable fraction is a result too
         return {"model": name, "batch": 1, "threads": 1, "runtime": f"eager, fc.Budget(latency={f:g}): refused"}, str(e)
     torch.set_num_threads(1)
@@ -289,7 +299,10 @@ def latency_budget_row(args, name, dense, x1, macs) -> tuple[dict, str]:
 
 
 NOTES = [
-    "weights are random (seeded); ranks from fc.Budget(macs=0.5) over Tucker-2 + SVD on those weights",
+    "weights are random (seeded); ranks from fc.Budget(macs=0.5) over Tucker-2 + SVD on those weights, in multiples "
+    "of --multiple (or a mode's full rank)",
+    "free ranks ms: the same budget with multiple=1 (any rank), deployed the same way, in ONNX Runtime: what the rank "
+    "grid buys",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
     "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
     "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",

@@ -26,6 +26,17 @@ def test_decompose_count_reconstruct_round_trip(tmp_path, capsys):
     assert sum(p.numel() for p in b.parameters()) == 269_722
 
 
+def test_rank_multiple_puts_budget_ranks_on_the_grid(tmp_path, capsys):
+    out = tmp_path / "small.pt"
+    assert run(["decompose", "--model", "resnet20", "--rank", "budget:macs=0.5", "--rank-multiple", "8",
+                "-o", str(out)]) == 0
+    layers = [m for m in fc.load(out).modules() if isinstance(m, fc.layers.FactorizedLayer)]
+    assert len(layers) >= 6
+    channels = [m.out_channels for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Conv2d)]
+    # every factor's channel count (resnet20: 16-64 channels); 3: the stem's full input rank
+    assert all(c % 8 == 0 or c == 3 for c in channels) and channels.count(3) <= 1, channels
+
+
 def test_model_with_weights(tmp_path, capsys):
     weights = tmp_path / "w.pt"
     torch.save(fc.models.create("resnet20").state_dict(), weights)
@@ -44,6 +55,8 @@ def test_model_with_weights(tmp_path, capsys):
      "exceeds the full rank"),
     (["decompose", "--model", "resnet20", "--rank", "lots", "-o", "{tmp}/x.pt"], "not understood"),
     (["decompose", "--model", "resnet20", "--rank", "energy:2", "-o", "{tmp}/x.pt"], "threshold"),
+    (["decompose", "--model", "resnet20", "--rank-multiple", "0", "-o", "{tmp}/x.pt"],
+     "Tucker2 multiple must be an int >= 1"),
     (["decompose", "--model", "resnet20", "-o", "{tmp}/no/dir/x.pt"], "does not exist"),
     (["count", "{tmp}/missing.pt"], "does not exist"),
     (["count", "{tmp}/corrupt.pt"], "not a torch checkpoint"),

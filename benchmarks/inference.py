@@ -6,7 +6,8 @@ channel block of ONNX Runtime's NCHWc kernels on AVX-512; random weights, seeded
 row's batch size, one thread). The dense model is deployed too (batch norm folded, layout chosen):
 both sides in their fastest form. Per (model, batch, threads) every variant -- eager, compiled
 (``torch.compile``), ONNX Runtime (``fc.export``, verified, then an ``InferenceSession`` with that many
-intra-op threads) for dense and compressed, the compressed model before ``fc.deploy_`` (eager) and
+intra-op threads; the compressed models deployed for it: ``fc.deploy_`` with
+``fc.Profiler(runtime="onnxruntime")`` at the cell's batch and threads) for dense and compressed, the compressed model before ``fc.deploy_`` (eager) and
 the same budget with free ranks (``multiple=1``, deployed; ONNX Runtime) -- is timed
 in ONE ``time_interleaved`` call (warm-up, interleaved, median), so every ratio is side by side.
 Each cell is measured in ``--passes`` passes (minutes apart: each pass runs every cell of a model);
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -126,8 +129,20 @@ def eager(model: nn.Module, x: torch.Tensor):
     return call
 
 
-def runtimes(args, name, models: dict[str, nn.Module], x, threads, folder, notes) -> dict[str, object]:
-    """name -> call, for every runtime and model variant (a failure is a note, not a crash)."""
+def ort_deployed(args, p: fc.Profiler, threads: int, models: dict[str, Optional[nn.Module]], x1: torch.Tensor
+                 ) -> dict[str, tuple[nn.Module, fc.DeployReport]]:
+    """The compressed models deployed for the ONNX Runtime rows: each layer's form timed in ONNX
+    Runtime at the cell's batch and threads (``fc.Profiler(runtime="onnxruntime")``)."""
+    if "onnxruntime" not in args.runtimes.split(","):
+        return {}
+    timed = dataclasses.replace(p, runtime="onnxruntime", threads=threads)
+    return {k: deployed(m, x1, timed) for k, m in models.items() if m is not None}
+
+
+def runtimes(args, name, models: dict[str, nn.Module], x, threads, folder, notes,
+             ort_models: dict[str, nn.Module]) -> dict[str, object]:
+    """name -> call, for every runtime and model variant (a failure is a note, not a crash);
+    ``ort_models``: the variants deployed for ONNX Runtime, used in its rows."""
     calls: dict[str, object] = {}
     for runtime in args.runtimes.split(","):
         for variant, model in models.items():
@@ -143,7 +158,7 @@ def runtimes(args, name, models: dict[str, nn.Module], x, threads, folder, notes
                     notes.append(f"{name} batch {x.shape[0]} {variant}: torch.compile took {seconds:.0f} s")
                     calls[key] = eager(fn, x)
                 elif runtime == "onnxruntime":
-                    calls[key] = onnx_runner(model, x, threads, args.device, folder)
+                    calls[key] = onnx_runner(ort_models.get(variant, model), x, threads, args.device, folder)
             except Exception as e:  # a runtime that fails here is recorded, the others still run
                 notes.append(f"{name} {key} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     return calls
@@ -248,7 +263,12 @@ def main() -> int:
                 variants = {"dense": dense_dep, "compressed": comp_dep, "undeployed": comp}
                 if free_dep is not None:
                     variants["offgrid"] = free_dep
-                cells.append((batch, threads, runs, runtimes(args, name, variants, x, threads, folder, notes)))
+                in_ort = ort_deployed(args, p, threads, {"compressed": comp, "offgrid": free}, x1)
+                if name == "resnet50" and batch == 1 and threads == 1 and in_ort:
+                    sections.append("### fc.deploy_ report in ONNX Runtime (Profiler(runtime='onnxruntime')), "
+                                    f"ResNet-50, batch 1, one thread\n\n```\n{in_ort['compressed'][1]}\n```")
+                ort_models = {k: v[0] for k, v in in_ort.items()}
+                cells.append((batch, threads, runs, runtimes(args, name, variants, x, threads, folder, notes, ort_models)))
         medians = {i: [] for i in range(len(cells))}
         for _ in range(args.passes):
             for i, (batch, threads, runs, calls) in enumerate(cells):
@@ -303,6 +323,9 @@ NOTES = [
     "of --multiple (or a mode's full rank)",
     "free ranks ms: the same budget with multiple=1 (any rank), deployed the same way, in ONNX Runtime: what the rank "
     "grid buys",
+    "deployment: eager and compile rows run fc.deploy_ timed in eager PyTorch at one thread (layout and forms); "
+    "onnxruntime rows run fc.deploy_ timed in ONNX Runtime (fc.Profiler(runtime='onnxruntime')) at the row's batch "
+    "and threads; the dense model is deployed too (batch norm folded)",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
     "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
     "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",

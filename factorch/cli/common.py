@@ -235,6 +235,10 @@ def add_timing_args(p: argparse.ArgumentParser, batch: int) -> None:
                    help="CPU threads while timing (default: torch's; 1 is steadier on a shared machine)")
     p.add_argument("--runs", type=int, default=20, help="timed calls per variant; the median is kept (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    p.add_argument("--runtime", choices=("eager", "onnxruntime"), default="eager",
+                   help="what runs the model when timing: eager PyTorch, or onnxruntime (each variant exported and "
+                        "run in ONNX Runtime, the runtime `export --format onnx` ships to; needs factorch[export]) "
+                        "(default eager)")
 
 
 def profiler_from(args: argparse.Namespace, backward: bool = False) -> fc.Profiler:
@@ -242,7 +246,7 @@ def profiler_from(args: argparse.Namespace, backward: bool = False) -> fc.Profil
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return fc.Profiler(batch=args.batch, warmup=args.warmup, runs=args.runs, backward=backward,
-                       device=args.device, threads=args.threads)
+                       device=args.device, threads=args.threads, runtime=getattr(args, "runtime", "eager"))
 
 
 def parse_methods(names: str, rank, multiple: int = 1) -> list[fc.Method]:

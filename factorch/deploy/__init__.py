@@ -51,7 +51,9 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     threads=1)``: the deployment batch size, threads, device); without one nothing is timed:
     batch norms are folded and factors merged by MACs only, the layout is left as it is.
     ``merge_factors=False``: fold batch norms only. ``layout``: ``"auto"`` (measured with a
-    profiler, else unchanged), ``"contiguous"`` or ``"channels_last"``.
+    profiler, else unchanged), ``"contiguous"`` or ``"channels_last"``. With
+    ``fc.Profiler(runtime="onnxruntime")`` each layer's form is timed in ONNX Runtime, the runtime
+    the model is exported to (which lays out activations itself: the layout stays contiguous).
 
     The deployed model's output on ``example_input`` must match the model's within
     ``atol + rtol * max |y|``; otherwise one ``ValueError`` says by how much and nothing changes.
@@ -69,7 +71,7 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     # without timing, the fewest MACs: the merge when there is one (it never costs more than the chain)
     choice = {name: next(f for f in ("merged", "factorized", "dense") if f in v) for name, v in forms.items()}
     chosen_layout = "contiguous" if layout == "auto" else layout
-    if layout == "auto" and profiler is not None and has_2d_convs(model):
+    if layout == "auto" and profiler is not None and profiler.runtime == "eager" and has_2d_convs(model):
         candidate = _assemble(model, replacements, _chosen(model, forms, choice, dense_only))
         chosen_layout, report.layout_latency = choose_layout(candidate, input_shape, profiler, batch)
     report.layout = chosen_layout

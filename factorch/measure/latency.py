@@ -35,6 +35,8 @@ from torch import Tensor, nn
 __all__ = ["Latency", "Profiler", "Timer", "autocast", "compare", "default_timer", "measure", "time_interleaved",
            "wall_clock"]
 
+RUNTIMES = ("eager", "onnxruntime")
+
 # timer(what, run) -> seconds: performs run() once and returns its duration; ``what`` is the module
 # timed (Profiler, compare) or the variant's name (time_interleaved): the clocks here ignore it
 Timer = Callable[[Any, Callable[[], None]], float]
@@ -52,7 +54,10 @@ class Profiler:
     training's ``--amp`` (float16 on CUDA, bfloat16 elsewhere); ``threads``: CPU threads while
     timing (None: torch's setting; 1 gives stable numbers on a machine shared with other jobs,
     where a multi-threaded op waits for its slowest thread's time slice); ``timer``: the clock
-    (None: CUDA events on a GPU, ``perf_counter`` otherwise).
+    (None: CUDA events on a GPU, ``perf_counter`` otherwise); ``runtime``: what runs the module,
+    ``"eager"`` (PyTorch) or ``"onnxruntime"`` (exported and run in an ONNX Runtime session with
+    ``threads`` intra-op threads: the deployment runtime's own kernels and layouts, forward only;
+    ``factorch.measure.onnx_runtime``).
     """
 
     batch: Optional[int] = None
@@ -64,6 +69,7 @@ class Profiler:
     amp: bool = False
     threads: Optional[int] = None
     timer: Optional[Timer] = field(default=None, compare=False)
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         for name, low in (("batch", 1), ("warmup", 0), ("runs", 1), ("threads", 1)):
@@ -72,6 +78,17 @@ class Profiler:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Profiler {name} must be an int >= {low}, got {value!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Profiler runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == "onnxruntime":
+            from factorch.measure.onnx_runtime import missing
+
+            if self.backward or self.amp:
+                raise ValueError("Profiler(runtime='onnxruntime') times inference in ONNX Runtime: backward and amp "
+                                 "are PyTorch's (use runtime='eager')")
+            if missing():
+                raise ValueError(f"Profiler(runtime='onnxruntime') needs {', '.join(missing())}, not installed here: "
+                                 "pip install 'factorch[export]'")
         if self.device is not None:
             try:
                 torch.device(self.device)
@@ -207,7 +224,8 @@ def compare(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profil
     x = torch.randn((n, *input_shape), dtype=_dtype_of(first), device=device)
     if profiler.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    timer = profiler.timer or default_timer(device)
+    # ONNX Runtime returns its outputs on the host: the wall clock holds for it on any device
+    timer = profiler.timer or (wall_clock() if profiler.runtime == "onnxruntime" else default_timer(device))
     modules = {k: _prepare(m, profiler, device) for k, m in variants.items()}
     modes = [("forward", False)] + ([("forward_backward", True)] if profiler.backward else [])
     threads = torch.get_num_threads()
@@ -246,7 +264,12 @@ def _time_modes(modules: dict[str, nn.Module], x: Tensor, modes: list[tuple[str,
     result: dict[str, dict[str, float]] = {k: {} for k in modules}
     for mode, backward in modes:
         xin = x.detach().requires_grad_(True) if backward else x  # a mid-network layer also gets d/dx
-        calls = {k: _calls(m, xin, backward, profiler.amp) for k, m in modules.items()}
+        if profiler.runtime == "onnxruntime":
+            from factorch.measure.onnx_runtime import session_call
+
+            calls = {k: session_call(m, x, profiler.threads) for k, m in modules.items()}
+        else:
+            calls = {k: _calls(m, xin, backward, profiler.amp) for k, m in modules.items()}
         medians = time_interleaved(calls, warmup=profiler.warmup, runs=profiler.runs,
                                    timer=lambda name, run: timer(modules[name], run))
         for k, median in medians.items():

@@ -11,7 +11,7 @@ from factorch.layers import FactorizedLayer
 from factorch.rank import resolve
 from factorch.registry import candidate
 from tests.cases import one_per_class, pairs
-from tests.deploy.clocks import preferring
+from tests.deploy.clocks import form_of, preferring
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,6 +64,29 @@ def test_every_form_of_every_layer_class_keeps_the_outputs(method, make, shape, 
         assert row.form == "merged" and isinstance(model[0], nn.Sequential)
     else:
         assert row.form == "factorized" and type(model[0]) is layer_cls
+
+
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_every_layer_class_is_timed_in_onnx_runtime(method, make, shape):
+    """``fc.Profiler(runtime="onnxruntime")``: every form of every layer class is exported and timed
+    in an ONNX Runtime session; the clock's choice is taken, the outputs kept, the layout left alone."""
+    pytest.importorskip("onnxruntime")
+    model, x = layer_then_bn(method, make, shape)
+    with torch.no_grad():
+        expected = model(x)
+    timed = []
+
+    def clock(module, run):
+        timed.append(form_of(module))
+        run()
+        return 0.5 if form_of(module) == "dense" else 1.0
+
+    report = fc.deploy_(model, x[:1], profiler=fc.Profiler(warmup=0, runs=1, runtime="onnxruntime", timer=clock))
+    with torch.no_grad():
+        assert close(model(x), expected)
+    (row,) = report.layers
+    assert row.form == "dense" and not isinstance(model[0], FactorizedLayer)
+    assert report.layout == "contiguous" and {"factorized", "dense"} <= set(timed)
 
 
 @pytest.mark.parametrize("method,make,shape", pairs())

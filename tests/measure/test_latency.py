@@ -110,3 +110,43 @@ def test_wall_clock_times_the_call():
     medians = time_interleaved({"conv": lambda: nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))}, warmup=1, runs=2,
                                timer=wall_clock("cpu"))
     assert medians["conv"] > 0
+
+
+class _Counting(nn.Module):
+    """A conv that counts its eager forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(4, 8, 3, padding=1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x)
+
+
+def test_onnxruntime_runtime_times_the_exported_graph():
+    """``runtime="onnxruntime"``: every timed call runs an ONNX Runtime session, not the module (its
+    forward runs only while exporting); the timer sees each variant's own module copy."""
+    pytest.importorskip("onnxruntime")
+    seen = []
+
+    def clock(module, run):
+        before = module.calls
+        run()
+        seen.append((type(module).__name__, module.calls - before))
+        return 1e-3
+
+    profiler = fc.Profiler(warmup=2, runs=5, threads=1, runtime="onnxruntime", timer=clock)
+    t = compare({"a": _Counting(), "b": _Counting()}, (4, 6, 6), profiler, batch=2)
+    assert set(t) == {"a", "b"} and t["a"].forward == 1e-3 and t["a"].forward_backward is None
+    assert len(seen) == 10 and all(name == "_Counting" and calls == 0 for name, calls in seen)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(runtime="tvm"), "runtime must be one of eager, onnxruntime, got 'tvm'"),
+    (dict(runtime="onnxruntime", backward=True), "times inference in ONNX Runtime"),
+    (dict(runtime="onnxruntime", amp=True), "times inference in ONNX Runtime"),
+])
+def test_onnxruntime_profiler_refuses_what_it_cannot_time(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fc.Profiler(**kwargs)

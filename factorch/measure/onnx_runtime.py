@@ -1,0 +1,61 @@
+"""ONNX Runtime as a timing runtime: ``fc.Profiler(runtime="onnxruntime")``.
+
+A model deployed to ONNX Runtime runs what ORT's graph optimiser makes of it (fused conv +
+activation, on x86 the blocked ``NCHWc`` layout where channel counts allow; ``docs/math.md``,
+"Ranks in multiples of the channel block"), not what PyTorch runs: which form of a layer is
+fastest, and how fast a rank is, must then be measured there. Each module timed is exported to an
+in-memory ONNX graph at the timing input's shape and run in its own ``InferenceSession`` with the
+profiler's threads (one intra-op pool, no inter-op parallelism), on the CPU, or CUDA where the
+profiler's device is a GPU and ORT has its CUDA provider.
+
+The export is for timing only: torch's TorchScript-based exporter (a fraction of a second per
+layer) where it handles the module, otherwise the dynamo exporter ``fc.export`` uses; what is
+shipped is always exported and verified by ``fc.export``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+NEEDS = ("onnx", "onnxruntime")
+
+
+def missing() -> list[str]:
+    """The packages ONNX Runtime timing needs that are not installed here."""
+    return [name for name in NEEDS if importlib.util.find_spec(name) is None]
+
+
+def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
+    """``module`` (eval mode) as an ONNX graph for input ``x``: the TorchScript exporter, or the
+    dynamo one where that fails."""
+    from factorch.export import _onnx_bytes, _quiet
+
+    module = module.eval()
+    with _quiet(), torch.no_grad():
+        try:
+            buffer = io.BytesIO()
+            torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])
+            return buffer.getvalue()
+        except Exception:  # noqa: BLE001 -- any exporter failure: the other exporter decides
+            return _onnx_bytes(module, x)
+
+
+def session_call(module: nn.Module, x: Tensor, threads: Optional[int]) -> Callable[[], None]:
+    """One call of ``module`` on ``x`` in an ONNX Runtime session (``threads`` intra-op threads,
+    default torch's setting)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # ORT's hardware notes are not ours to show
+    providers = ["CPUExecutionProvider"]
+    if x.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = onnxruntime.InferenceSession(onnx_bytes(module, x), options, providers=providers)
+    feed = {session.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
+    return lambda: session.run(None, feed)

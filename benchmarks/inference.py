@@ -326,6 +326,8 @@ NOTES = [
     "deployment: eager and compile rows run fc.deploy_ timed in eager PyTorch at one thread (layout and forms); "
     "onnxruntime rows run fc.deploy_ timed in ONNX Runtime (fc.Profiler(runtime='onnxruntime')) at the row's batch "
     "and threads; the dense model is deployed too (batch norm folded)",
+    "MACs x: dense / compressed MACs of the compressed model as fc.Budget(macs=0.5) left it; where fc.deploy_ "
+    "rebuilds a layer dense (faster so) the deployed model runs more MACs than that",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
     "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
     "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",

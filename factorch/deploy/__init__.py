@@ -91,7 +91,7 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     report.max_abs_diff = _verify(candidate, example_input, expected, rtol, atol)
     report.macs_after = count(candidate, example_input).macs
     if profiler is not None:
-        report.batch = batch
+        report.batch, report.runtime = batch, profiler.runtime
         report.latency_before, report.latency_after = model_latency(model, candidate, input_shape, profiler, batch)
     swap(model, {**replacements, **chosen})  # the modules the candidate holds: built and checked
     in_layout(model, chosen_layout)

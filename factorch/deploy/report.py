@@ -43,7 +43,8 @@ class DeployReport:
     memory format; inputs need no conversion: a conv with channels-last weights gives channels-last
     outputs); ``layout_latency``: the whole deployed model in each layout when measured;
     ``latency_before``/``latency_after``: the whole model before and after, side by side; ``batch``:
-    the batch size timed (None: nothing timed); ``macs_*``: the whole model per example."""
+    the batch size timed (None: nothing timed); ``runtime``: what the latencies were measured in
+    (``"eager"`` PyTorch or ``"onnxruntime"``; None: nothing timed); ``macs_*``: the whole model per example."""
 
     folded: list[Fold] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)
@@ -54,6 +55,7 @@ class DeployReport:
     latency_before: Optional[float] = None
     latency_after: Optional[float] = None
     batch: Optional[int] = None
+    runtime: Optional[str] = None
     macs_before: int = 0
     macs_after: int = 0
     max_abs_diff: float = 0.0
@@ -85,14 +87,15 @@ class DeployReport:
         lines.append(f"batch norms: {len(self.folded)} folded, {len(self.kept)} kept (dataflow: {self.dataflow})")
         lines += [f"  kept {name}: {why}" for name, why in self.kept.items()]
         lines.append(f"factorized layers: {forms}")
-        layout = f"layout: {self.layout}"
+        layout = f"layout: {self.layout}" + (" (ONNX Runtime lays out activations itself)"
+                                             if self.runtime == "onnxruntime" else "")
         if self.layout_latency:
             layout += " (" + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in self.layout_latency.items()) + ")"
         lines.append(layout)
         model = f"model: {_num(self.macs_before)} -> {_num(self.macs_after)} MACs per example"
         if self.speedup is not None:
             model += (f"; {self.latency_before * 1e3:.3g} -> {self.latency_after * 1e3:.3g} ms at batch {self.batch} "
-                      f"({self.speedup:.2f}x)")
+                      f"in {self.runtime} ({self.speedup:.2f}x)")
         lines.append(model + f"; outputs match the model before (max abs diff {self.max_abs_diff:.2g})")
         return "\n".join(lines)
 

@@ -22,11 +22,14 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deploy", action="store_true",
                    help="first fold batch norms into the convs before them, merge adjacent factors where that costs "
                         "fewer MACs, and keep each factorized layer's fastest form (factorized, merged or dense) and "
-                        "the faster memory layout, timed at --batch on --device with --threads (fc.deploy_)")
+                        "the faster memory layout, timed at --batch on --device with --threads in --runtime (fc.deploy_)")
     p.add_argument("--device", default="cpu", help="with --deploy: where to time (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="with --deploy: CPU threads while timing")
     p.add_argument("--runs", type=int, default=20, help="with --deploy: timed calls per variant (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="with --deploy: untimed calls first (default 5)")
+    p.add_argument("--runtime", choices=("eager", "onnxruntime"), default=None,
+                   help="with --deploy: what the forms are timed in (default: onnxruntime for --format onnx, the "
+                        "runtime the file is for; eager PyTorch otherwise)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance vs eager (default 1e-4)")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance vs eager (default 1e-6)")
     p.add_argument("-o", "--output", required=True, help="where to write the exported model")
@@ -40,6 +43,10 @@ def run_export(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     check_writable(args.output)
+    if args.runtime is not None and not args.deploy:
+        raise ValueError("--runtime says what --deploy times its choices in; give --deploy too")
+    if args.runtime is None:
+        args.runtime = "onnxruntime" if args.format == "onnx" else "eager"
     profiler = profiler_from(args) if args.deploy else None
     loaded = load_model(args)
     example = loaded.example_input().expand(args.batch, *loaded.input_shape).contiguous()

@@ -85,3 +85,11 @@ def test_calibration_flags_without_calibration_are_refused(tmp_path, capsys):
     assert run([*base, "--calibration", "digits", "--calibration-batches", "1", "--calibration-batch-size", "1"]) == 2
     assert "calibration needs at least 2 examples (a quarter is held out); 1 batch(es) of 1 is 1" in \
         _one_error_line(capsys)
+
+
+def test_export_runtime_without_deploy_is_an_error(tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    assert run(["export", "--model", "lenet5", "--in-channels", "1", "--format", "exported-program",
+                "--runtime", "eager", "-o", str(out)]) == 2
+    assert "--runtime says what --deploy times its choices in" in _one_error_line(capsys)
+    assert not out.exists()

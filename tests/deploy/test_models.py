@@ -216,3 +216,20 @@ def test_cli_export_deploy(tmp_path, capsys):
     assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)
     with torch.no_grad():
         assert close(program.module()(x), model(x))
+
+
+def test_cli_export_deploy_timed_in_onnx_runtime(tmp_path, capsys):
+    """``--deploy --runtime onnxruntime``: the forms are timed in ONNX Runtime, the graph shipped to it."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from factorch.cli.main import run
+
+    model, x = decomposed("resnet20", 32)
+    fc.save(model, tmp_path / "m.pt", meta={"input_shape": [3, 32, 32]})
+    out = tmp_path / "m.onnx"
+    assert run(["export", str(tmp_path / "m.pt"), "--format", "onnx", "--deploy", "--runtime", "onnxruntime",
+                "--threads", "1", "--runs", "1", "--warmup", "0", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ONNX Runtime lays out activations itself" in printed and "at batch 1 in onnxruntime" in printed
+    graph = onnx.load(str(out)).graph
+    assert not any(n.op_type == "BatchNormalization" for n in graph.node)

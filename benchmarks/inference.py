@@ -7,7 +7,7 @@ row's batch size, one thread). The dense model is deployed too (batch norm folde
 both sides in their fastest form. Per (model, batch, threads) every variant -- eager, compiled
 (``torch.compile``), ONNX Runtime (``fc.export``, verified, then an ``InferenceSession`` with that many
 intra-op threads; the compressed models deployed for it: ``fc.deploy_`` with
-``fc.Profiler(runtime="onnxruntime")`` at the cell's batch and threads) for dense and compressed, the compressed model before ``fc.deploy_`` (eager) and
+``fc.Profiler(runtime="onnxruntime")`` at the cell's batch and threads, ``pad_to=--pad-to``) for dense and compressed, the compressed model before ``fc.deploy_`` (eager) and
 the same budget with free ranks (``multiple=1``, deployed; ONNX Runtime) -- is timed
 in ONE ``time_interleaved`` call (warm-up, interleaved, median), so every ratio is side by side.
 Each cell is measured in ``--passes`` passes (minutes apart: each pass runs every cell of a model);
@@ -66,6 +66,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--latency-budget", default="resnet18,resnet50", help="models also given fc.Budget(latency=F)")
     p.add_argument("--latency-fraction", type=float, default=0.5, help="F (default 0.5)")
     p.add_argument("--multiple", type=int, default=16, help="rank grid of the compressed models (default 16)")
+    p.add_argument("--pad-to", type=int, default=16,
+                   help="ONNX Runtime rows: fc.deploy_(pad_to=B), chains padded to B channels where faster (default 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--runs", type=int, default=15, help="timed rounds at batch 1 (a third of them at batch 32)")
@@ -93,9 +95,10 @@ def compressed(dense: nn.Module, x: torch.Tensor, rank, multiple: int) -> tuple[
     return model, report
 
 
-def deployed(model: nn.Module, x: torch.Tensor, p: fc.Profiler) -> tuple[nn.Module, fc.DeployReport]:
+def deployed(model: nn.Module, x: torch.Tensor, p: fc.Profiler, pad_to: Optional[int] = None
+             ) -> tuple[nn.Module, fc.DeployReport]:
     model = copy.deepcopy(model)
-    return model, fc.deploy_(model, x, profiler=p)
+    return model, fc.deploy_(model, x, profiler=p, pad_to=pad_to)
 
 
 def onnx_runner(model: nn.Module, x: torch.Tensor, threads: int, device: str, folder: Path):
@@ -136,7 +139,7 @@ def ort_deployed(args, p: fc.Profiler, threads: int, models: dict[str, Optional[
     if "onnxruntime" not in args.runtimes.split(","):
         return {}
     timed = dataclasses.replace(p, runtime="onnxruntime", threads=threads)
-    return {k: deployed(m, x1, timed) for k, m in models.items() if m is not None}
+    return {k: deployed(m, x1, timed, pad_to=args.pad_to) for k, m in models.items() if m is not None}
 
 
 def runtimes(args, name, models: dict[str, nn.Module], x, threads, folder, notes,
@@ -322,7 +325,8 @@ NOTES = [
     "weights are random (seeded); ranks from fc.Budget(macs=0.5) over Tucker-2 + SVD on those weights, in multiples "
     "of --multiple (or a mode's full rank)",
     "free ranks ms: the same budget with multiple=1 (any rank), deployed the same way, in ONNX Runtime: what the rank "
-    "grid buys",
+    "grid buys over free ranks padded at deployment (fc.deploy_(pad_to=16) in the onnxruntime rows: each chain's "
+    "inner channels padded with zero channels where that measures faster)",
     "deployment: eager and compile rows run fc.deploy_ timed in eager PyTorch at one thread (layout and forms); "
     "onnxruntime rows run fc.deploy_ timed in ONNX Runtime (fc.Profiler(runtime='onnxruntime')) at the row's batch "
     "and threads; the dense model is deployed too (batch norm folded)",

@@ -11,9 +11,10 @@ Four steps, each exact up to float rounding (``docs/math.md``, "Deployment"):
    merges whole is its dense layer.
 3. **Choose the memory layout** (with a profiler): channels-last parameters where the whole
    model measures faster so.
-4. **Keep the faster form** (with a profiler): each factorized layer as deployed, merged, or
-   rebuilt dense, whichever runs fastest at the profiler's batch size (``decompose_``'s
-   ``keep_if_faster``, at inference).
+4. **Keep the faster form** (with a profiler): each factorized layer as deployed, merged, with
+   its inner channels padded to the runtime's channel block (``pad``, with ``pad_to``), or rebuilt
+   dense, whichever runs fastest at the profiler's batch size, in the profiler's runtime (eager
+   PyTorch or ONNX Runtime; ``decompose_``'s ``keep_if_faster``, at inference).
 
 Transactional: every replacement is built and the deployed model's output is checked against the
 model's on ``example_input`` before anything is swapped (``surgery.swap``); a failure leaves the
@@ -32,6 +33,7 @@ from factorch.deploy.chains import Merged, chain_macs, chain_of, merge
 from factorch.deploy.choose import LAYOUTS, choose_layout, fastest, has_2d_convs, in_layout, layout_profiler, \
     model_latency, timing_batch
 from factorch.deploy.fold import folded
+from factorch.deploy.pad import padded
 from factorch.deploy.pairs import Dataflow, find_pairs
 from factorch.deploy.report import DeployReport, Fold, LayerForm
 from factorch.layers.base import FactorizedLayer
@@ -43,7 +45,7 @@ __all__ = ["DeployReport", "Fold", "LayerForm", "deploy_"]
 
 
 def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profiler] = None, merge_factors: bool = True,
-            layout: str = "auto", rtol: float = 1e-4, atol: float = 1e-5) -> DeployReport:
+            layout: str = "auto", pad_to: Optional[int] = None, rtol: float = 1e-4, atol: float = 1e-5) -> DeployReport:
     """Make ``model`` (in eval mode) ready for inference in place; returns what was done.
 
     ``example_input``: one input with its batch dimension (its shape gives each layer's input
@@ -54,17 +56,20 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     profiler, else unchanged), ``"contiguous"`` or ``"channels_last"``. With
     ``fc.Profiler(runtime="onnxruntime")`` each layer's form is timed in ONNX Runtime, the runtime
     the model is exported to (which lays out activations itself: the layout stays contiguous).
+    ``pad_to=B`` (with a profiler): one more form per chain, its inner channel counts padded with
+    zero channels to multiples of ``B`` (``factorch.deploy.pad``: exact, more MACs; 16 suits
+    ONNX Runtime on AVX-512 CPUs), kept where it measures fastest.
 
     The deployed model's output on ``example_input`` must match the model's within
     ``atol + rtol * max |y|``; otherwise one ``ValueError`` says by how much and nothing changes.
     Bad input (a model in training mode, an unknown layout) is one ``ValueError`` naming it.
     """
-    _check(model, example_input, layout, rtol, atol)
+    _check(model, example_input, layout, rtol, atol, pad_to, profiler)
     shapes, dims, expected = _probe(model, example_input)
     flow = find_pairs(model, dims)
     report = DeployReport(dataflow=flow.method, kept=dict(flow.kept), macs_before=count(model, example_input).macs)
     replacements = _folds(model, flow, report)
-    forms, runs = _forms(model, replacements, shapes, merge_factors)
+    forms, runs = _forms(model, replacements, shapes, merge_factors, pad_to)
     dense_only = {p.producer: p.bn for p in flow.dense_only if p.producer in forms}
     batch = timing_batch(profiler, int(example_input.shape[0]))
     input_shape = tuple(example_input.shape[1:])
@@ -99,7 +104,14 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     return report
 
 
-def _check(model: nn.Module, example_input: Tensor, layout: str, rtol: float, atol: float) -> None:
+def _check(model: nn.Module, example_input: Tensor, layout: str, rtol: float, atol: float, pad_to: Optional[int],
+           profiler: Optional[Profiler]) -> None:
+    if pad_to is not None:
+        if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 2:
+            raise ValueError(f"deploy_ pad_to must be an int >= 2 (the runtime's channel block, e.g. 16), got {pad_to!r}")
+        if profiler is None:
+            raise ValueError("deploy_ pad_to adds a form with more MACs that only a measurement can choose: "
+                             "give a profiler too")
     if layout not in ("auto", *LAYOUTS):
         raise ValueError(f"layout must be one of auto, {', '.join(LAYOUTS)}; got {layout!r}")
     if not isinstance(example_input, Tensor) or example_input.dim() < 1 or not example_input.is_floating_point():
@@ -151,10 +163,11 @@ def _folds(model: nn.Module, flow: Dataflow, report: DeployReport) -> dict[str, 
 
 
 def _forms(model: nn.Module, replacements: dict[str, nn.Module], shapes: dict[str, tuple[int, ...]],
-           merge_factors: bool) -> tuple[dict[str, dict[str, nn.Module]], dict[str, str]]:
+           merge_factors: bool, pad_to: Optional[int]) -> tuple[dict[str, dict[str, nn.Module]], dict[str, str]]:
     """Per factorized layer that ran, its candidate forms -- ``factorized`` (as it is, folded),
     ``merged`` (its factors as plain convs, merged by the fewest-MACs rule: where that is another
-    chain than the layer's own, or a Tucker-3 core is built once) and ``dense`` (``to_dense``); a
+    chain than the layer's own, or a Tucker-3 core is built once), ``padded`` (with ``pad_to``: its
+    factors as plain convs, inner channels padded to the block) and ``dense`` (``to_dense``); a
     chain that merges whole has the dense form alone -- and the merged form's runs."""
     forms: dict[str, dict[str, nn.Module]] = {}
     runs: dict[str, str] = {}
@@ -173,6 +186,10 @@ def _forms(model: nn.Module, replacements: dict[str, nn.Module], shapes: dict[st
         forms[name] = {"factorized": current}
         if merged is not None and (_merged_any(merged) or _baked_any(current)):
             forms[name]["merged"], runs[name] = merged.module(), merged.label
+        chain = chain_of(current) if pad_to else None
+        wide = padded([m for _, m in chain], pad_to) if chain else None
+        if wide is not None:
+            forms[name]["padded"] = wide
         forms[name]["dense"] = dense
     return forms, runs
 
@@ -222,6 +239,8 @@ def _layer_rows(model: nn.Module, replacements: dict[str, nn.Module], forms: dic
             after = layer_macs(variants[form], shapes[name])
         factors = runs.get(name, "") if form == "merged" else \
             ("" if form == "dense" else " | ".join(n for n, _ in chain) if chain else "")
+        if form == "padded":
+            factors += f", inner channels padded to multiples of {variants[form].block}"
         note = ""
         if name in latencies and form != "factorized":
             note = f"{latencies[name]['factorized'] / latencies[name][form]:.2f}x faster than factorized"

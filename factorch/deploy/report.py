@@ -22,7 +22,8 @@ class Fold:
 class LayerForm:
     """One factorized layer as deployed: ``form`` is ``"factorized"`` (its factor chain, the
     BatchNorm folded into it), ``"merged"`` (``runs`` says which adjacent factors became one conv,
-    e.g. ``first+core | last``) or ``"dense"`` (rebuilt as one layer). MACs per example at the
+    e.g. ``first+core | last``), ``"padded"`` (its factors with the inner channels padded to the
+    runtime's channel block) or ``"dense"`` (rebuilt as one layer). MACs per example at the
     layer's input size; ``latency``: seconds per call of each form timed (None: not measured)."""
 
     name: str

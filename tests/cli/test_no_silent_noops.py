@@ -87,9 +87,13 @@ def test_calibration_flags_without_calibration_are_refused(tmp_path, capsys):
         _one_error_line(capsys)
 
 
-def test_export_runtime_without_deploy_is_an_error(tmp_path, capsys):
+@pytest.mark.parametrize("option,match", [
+    (["--runtime", "eager"], "--runtime says what --deploy times its choices in"),
+    (["--pad-to", "16"], "--pad-to adds a form for --deploy to time"),
+])
+def test_export_deploy_options_without_deploy_are_an_error(tmp_path, capsys, option, match):
     out = tmp_path / "m.pt2"
-    assert run(["export", "--model", "lenet5", "--in-channels", "1", "--format", "exported-program",
-                "--runtime", "eager", "-o", str(out)]) == 2
-    assert "--runtime says what --deploy times its choices in" in _one_error_line(capsys)
+    assert run(["export", "--model", "lenet5", "--in-channels", "1", "--format", "exported-program", *option,
+                "-o", str(out)]) == 2
+    assert match in _one_error_line(capsys)
     assert not out.exists()

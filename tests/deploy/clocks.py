@@ -2,6 +2,7 @@
 (a test never asserts a wall-clock time)."""
 from torch import nn
 
+from factorch.deploy.pad import Padded
 from factorch.layers.base import FactorizedLayer
 
 
@@ -11,8 +12,10 @@ def kernels(module: nn.Module) -> int:
 
 
 def form_of(module: nn.Module) -> str:
-    """What ``fc.deploy_`` timed: a factorized layer, a merged chain (plain convs in a Sequential)
-    or one dense layer; anything else (a whole model) is ``"model"``."""
+    """What ``fc.deploy_`` timed: a factorized layer, a padded chain, a merged chain (plain convs in
+    a Sequential) or one dense layer; anything else (a whole model) is ``"model"``."""
+    if isinstance(module, Padded):
+        return "padded"
     if isinstance(module, FactorizedLayer):
         return "factorized"
     if isinstance(module, nn.Sequential) and all(not any(True for _ in m.children()) for m in module):

@@ -7,6 +7,7 @@ from torch import nn
 
 import factorch as fc
 from factorch.deploy.chains import CHAINS, chain_of
+from factorch.deploy.pad import padded
 from factorch.layers import FactorizedLayer
 from factorch.rank import resolve
 from factorch.registry import candidate
@@ -64,6 +65,35 @@ def test_every_form_of_every_layer_class_keeps_the_outputs(method, make, shape, 
         assert row.form == "merged" and isinstance(model[0], nn.Sequential)
     else:
         assert row.form == "factorized" and type(model[0]) is layer_cls
+
+
+@pytest.mark.parametrize("method,make,shape", one_per_class())
+def test_every_chain_padded_to_the_channel_block_keeps_the_outputs(method, make, shape):
+    """``pad_to``: a chain's inner channels padded with zero channels (rank 2 -> 4) computes the same;
+    every chain of plain or depthwise factors gets the form, the others (transposed, tensor trains) not."""
+    model, x = layer_then_bn(method, make, shape)
+    with torch.no_grad():
+        expected = model(x)
+    chain = chain_of(model[0])
+    expect = chain is not None and padded([m for _, m in chain], 4) is not None
+    report = fc.deploy_(model, x[:1], profiler=fc.Profiler(warmup=0, runs=1, timer=preferring("padded")), pad_to=4)
+    with torch.no_grad():
+        assert close(model(x), expected)
+    (row,) = report.layers
+    assert (row.form == "padded") == expect
+    if expect:
+        inner = [m.out_channels if hasattr(m, "out_channels") else m.out_features for m in list(model[0])[:-1]]
+        assert all(c % 4 == 0 for c in inner) and "padded to multiples of 4" in row.runs
+        assert row.macs_after > row.macs_factorized  # zero channels cost MACs
+
+
+def test_pad_to_needs_a_block_and_a_profiler():
+    model, x = layer_then_bn(fc.Tucker2(2), lambda: nn.Conv2d(8, 8, 3, padding=1), (8, 6, 6))
+    with pytest.raises(ValueError, match="pad_to must be an int >= 2"):
+        fc.deploy_(model, x[:1], profiler=fc.Profiler(runs=1), pad_to=1)
+    with pytest.raises(ValueError, match="give a profiler too"):
+        fc.deploy_(model, x[:1], pad_to=16)
+    assert isinstance(model[0], FactorizedLayer) and isinstance(model[1], nn.BatchNorm2d)  # nothing changed
 
 
 @pytest.mark.parametrize("method,make,shape", one_per_class())

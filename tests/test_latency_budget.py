@@ -76,6 +76,29 @@ def test_the_allocation_meets_a_fake_latency_target_and_reports_it(slowdown):
     assert (len(rounds) > 1) == (slowdown > 1)  # the tables alone were right: one round; else corrected
 
 
+def test_a_latency_budget_on_a_rank_grid_times_and_chooses_ranks_on_it():
+    """``multiple=8``: the tables are timed at ranks on the grid (the clock sees only such factor
+    convs) and the allocation lands on it, still near the target."""
+    latency_budget.CACHE.clear()
+    torch.manual_seed(0)
+    model = fc.models.create("resnet20").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    clock = MacClock()
+    widths = set()
+
+    def recording(module, run):
+        widths.update(m.out_channels for layer in module.modules() if isinstance(layer, FactorizedLayer)
+                      for m in layer.modules() if isinstance(m, nn.Conv2d))
+        return clock(module, run)
+
+    b = budget(0.6, recording)
+    report = fc.decompose_(model, [fc.Tucker2(b, multiple=8), fc.SVD(b, multiple=8)], example_input=x)
+    (result,) = report.budgets
+    assert 0.54 <= result.fraction <= 0.66
+    assert widths and all(w % 8 == 0 or w == 3 for w in widths), widths  # 3: the stem's full input rank
+    assert report.decomposed and all(r % 8 == 0 or r == 3 for row in report.decomposed for r in row.ranks)
+
+
 def test_layer_tables_are_measured_once_per_geometry_and_settings():
     latency_budget.CACHE.clear()
     x = torch.zeros(1, 3, 32, 32)
@@ -96,7 +119,8 @@ def test_an_unreachable_latency_is_one_error_with_the_reachable_fraction():
     model = fc.models.create("resnet20").eval()
     clock = MacClock(overhead=1e-3)  # per-kernel costs dominate: a chain of 3 kernels is never much faster
     with pytest.raises(ValueError, match=r"Budget\(latency=0.1, profiler=.*\) cannot be met here: the \d+ layers it "
-                                         r"governs still take .* ms at their smallest ranks .*the lowest reachable fraction is about"):
+                                         r"governs still take .* ms at their smallest ranks .*the lowest reachable "
+                                         r"fraction is about"):
         fc.decompose_(model, fc.Tucker2(budget(0.1, clock)), example_input=torch.zeros(1, 3, 32, 32))
     assert not any(isinstance(m, FactorizedLayer) for m in model.modules())
 

@@ -14,7 +14,10 @@ Four steps, each exact up to float rounding (``docs/math.md``, "Deployment"):
 4. **Keep the faster form** (with a profiler): each factorized layer as deployed, merged, with
    its inner channels padded to the runtime's channel block (``pad``, with ``pad_to``), or rebuilt
    dense, whichever runs fastest at the profiler's batch size, in the profiler's runtime (eager
-   PyTorch or ONNX Runtime; ``decompose_``'s ``keep_if_faster``, at inference).
+   PyTorch or ONNX Runtime; ``decompose_``'s ``keep_if_faster``, at inference); then the whole
+   model with those choices is timed next to the whole model at the fewest MACs and the whole
+   model dense, and the fastest plan is kept: the deployed model is never measurably slower than
+   its dense form.
 
 Transactional: every replacement is built and the deployed model's output is checked against the
 model's on ``example_input`` before anything is swapped (``surgery.swap``); a failure leaves the
@@ -30,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from factorch.deploy.chains import Merged, chain_macs, chain_of, merge
-from factorch.deploy.choose import LAYOUTS, choose_layout, fastest, has_2d_convs, in_layout, layout_profiler, \
-    model_latency, timing_batch
+from factorch.deploy.choose import LAYOUTS, choose_layout, fastest, fastest_model, has_2d_convs, in_layout, \
+    layout_profiler, model_latency, timing_batch
 from factorch.deploy.fold import folded
 from factorch.deploy.pad import padded
 from factorch.deploy.pairs import Dataflow, find_pairs
@@ -86,6 +89,8 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
         for name, variants in forms.items():
             if len(variants) > 1:
                 choice[name], latencies[name] = fastest(variants, shapes[name], timed, batch)
+        choice = _whole_model_plan(model, replacements, forms, dense_only, choice, chosen_layout, input_shape,
+                                   profiler, batch, report)
     chosen = _chosen(model, forms, choice, dense_only)
     for name, bn in dense_only.items():
         if choice[name] == "dense":  # a BN kept after a tensor train folds into its dense rebuild
@@ -194,6 +199,29 @@ def _forms(model: nn.Module, replacements: dict[str, nn.Module], shapes: dict[st
     return forms, runs
 
 
+def _whole_model_plan(model: nn.Module, replacements: dict[str, nn.Module], forms: dict[str, dict[str, nn.Module]],
+                      dense_only: dict[str, str], choice: dict[str, str], layout: str, input_shape: tuple[int, ...],
+                      profiler: Profiler, batch: int, report: DeployReport) -> dict[str, str]:
+    """The per-layer choices checked on the whole model: layers timed alone miss what they cost
+    together (caches, a runtime's layout changes between kernels, thread start-up per kernel), so
+    the model with every layer at its fastest form alone, with every layer at its fewest MACs and
+    with every layer dense are timed side by side and the fastest plan is kept (the dense plan
+    makes the deployed model never measurably slower than the dense one)."""
+    plans = {"per layer": dict(choice),
+             "fewest MACs": {n: next(f for f in ("merged", "factorized", "dense") if f in v) for n, v in forms.items()},
+             "dense": {n: "dense" for n in forms}}
+    unique: dict[str, dict[str, str]] = {}
+    for label, plan in plans.items():
+        if plan not in unique.values():
+            unique[label] = plan
+    if len(unique) < 2:
+        return choice
+    models = {label: in_layout(_assemble(model, replacements, _chosen(model, forms, plan, dense_only)), layout)
+              for label, plan in unique.items()}
+    report.plan, report.plan_latency = fastest_model(models, input_shape, profiler, batch)
+    return unique[report.plan]
+
+
 def _merged_any(merged: Merged) -> bool:
     return any(len(run) > 1 for run in merged.runs)
 
@@ -242,7 +270,10 @@ def _layer_rows(model: nn.Module, replacements: dict[str, nn.Module], forms: dic
         if form == "padded":
             factors += f", inner channels padded to multiples of {variants[form].block}"
         note = ""
-        if name in latencies and form != "factorized":
+        if report.plan not in (None, "per layer") and latencies.get(name) and \
+                form != min(latencies[name], key=latencies[name].get):
+            note = f"{report.plan} plan: the whole model measured fastest so"
+        elif name in latencies and form != "factorized":
             note = f"{latencies[name]['factorized'] / latencies[name][form]:.2f}x faster than factorized"
         elif form == "dense" and name not in latencies:
             note = "dense costs the fewest MACs"

@@ -51,6 +51,15 @@ def fastest(variants: dict[str, nn.Module], input_shape: tuple[int, ...], profil
     return min(times, key=lambda k: (times[k], list(times).index(k))), times
 
 
+def fastest_model(models: dict[str, nn.Module], input_shape: tuple[int, ...], profiler: Profiler,
+                  batch: int) -> tuple[str, dict[str, float]]:
+    """The whole model (of ``models``) with the lowest median latency on the caller's inputs (ties go
+    to the first), and every latency."""
+    t = compare(models, input_shape, replace(profiler, channels_last=False, backward=False), batch)
+    times = {k: v.forward for k, v in t.items()}
+    return min(times, key=lambda k: (times[k], list(times).index(k))), times
+
+
 def model_latency(before: nn.Module, after: nn.Module, input_shape: tuple[int, ...], profiler: Profiler,
                   batch: int) -> tuple[float, float]:
     """The whole model before and after deployment, side by side on the caller's inputs."""

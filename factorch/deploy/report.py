@@ -42,7 +42,9 @@ class DeployReport:
     """See the module docstring. ``dataflow``: how conv-BatchNorm pairs were found (``torch.fx`` or
     the fallback and why); ``layout``: ``"contiguous"`` or ``"channels_last"`` (the parameters'
     memory format; inputs need no conversion: a conv with channels-last weights gives channels-last
-    outputs); ``layout_latency``: the whole deployed model in each layout when measured;
+    outputs); ``layout_latency``: the whole deployed model in each layout when measured; ``plan``:
+    the whole-model plan kept (``"per layer"``: each layer's fastest form alone, ``"fewest MACs"``,
+    ``"dense"``) and ``plan_latency`` each plan's measured latency;
     ``latency_before``/``latency_after``: the whole model before and after, side by side; ``batch``:
     the batch size timed (None: nothing timed); ``runtime``: what the latencies were measured in
     (``"eager"`` PyTorch or ``"onnxruntime"``; None: nothing timed); ``macs_*``: the whole model per example."""
@@ -53,6 +55,8 @@ class DeployReport:
     dataflow: str = "torch.fx"
     layout: str = "contiguous"
     layout_latency: Optional[dict[str, float]] = None
+    plan: Optional[str] = None
+    plan_latency: Optional[dict[str, float]] = None
     latency_before: Optional[float] = None
     latency_after: Optional[float] = None
     batch: Optional[int] = None
@@ -93,6 +97,9 @@ class DeployReport:
         if self.layout_latency:
             layout += " (" + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in self.layout_latency.items()) + ")"
         lines.append(layout)
+        if self.plan_latency:
+            lines.append("whole model: " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in self.plan_latency.items())
+                         + f" -> {self.plan}")
         model = f"model: {_num(self.macs_before)} -> {_num(self.macs_after)} MACs per example"
         if self.speedup is not None:
             model += (f"; {self.latency_before * 1e3:.3g} -> {self.latency_after * 1e3:.3g} ms at batch {self.batch} "

@@ -11,7 +11,7 @@ from torch import nn
 
 import factorch as fc
 from factorch.export import FORMATS
-from tests.deploy.clocks import by_kernels, preferring
+from tests.deploy.clocks import by_kernels, form_of, preferring
 from tests.deploy.test_layers import close, random_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -233,3 +233,34 @@ def test_cli_export_deploy_timed_in_onnx_runtime(tmp_path, capsys):
     assert "ONNX Runtime lays out activations itself" in printed and "at batch 1 in onnxruntime" in printed
     graph = onnx.load(str(out)).graph
     assert not any(n.op_type == "BatchNormalization" for n in graph.node)
+
+
+@pytest.mark.parametrize("slow_together", [True, False])
+def test_the_per_layer_choices_are_checked_on_the_whole_model(slow_together):
+    """Each layer alone is fastest factorized; a whole model holding factorized layers is charged
+    1 s per factorized layer when ``slow_together`` (as when a runtime changes layouts around every
+    chain): the dense plan wins there, the per-layer plan otherwise, and the report says which."""
+    model, x = decomposed("resnet20", 32)
+    with torch.no_grad():
+        expected = model(x)
+
+    def clock(module, run):
+        run()
+        inside = sum(isinstance(m, fc.layers.FactorizedLayer) for m in module.modules())
+        if form_of(module) != "model":
+            return 0.5 if form_of(module) == "factorized" else 1.0
+        return 10.0 + (inside if slow_together else -inside)
+
+    report = fc.deploy_(model, x[:1], profiler=fc.Profiler(warmup=0, runs=1, timer=clock), merge_factors=False)
+    with torch.no_grad():
+        assert close(model(x), expected)
+    n = len(report.layers)
+    assert set(report.plan_latency) == {"per layer", "dense"}  # the fewest-MACs plan is the per-layer one here
+    assert report.plan_latency["dense"] == 10.0 and report.plan_latency["per layer"] == 10.0 + (n if slow_together else -n)
+    if slow_together:
+        assert report.plan == "dense" and set(report.forms()) == {"dense"}
+        assert not any(isinstance(m, fc.layers.FactorizedLayer) for m in model.modules())
+        assert all(row.note == "dense plan: the whole model measured fastest so" for row in report.layers)
+        assert "-> dense" in str(report)
+    else:
+        assert report.plan == "per layer" and set(report.forms()) == {"factorized"}

@@ -109,6 +109,8 @@ def onnx_runner(model: nn.Module, x: torch.Tensor, threads: int, device: str, fo
     fc.export(model.cpu() if device == "cpu" else model, x[:1], "onnx", path)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # interleaved sessions: no pool thread spinning into the next variant's call (factorch.measure.onnx_runtime)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in \
         ort.get_available_providers() else ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), options, providers=providers)
@@ -332,6 +334,11 @@ NOTES = [
     "and threads; the dense model is deployed too (batch norm folded)",
     "MACs x: dense / compressed MACs of the compressed model as fc.Budget(macs=0.5) left it; where fc.deploy_ "
     "rebuilds a layer dense (faster so) the deployed model runs more MACs than that",
+    "ONNX Runtime sessions run with session.intra_op.allow_spinning=0: variants are interleaved, each in its own "
+    "session, and a pool thread spinning after its call takes a core from the next variant's (at 2 threads here one "
+    "model measured 11 ms alone and 21 ms interleaved with spinning on)",
+    "2-thread rows: this machine has 2 cores shared with other jobs (load ~1 from them during the run); a 2-thread "
+    "call waits for its slower thread's time slice, so these rows move by up to 2x between runs",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
     "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
     "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",

@@ -335,8 +335,7 @@ NOTES = [
     "MACs x: dense / compressed MACs of the compressed model as fc.Budget(macs=0.5) left it; where fc.deploy_ "
     "rebuilds a layer dense (faster so) the deployed model runs more MACs than that",
     "ONNX Runtime sessions run with session.intra_op.allow_spinning=0: variants are interleaved, each in its own "
-    "session, and a pool thread spinning after its call takes a core from the next variant's (at 2 threads here one "
-    "model measured 11 ms alone and 21 ms interleaved with spinning on)",
+    "session, and a pool thread spinning after its call would take a core from the next variant's call",
     "2-thread rows: this machine has 2 cores shared with other jobs (load ~1 from them during the run); a 2-thread "
     "call waits for its slower thread's time slice, so these rows move by up to 2x between runs",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",

@@ -54,8 +54,7 @@ def session_call(module: nn.Module, x: Tensor, threads: Optional[int]) -> Callab
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # ORT's hardware notes are not ours to show
     # variants are timed interleaved, each in its own session: a pool thread left spinning after
-    # its call would take a core from the next variant's call (measured here at 2 threads: the
-    # same model 11 ms alone, 21 ms interleaved), so pool threads sleep when idle
+    # its call would take a core from the next variant's call, so pool threads sleep when idle
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if x.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():

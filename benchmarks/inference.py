@@ -336,8 +336,8 @@ NOTES = [
     "rebuilds a layer dense (faster so) the deployed model runs more MACs than that",
     "ONNX Runtime sessions run with session.intra_op.allow_spinning=0: variants are interleaved, each in its own "
     "session, and a pool thread spinning after its call would take a core from the next variant's call",
-    "2-thread rows: this machine has 2 cores shared with other jobs (load ~1 from them during the run); a 2-thread "
-    "call waits for its slower thread's time slice, so these rows move by up to 2x between runs",
+    "2-thread rows: this machine has 2 cores, shared with other jobs; a 2-thread call waits for its slower thread's "
+    "time slice, so these are the least steady rows (compare them with the previous runs named in the notes below)",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
     "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
     "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",

@@ -339,8 +339,8 @@ NOTES = [
     "2-thread rows: this machine has 2 cores, shared with other jobs; a 2-thread call waits for its slower thread's "
     "time slice, so these are the least steady rows (compare them with the previous runs named in the notes below)",
     "timing: factorch.measure.latency.time_interleaved (warm-up, variants interleaved, median), wall clock",
-    "cut to keep the run near 30 minutes: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
-    "only, torch.compile only for the --compile-models (compiling ResNet-18 took 134 s on this loaded CPU)",
+    "cut to keep the run under an hour: VGG-16 (ImageNet) at batch 1 only, ResNet-50 at batch 32 with one thread "
+    "only, torch.compile only for the --compile-models",
 ]
 
 if __name__ == "__main__":

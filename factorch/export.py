@@ -21,13 +21,10 @@ order by the batch size; an exported graph has one order, the one the example's 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from factorch.exporters import batch_dynamic, onnx_bytes, quiet
 from factorch.files import atomic_write_bytes, check_writable
 from factorch.layers.tt_linear import TTLinear
 
@@ -52,30 +50,6 @@ class Format:
     serialize: Callable[[nn.Module, Tensor], bytes]
     load: Callable[[bytes, torch.device], Runner]
     needs: tuple[str, ...] = ()
-
-
-def _batch_dynamic() -> tuple[dict[int, torch.export.Dim], ...]:
-    """The model's one input has a dynamic dimension 0."""
-    return ({0: torch.export.Dim("batch")},)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters' progress prints, warnings and log lines are not ours to show."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _onnx_bytes(model: nn.Module, x: Tensor) -> bytes:
-    program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=_batch_dynamic(), verbose=False)
-    return program.model_proto.SerializeToString()
 
 
 def _onnx_runner(data: bytes, device: torch.device) -> Runner:
@@ -98,7 +72,7 @@ def _torchscript_runner(data: bytes, device: torch.device) -> Runner:
 
 def _program_bytes(model: nn.Module, x: Tensor) -> bytes:
     buffer = io.BytesIO()
-    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=_batch_dynamic()), buffer)
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=batch_dynamic()), buffer)
     return buffer.getvalue()
 
 
@@ -107,7 +81,7 @@ def _program_runner(data: bytes, device: torch.device) -> Runner:
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format(_onnx_bytes, _onnx_runner, needs=("onnx", "onnxruntime", "onnxscript")),
+    "onnx": Format(onnx_bytes, _onnx_runner, needs=("onnx", "onnxruntime", "onnxscript")),
     "torchscript": Format(_torchscript_bytes, _torchscript_runner),
     "exported-program": Format(_program_bytes, _program_runner),
 }
@@ -187,7 +161,7 @@ def export(model: nn.Module, example_input: Tensor, format: str, path: str | os.
                          f"{tuple(example_input.shape)} ({_first_line(e)}); export takes and verifies models with one "
                          "tensor input") from None
     try:
-        with _quiet():
+        with quiet():
             data = fmt.serialize(copy.deepcopy(model), x)  # scripting may swap submodules: a copy
             run = fmt.load(data, x.device)
     except Exception as e:  # the exporters raise many types; one line says which format refused
@@ -199,7 +173,7 @@ def export(model: nn.Module, example_input: Tensor, format: str, path: str | os.
         xb = torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype).to(x.device)
         with torch.no_grad():
             expected = model(xb)
-            with _quiet():
+            with quiet():
                 got = run(xb)
         if not isinstance(expected, Tensor) or not isinstance(got, Tensor):
             raise ValueError(f"export verifies models with one tensor output; {type(model).__name__} "

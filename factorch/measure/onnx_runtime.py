@@ -32,16 +32,16 @@ def missing() -> list[str]:
 def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
     """``module`` (eval mode) as an ONNX graph for input ``x``: the TorchScript exporter, or the
     dynamo one where that fails."""
-    from factorch.export import _onnx_bytes, _quiet
+    from factorch.exporters import onnx_bytes as dynamo_bytes, quiet
 
     module = module.eval()
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         try:
             buffer = io.BytesIO()
             torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"])
             return buffer.getvalue()
         except Exception:  # noqa: BLE001 -- any exporter failure: the other exporter decides
-            return _onnx_bytes(module, x)
+            return dynamo_bytes(module, x)
 
 
 def session_call(module: nn.Module, x: Tensor, threads: Optional[int]) -> Callable[[], None]:

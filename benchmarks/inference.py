@@ -43,6 +43,7 @@ import factorch as fc
 import common
 from common import write_results
 from factorch.measure.latency import time_interleaved, wall_clock
+from factorch.measure.onnx_runtime import graph_call
 from factorch.measure.results import environment, markdown_table
 
 # name -> (zoo name, classes, input (C, H, W)); ImageNet geometry for the first three
@@ -102,20 +103,11 @@ def deployed(model: nn.Module, x: torch.Tensor, p: fc.Profiler, pad_to: Optional
 
 
 def onnx_runner(model: nn.Module, x: torch.Tensor, threads: int, device: str, folder: Path):
-    """``fc.export`` (verified against eager), then an ONNX Runtime session with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
+    """``fc.export`` (verified against eager), then an ONNX Runtime session with ``threads`` intra-op
+    threads, set up as ``fc.Profiler(runtime="onnxruntime")`` sets up its own."""
     path = folder / f"m{len(list(folder.iterdir()))}.onnx"
     fc.export(model.cpu() if device == "cpu" else model, x[:1], "onnx", path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    # interleaved sessions: no pool thread spinning into the next variant's call (factorch.measure.onnx_runtime)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in \
-        ort.get_available_providers() else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    name, data = session.get_inputs()[0].name, x.detach().cpu().numpy()
-    return lambda: session.run(None, {name: data})
+    return graph_call(path, x, threads)
 
 
 def compiled(model: nn.Module, x: torch.Tensor) -> tuple[object, float]:

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from factorch.exporters import batch_dynamic, onnx_bytes, quiet
+from factorch.exporters import batch_dynamic, missing, onnx_bytes, quiet
 from factorch.files import atomic_write_bytes, check_writable
 from factorch.layers.tt_linear import TTLinear
 
@@ -107,11 +107,9 @@ class ExportResult:
 
 
 def _check_extras(format: str, needs: tuple[str, ...]) -> None:
-    import importlib.util
-
-    missing = [name for name in needs if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ValueError(f"{format} export needs {', '.join(missing)}, not installed here: "
+    absent = missing(needs)
+    if absent:
+        raise ValueError(f"{format} export needs {', '.join(absent)}, not installed here: "
                          "pip install 'factorch[export]'")
 
 

@@ -5,12 +5,18 @@ importing the layers."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
 
 import torch
 from torch import Tensor, nn
+
+
+def missing(packages: tuple[str, ...]) -> list[str]:
+    """The ones of ``packages`` not installed here (the ``factorch[export]`` extra)."""
+    return [name for name in packages if importlib.util.find_spec(name) is None]
 
 
 def batch_dynamic() -> tuple[dict[int, torch.export.Dim], ...]:

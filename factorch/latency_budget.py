@@ -96,7 +96,8 @@ def allocate_latency(budget: Budget, items: list[Item], builders: Builders,
     target = f * t_model - rest
     if target < floor:
         raise ValueError(f"{budget!r} cannot be met here: the {len(usable)} layers it governs still take "
-                         f"{floor * 1e3:.3g} ms at their smallest ranks and the rest of the model {rest * 1e3:.3g} ms of the dense "
+                         f"{floor * 1e3:.3g} ms at their smallest ranks and the rest of the model "
+                         f"{rest * 1e3:.3g} ms of the dense "
                          f"{t_model * 1e3:.3g} ms (batch {batch}); the lowest reachable fraction is about "
                          f"{(floor + rest) / t_model:.2f}")
     ceiling = sum(it.dense_latency for it in usable)

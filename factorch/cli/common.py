@@ -246,7 +246,7 @@ def profiler_from(args: argparse.Namespace, backward: bool = False) -> fc.Profil
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return fc.Profiler(batch=args.batch, warmup=args.warmup, runs=args.runs, backward=backward,
-                       device=args.device, threads=args.threads, runtime=getattr(args, "runtime", "eager"))
+                       device=args.device, threads=args.threads, runtime=args.runtime)
 
 
 def parse_methods(names: str, rank, multiple: int = 1) -> list[fc.Method]:

@@ -22,7 +22,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deploy", action="store_true",
                    help="first fold batch norms into the convs before them, merge adjacent factors where that costs "
                         "fewer MACs, and keep each factorized layer's fastest form (factorized, merged or dense) and "
-                        "the faster memory layout, timed at --batch on --device with --threads in --runtime (fc.deploy_)")
+                        "the faster memory layout, timed at --batch on --device with --threads in --runtime "
+                        "(fc.deploy_)")
     p.add_argument("--device", default="cpu", help="with --deploy: where to time (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="with --deploy: CPU threads while timing")
     p.add_argument("--runs", type=int, default=20, help="with --deploy: timed calls per variant (default 20)")

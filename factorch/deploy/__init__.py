@@ -76,8 +76,7 @@ def deploy_(model: nn.Module, example_input: Tensor, *, profiler: Optional[Profi
     dense_only = {p.producer: p.bn for p in flow.dense_only if p.producer in forms}
     batch = timing_batch(profiler, int(example_input.shape[0]))
     input_shape = tuple(example_input.shape[1:])
-    # without timing, the fewest MACs: the merge when there is one (it never costs more than the chain)
-    choice = {name: next(f for f in ("merged", "factorized", "dense") if f in v) for name, v in forms.items()}
+    choice = _fewest_macs(forms)  # without timing
     chosen_layout = "contiguous" if layout == "auto" else layout
     if layout == "auto" and profiler is not None and profiler.runtime == "eager" and has_2d_convs(model):
         candidate = _assemble(model, replacements, _chosen(model, forms, choice, dense_only))
@@ -113,7 +112,8 @@ def _check(model: nn.Module, example_input: Tensor, layout: str, rtol: float, at
            profiler: Optional[Profiler]) -> None:
     if pad_to is not None:
         if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 2:
-            raise ValueError(f"deploy_ pad_to must be an int >= 2 (the runtime's channel block, e.g. 16), got {pad_to!r}")
+            raise ValueError(f"deploy_ pad_to must be an int >= 2 (the runtime's channel block, e.g. 16), "
+                             f"got {pad_to!r}")
         if profiler is None:
             raise ValueError("deploy_ pad_to adds a form with more MACs that only a measurement can choose: "
                              "give a profiler too")
@@ -199,6 +199,12 @@ def _forms(model: nn.Module, replacements: dict[str, nn.Module], shapes: dict[st
     return forms, runs
 
 
+def _fewest_macs(forms: dict[str, dict[str, nn.Module]]) -> dict[str, str]:
+    """Per layer, the form with the fewest MACs: the merge when there is one (it never costs more
+    than the chain; a padded chain always costs more)."""
+    return {name: next(f for f in ("merged", "factorized", "dense") if f in v) for name, v in forms.items()}
+
+
 def _whole_model_plan(model: nn.Module, replacements: dict[str, nn.Module], forms: dict[str, dict[str, nn.Module]],
                       dense_only: dict[str, str], choice: dict[str, str], layout: str, input_shape: tuple[int, ...],
                       profiler: Profiler, batch: int, report: DeployReport) -> dict[str, str]:
@@ -207,9 +213,7 @@ def _whole_model_plan(model: nn.Module, replacements: dict[str, nn.Module], form
     the model with every layer at its fastest form alone, with every layer at its fewest MACs and
     with every layer dense are timed side by side and the fastest plan is kept (the dense plan
     makes the deployed model never measurably slower than the dense one)."""
-    plans = {"per layer": dict(choice),
-             "fewest MACs": {n: next(f for f in ("merged", "factorized", "dense") if f in v) for n, v in forms.items()},
-             "dense": {n: "dense" for n in forms}}
+    plans = {"per layer": dict(choice), "fewest MACs": _fewest_macs(forms), "dense": {n: "dense" for n in forms}}
     unique: dict[str, dict[str, str]] = {}
     for label, plan in plans.items():
         if plan not in unique.values():

@@ -81,13 +81,15 @@ class Profiler:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"Profiler runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.runtime == "onnxruntime":
-            from factorch.measure.onnx_runtime import missing
+            from factorch.exporters import missing
+            from factorch.measure.onnx_runtime import NEEDS
 
             if self.backward or self.amp:
                 raise ValueError("Profiler(runtime='onnxruntime') times inference in ONNX Runtime: backward and amp "
                                  "are PyTorch's (use runtime='eager')")
-            if missing():
-                raise ValueError(f"Profiler(runtime='onnxruntime') needs {', '.join(missing())}, not installed here: "
+            absent = missing(NEEDS)
+            if absent:
+                raise ValueError(f"Profiler(runtime='onnxruntime') needs {', '.join(absent)}, not installed here: "
                                  "pip install 'factorch[export]'")
         if self.device is not None:
             try:

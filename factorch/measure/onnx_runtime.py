@@ -14,19 +14,14 @@ shipped is always exported and verified by ``fc.export``.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-NEEDS = ("onnx", "onnxruntime")
-
-
-def missing() -> list[str]:
-    """The packages ONNX Runtime timing needs that are not installed here."""
-    return [name for name in NEEDS if importlib.util.find_spec(name) is None]
+NEEDS = ("onnx", "onnxruntime")  # the packages ONNX Runtime timing needs (factorch.exporters.missing)
 
 
 def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
@@ -47,6 +42,13 @@ def onnx_bytes(module: nn.Module, x: Tensor) -> bytes:
 def session_call(module: nn.Module, x: Tensor, threads: Optional[int]) -> Callable[[], None]:
     """One call of ``module`` on ``x`` in an ONNX Runtime session (``threads`` intra-op threads,
     default torch's setting)."""
+    return graph_call(onnx_bytes(module, x), x, threads)
+
+
+def graph_call(graph: Union[bytes, str, Path], x: Tensor, threads: Optional[int]) -> Callable[[], None]:
+    """One call of an ONNX graph (bytes or a file) on ``x`` in a session timed the way every
+    variant is: ``threads`` intra-op threads, no inter-op pool, idle pool threads asleep; the
+    CUDA provider where ``x`` is on a GPU and ORT has it."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -59,6 +61,7 @@ def session_call(module: nn.Module, x: Tensor, threads: Optional[int]) -> Callab
     providers = ["CPUExecutionProvider"]
     if x.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = onnxruntime.InferenceSession(onnx_bytes(module, x), options, providers=providers)
+    session = onnxruntime.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                           providers=providers)
     feed = {session.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
     return lambda: session.run(None, feed)

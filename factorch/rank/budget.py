@@ -147,7 +147,7 @@ def _kept_energy(item: Item) -> list:
         raise ValueError(f"layer {item.name!r}{f' ({item.label})' if item.label else ''}: {e}") from None
 
 
-def _bumped(ranks: list[int], k: int, step: int = 1, top: Optional[int] = None) -> Ranks:
+def _bumped(ranks: list[int], k: int, step: int, top: int) -> Ranks:
     """``ranks`` with mode ``k`` one ``step`` higher (to the next multiple of it), at most ``top``."""
-    up = (ranks[k] // step + 1) * step
-    return tuple((up if top is None else min(up, top)) if j == k else r for j, r in enumerate(ranks))
+    up = min((ranks[k] // step + 1) * step, top)
+    return tuple(up if j == k else r for j, r in enumerate(ranks))

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from factorch.rank.rules import Budget, RankRule, RankSpec, validate_rank
-from factorch.rank.space import RankSpace, Ranks, largest_fitting
+from factorch.rank.space import RankSpace, Ranks, largest_fitting, shown
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,9 @@ def _on_grid(resolution: Resolution, space: RankSpace, up: bool) -> Resolution:
     ranks = space.aligned(resolution.ranks, up)
     if ranks == resolution.ranks:
         return resolution
-    moved = (f"ranks {_shown(resolution.ranks)} {'rounded up' if up else 'rounded down'} to the rank grid: "
+    moved = (f"ranks {shown(resolution.ranks)} {'rounded up' if up else 'rounded down'} to the rank grid: "
              f"multiples of {space.step} or the full rank")
     return Resolution(ranks, "; ".join(n for n in (resolution.note, moved) if n), resolution.capped)
-
-
-def _shown(ranks: Ranks) -> str:
-    return str(ranks[0]) if len(ranks) == 1 else str(ranks)
 
 
 def _fraction(f: float, space: RankSpace) -> Resolution:

@@ -142,7 +142,6 @@ class RankSpace:
         if self.limit is None or all(r <= m for r, m in zip(ranks, self.limit.ranks)):
             return None
         most = self.params(self.limit.ranks) / max(self.dense_params, 1)
-        shown = lambda r: str(r[0]) if len(r) == 1 else str(r)  # noqa: E731
         return (f"rank {shown(ranks)} is above {shown(self.limit.ranks)}, the largest worth computing here: "
                 f"{self.limit.why(ranks)}; a fraction up to {most:.3g} of the weights stays within it")
 
@@ -191,6 +190,11 @@ class RankSpace:
                 curves.append(torch.cat([e.new_zeros(1), e.cumsum(0) / total]))
             out.append(torch.stack(curves).min(0).values)
         return out
+
+
+def shown(ranks: Ranks) -> str:
+    """``16`` for one rank, ``(16, 32)`` for several: ranks in messages."""
+    return str(ranks[0]) if len(ranks) == 1 else str(ranks)
 
 
 @dataclass(frozen=True)
